@@ -1,0 +1,40 @@
+//! The ring buffer every hook family writes to, the lost-event counter, and the
+//! fields every event shares.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    },
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use tracer_ebpf::{EventHeader, EventKind};
+
+/// Default size; userspace resizes it at load time (`--buffer-size`).
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Index 0: events that did not fit in `EVENTS`. Per-CPU so counting never contends.
+#[map(name = "LOST")]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count_lost() {
+    if let Some(slot) = LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn fill_header(header: &mut EventHeader, kind: EventKind) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    header.kind = kind as u16;
+    header._pad = 0;
+    // SAFETY: plain helper calls without pointer arguments.
+    header.cpu = unsafe { bpf_get_smp_processor_id() };
+    header.ts_ns = unsafe { bpf_ktime_get_ns() };
+    header.pid = (pid_tgid >> 32) as u32;
+    header.tid = pid_tgid as u32;
+    header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}

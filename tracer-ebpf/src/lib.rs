@@ -1,0 +1,133 @@
+//! The ABI between dptrace's kernel-side programs and its userspace loader.
+//!
+//! Everything here is `#[repr(C)]` plain data: the same bytes are written by the eBPF
+//! programs (into ring buffers and read-only globals) and read by `tracer`. Kernel layout
+//! never appears here as numbers: the programs receive every struct and tracepoint offset
+//! through the `*Config` globals, which userspace fills from BTF and tracefs at load time.
+#![no_std]
+
+/// Marks an offset or enum value that this kernel does not have (field absent, no BTF, ...).
+pub const ABSENT: u32 = u32::MAX;
+
+/// How many bytes of packet headers, starting at the network header, a drop event carries.
+/// Enough for IPv6 (40) + TCP with options (60) or the ICMP error's quoted header.
+pub const HEADER_BYTES: usize = 128;
+
+/// Names of maps and globals shared by both sides.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const LOST: &str = "LOST";
+    pub const DROP_CONFIG: &str = "DROP_CONFIG";
+    pub const PROG_KFREE_SKB: &str = "kfree_skb";
+}
+
+/// Discriminates the records in the `EVENTS` ring buffer: each record starts with an
+/// [`EventHeader`] whose `kind` is one of these.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Drop = 1,
+}
+
+/// Common prefix of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u16,
+    pub _pad: u16,
+    /// CPU the event was recorded on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Thread-group id (the process id) of the task current when the event fired.
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: [u8; 16],
+}
+
+/// A packet freed through `kfree_skb` (a drop), with the device, netns and the first
+/// [`HEADER_BYTES`] bytes from its network header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DropEvent {
+    pub header: EventHeader,
+    /// Address of the `sk_buff`: correlates events about the same packet.
+    pub skb: u64,
+    /// Return address of the caller that freed the packet (symbolised in userspace).
+    pub location: u64,
+    /// Raw `enum skb_drop_reason` value; [`ABSENT`] when the kernel has no reason field.
+    pub reason: u32,
+    /// Inode of the network namespace (from the device, else the socket); 0 if unknown.
+    pub netns: u32,
+    /// Interface index of `skb->dev`; 0 when the packet had no device.
+    pub ifindex: u32,
+    /// The ethertype as the tracepoint reports it (`ntohs(skb->protocol)`: host byte order).
+    pub protocol: u16,
+    /// How many bytes of `headers` are packet data (the rest is padding or stale memory).
+    pub header_len: u16,
+    pub ifname: [u8; 16],
+    pub headers: [u8; HEADER_BYTES],
+}
+
+/// Where the fields the drop program reads live on the running kernel.
+///
+/// Tracepoint offsets come from `events/skb/kfree_skb/format`; struct member offsets from
+/// BTF. [`ABSENT`] disables the corresponding read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropConfig {
+    /// Offsets of the tracepoint record fields.
+    pub tp_skbaddr: u32,
+    pub tp_location: u32,
+    pub tp_protocol: u32,
+    pub tp_reason: u32,
+    /// The value of `SKB_CONSUMED` (normal frees reported as kfree_skb on some kernels).
+    pub reason_consumed: u32,
+    /// The value of `SKB_NOT_DROPPED_YET`, never a drop either.
+    pub reason_not_dropped: u32,
+    /// `struct sk_buff` members.
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_tail: u32,
+    /// `struct net_device` members.
+    pub dev_ifindex: u32,
+    pub dev_name: u32,
+    /// Offset of `nd_net.net` (the `struct net *`) inside `net_device`.
+    pub dev_net: u32,
+    /// Offset of `__sk_common.skc_net.net` inside `struct sock`.
+    pub sk_net: u32,
+    /// Offset of `ns.inum` inside `struct net`.
+    pub net_inum: u32,
+}
+
+impl DropConfig {
+    /// Every read disabled: what the object file holds until userspace fills it in.
+    pub const fn absent() -> Self {
+        Self {
+            tp_skbaddr: ABSENT,
+            tp_location: ABSENT,
+            tp_protocol: ABSENT,
+            tp_reason: ABSENT,
+            reason_consumed: ABSENT,
+            reason_not_dropped: ABSENT,
+            skb_dev: ABSENT,
+            skb_sk: ABSENT,
+            skb_head: ABSENT,
+            skb_network_header: ABSENT,
+            skb_tail: ABSENT,
+            dev_ifindex: ABSENT,
+            dev_name: ABSENT,
+            dev_net: ABSENT,
+            sk_net: ABSENT,
+            net_inum: ABSENT,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `repr(C)` integers and byte arrays, no padding-dependent invariants.
+    unsafe impl aya::Pod for super::DropConfig {}
+}

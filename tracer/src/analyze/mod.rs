@@ -1,0 +1,124 @@
+//! From events to findings: `correlate` keeps bounded per-flow state, each file in `rules/`
+//! turns that state into findings with their evidence and a remediation.
+
+pub mod correlate;
+pub mod rules;
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::{decode::Event, kernel::KernelSummary};
+
+use self::correlate::Correlated;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        })
+    }
+}
+
+/// Where a finding happened.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Place {
+    pub netns: Option<u32>,
+    pub netns_name: Option<String>,
+    pub device: Option<String>,
+    /// Kernel function (and offset) where the packets died.
+    pub location: Option<String>,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        match (&self.netns_name, self.netns) {
+            (Some(name), Some(inode)) => parts.push(format!("netns {name} ({inode})")),
+            (None, Some(inode)) => parts.push(format!("netns {inode}")),
+            _ => {}
+        }
+        if let Some(dev) = &self.device {
+            parts.push(format!("dev {dev}"));
+        }
+        if let Some(loc) = &self.location {
+            parts.push(format!("at {loc}"));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// A diagnosis: a stable rule id, what happened, the evidence and what to do.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub severity: Severity,
+    pub summary: String,
+    pub place: Place,
+    /// The flows affected, as `l4 src > dst:port` strings.
+    pub flows: Vec<String>,
+    pub destination: Option<IpAddr>,
+    pub count: u64,
+    pub first_time: String,
+    pub last_time: String,
+    /// A few of the events behind the finding (the first ones seen).
+    pub evidence: Vec<Event>,
+    pub remediation: String,
+}
+
+/// A diagnosis rule: reads correlated state, emits findings.
+pub trait Rule {
+    /// The rule id from DESIGN.md; never changes meaning once shipped.
+    fn id(&self) -> &'static str;
+    fn evaluate(&self, state: &Correlated, kernel: &KernelSummary) -> Vec<Finding>;
+}
+
+/// Runs the correlation and the rules over a session's events.
+pub struct Analyzer {
+    state: Correlated,
+    rules: Vec<Box<dyn Rule + Send>>,
+}
+
+impl Default for Analyzer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Analyzer {
+    pub fn new() -> Self {
+        Self {
+            state: Correlated::default(),
+            rules: rules::all(),
+        }
+    }
+
+    pub fn observe(&mut self, event: &Event) {
+        self.state.observe(event);
+    }
+
+    pub fn state(&self) -> &Correlated {
+        &self.state
+    }
+
+    /// All findings, most severe first.
+    pub fn findings(&self, kernel: &KernelSummary) -> Vec<Finding> {
+        let mut findings: Vec<Finding> = self
+            .rules
+            .iter()
+            .flat_map(|r| r.evaluate(&self.state, kernel))
+            .collect();
+        findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(b.count.cmp(&a.count)));
+        findings
+    }
+}

@@ -1,0 +1,114 @@
+//! One file per diagnosis rule. Each says in its first lines what it detects and from
+//! which evidence.
+
+mod netfilter_drop;
+mod no_listener;
+mod packet_drop;
+
+use std::collections::BTreeMap;
+
+use super::{correlate::DropGroup, Finding, Place, Rule, Severity};
+use crate::decode::Event;
+
+/// Every rule, in the order their findings are computed.
+pub fn all() -> Vec<Box<dyn Rule + Send>> {
+    vec![
+        Box::new(no_listener::NoListener),
+        Box::new(netfilter_drop::NetfilterDrop),
+        Box::new(packet_drop::PacketDrop),
+    ]
+}
+
+/// Reasons that have a rule of their own; `packet-drop` leaves them alone.
+pub(crate) const EXPLAINED_REASONS: [&str; 2] = [no_listener::REASON, netfilter_drop::REASON];
+
+/// Builds one finding from drop groups that share a place.
+pub(crate) fn finding_from_groups(
+    rule: &'static str,
+    severity: Severity,
+    summary: String,
+    groups: &[&DropGroup],
+    remediation: String,
+) -> Finding {
+    let first = groups
+        .iter()
+        .min_by_key(|g| g.first.ts_ns)
+        .expect("at least one group");
+    let last_time = groups
+        .iter()
+        .map(|g| g.last_time.clone())
+        .max()
+        .unwrap_or_default();
+    let count = groups.iter().map(|g| g.count).sum();
+    let mut flows: Vec<String> = groups
+        .iter()
+        .filter_map(|g| g.first.flow.as_ref().map(flow_without_sport))
+        .collect();
+    flows.sort();
+    flows.dedup();
+    let mut evidence: Vec<Event> = groups
+        .iter()
+        .flat_map(|g| g.samples.iter().cloned().map(Event::Drop))
+        .collect();
+    evidence.sort_by_key(|e| match e {
+        Event::Drop(d) => d.ts_ns,
+    });
+    evidence.truncate(super::correlate::EVIDENCE_PER_GROUP * 2);
+    Finding {
+        rule,
+        severity,
+        summary,
+        place: Place {
+            netns: first.first.netns,
+            netns_name: first.first.netns_name.clone(),
+            device: first.first.device.clone(),
+            location: Some(first.first.location.clone()),
+        },
+        flows,
+        destination: first.key.dst,
+        count,
+        first_time: first.first.time.clone(),
+        last_time,
+        evidence,
+        remediation,
+    }
+}
+
+/// `udp 10.0.0.1 > 10.0.0.2:9999`: the client's port changes between retries.
+fn flow_without_sport(flow: &crate::decode::Flow) -> String {
+    let mut f = flow.clone();
+    f.sport = None;
+    f.tcp_flags = None;
+    f.to_string()
+}
+
+/// Groups drop groups by a key, keeping first-seen order of keys.
+pub(crate) fn group_by<'a, K: Ord + Clone>(
+    groups: impl Iterator<Item = &'a DropGroup>,
+    key: impl Fn(&DropGroup) -> K,
+) -> Vec<Vec<&'a DropGroup>> {
+    let mut map: BTreeMap<K, Vec<&DropGroup>> = BTreeMap::new();
+    for g in groups {
+        map.entry(key(g)).or_default().push(g);
+    }
+    let mut out: Vec<Vec<&DropGroup>> = map.into_values().collect();
+    out.sort_by_key(|gs| gs.iter().map(|g| g.first.ts_ns).min().unwrap_or(0));
+    out
+}
+
+/// `netns NAME` or `netns INODE`, for remediation commands.
+pub(crate) fn netns_label(group: &DropGroup) -> String {
+    match (&group.first.netns_name, group.first.netns) {
+        (Some(name), _) => name.clone(),
+        (None, Some(inode)) => inode.to_string(),
+        _ => "?".into(),
+    }
+}
+
+/// The command prefix that runs a command in the group's namespace.
+pub(crate) fn in_netns(group: &DropGroup) -> String {
+    match group.first.netns_name.as_deref() {
+        Some("host") | None => String::new(),
+        Some(name) => format!("ip netns exec {name} "),
+    }
+}

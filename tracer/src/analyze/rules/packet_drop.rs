@@ -1,0 +1,89 @@
+//! `packet-drop`: every other drop, grouped by reason, kernel function and namespace, with
+//! advice for the reasons an operator can act on.
+//!
+//! Evidence: `skb:kfree_skb` drops whose reason has no dedicated rule (or, before 5.17, any
+//! drop: the location alone then tells them apart).
+
+use super::{finding_from_groups, group_by, netns_label, EXPLAINED_REASONS};
+use crate::{
+    analyze::{correlate::Correlated, Finding, Rule, Severity},
+    kernel::KernelSummary,
+};
+
+pub struct PacketDrop;
+
+/// Reasons that are part of normal operation; reported as info, not warnings.
+const ROUTINE: [&str; 6] = [
+    "NOT_SPECIFIED",
+    "OTHERHOST",
+    "UNICAST_IN_L2_MULTICAST",
+    "IPV6DISABLED",
+    "TCP_OLD_DATA",
+    "QUEUE_PURGE",
+];
+
+impl Rule for PacketDrop {
+    fn id(&self) -> &'static str {
+        "packet-drop"
+    }
+
+    fn evaluate(&self, state: &Correlated, _kernel: &KernelSummary) -> Vec<Finding> {
+        let candidates = state.drop_groups().into_iter().filter(|g| {
+            g.key
+                .reason
+                .as_deref()
+                .is_none_or(|r| !EXPLAINED_REASONS.contains(&r))
+        });
+        group_by(candidates, |g| {
+            (g.key.reason.clone(), g.key.function.clone(), g.key.netns)
+        })
+        .into_iter()
+        .map(|groups| {
+            let g = groups[0];
+            let count: u64 = groups.iter().map(|g| g.count).sum();
+            let reason = g
+                .key
+                .reason
+                .as_deref()
+                .unwrap_or("(reason unknown on this kernel)");
+            let summary = format!(
+                "{count} packet(s) dropped with reason {reason} in {} (netns {})",
+                g.key.function,
+                netns_label(g)
+            );
+            let severity = if ROUTINE.contains(&reason) {
+                Severity::Info
+            } else {
+                Severity::Warning
+            };
+            finding_from_groups(
+                self.id(),
+                severity,
+                summary,
+                &groups,
+                advice(reason).to_string(),
+            )
+        })
+        .collect()
+    }
+}
+
+/// What an operator can do about common drop reasons.
+fn advice(reason: &str) -> &'static str {
+    match reason {
+        "NO_SOCKET" => "Nothing was bound to the destination (see rule no-listener).",
+        "PKT_TOO_BIG" => "The packet exceeds the path MTU: lower the pod/interface MTU to fit the tunnel overhead (VXLAN 50 bytes, WireGuard 80, Geneve 50+) or allow ICMP fragmentation-needed.",
+        "IP_RPFILTER" => "Reverse-path filtering rejected the source address: set net.ipv4.conf.<dev>.rp_filter=2 (loose) or 0 on interfaces with asymmetric routes (common with overlays and multiple NICs).",
+        "NEIGH_FAILED" | "NEIGH_QUEUEFULL" | "NEIGH_DEAD" => "Neighbour (ARP/NDP) resolution failed: the next hop does not answer. Check `ip neigh`, the peer's address and that the link is up.",
+        "IP_OUTNOROUTES" | "IP_INNOROUTES" => "No route to the destination: check `ip route get <dst>` in that namespace; a CNI route may be missing.",
+        "IP_INADDRERRORS" | "IP_INVALID_SOURCE" | "IP_LOCAL_SOURCE" => "The addresses are invalid for this host (martian or local source): check addressing and NAT rules.",
+        "QDISC_DROP" | "QDISC_OVERLIMIT" | "QDISC_CONGESTED" | "FULL_RING" | "CPU_BACKLOG" => "Queues overflowed under load: check `tc -s qdisc`, ring sizes (`ethtool -g`) and net.core.netdev_max_backlog.",
+        "TCP_CSUM" | "UDP_CSUM" | "IP_CSUM" | "ICMP_CSUM" | "SKB_CSUM" => "Checksum errors: often checksum offload on a virtual device or a broken NIC; try `ethtool -K <dev> tx off rx off` to confirm.",
+        "XDP" => "An XDP program dropped the packet: check `ip link` for attached XDP programs.",
+        "TC_INGRESS" | "TC_EGRESS" => "A tc/BPF program dropped the packet: check `tc filter show dev <dev> ingress|egress`.",
+        "SOCKET_RCVBUFF" | "PROTO_MEM" => "The receiving socket's buffer was full: the application reads too slowly, or raise net.core.rmem_max / the socket buffer.",
+        "VXLAN_VNI_NOT_FOUND" | "VXLAN_INVALID_HDR" => "A VXLAN packet arrived for a VNI or port no local vxlan device serves: check the VNI and dstport of both ends.",
+        "BRIDGE_INGRESS_STP_STATE" => "The bridge port is not forwarding (STP state): check `bridge link`.",
+        _ => "Look at the location: the kernel function that freed the packet points to the subsystem (netfilter, routing, neighbour, socket) that decided to drop it.",
+    }
+}

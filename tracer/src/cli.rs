@@ -1,0 +1,175 @@
+//! The command line (see DESIGN.md "Command-line contract").
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dptrace",
+    version,
+    about = "Explains why packets die on a Kubernetes node: eBPF datapath tracing with diagnoses",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// What this kernel supports: per hook family, the backend dptrace gets. Exit 1 if a hook cannot attach.
+    Check {
+        /// JSON Lines on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trace live; with `-- COMMAND ARGS…`, trace while the command runs, then report.
+    Trace(TraceArgs),
+    /// Reproduce known failures in throwaway namespaces and diagnose them.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Stop after this long (e.g. `10s`, `2m`, `1h30m`).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// JSON Lines on stdout: `event`, `finding` and `summary` objects.
+    #[arg(long)]
+    pub json: bool,
+    /// Comma-separated hook families to attach. Available: drops.
+    #[arg(long, value_delimiter = ',', default_value = "drops")]
+    pub hooks: Vec<String>,
+    /// Keep only events on this network device (by name).
+    #[arg(long, value_parser = parse_ifname)]
+    pub iface: Option<String>,
+    /// Keep only events in this network namespace: a name from `ip netns`, a path such as
+    /// /proc/PID/ns/net, or a PID.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Do not print each event, only findings and the summary.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Ring buffer size in bytes: a power of two, at least 4096 (suffixes k/m allowed).
+    #[arg(long, value_parser = parse_buffer_size, default_value = "4m")]
+    pub buffer_size: u32,
+    /// Command to run while tracing (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabAction {
+    /// List the scenarios.
+    List,
+    /// Run scenarios by name, or all of them. Exit 1 if one is not diagnosed as expected.
+    Run {
+        /// Scenario names (see `dptrace lab list`).
+        names: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        /// JSON Lines on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Also print every traced event.
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+/// Known hook families.
+pub const HOOK_FAMILIES: [&str; 1] = ["drops"];
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; use a duration such as 500ms, 10s, 2m"))?;
+    if d.is_zero() {
+        return Err("the duration must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+pub fn parse_ifname(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() < 16
+        && text != "."
+        && text != ".."
+        && !text
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err("not a valid interface name (1-15 characters, no '/', ':' or spaces)".into())
+    }
+}
+
+pub fn parse_buffer_size(text: &str) -> Result<u32, String> {
+    let lower = text.to_ascii_lowercase();
+    let (digits, multiplier) = match lower
+        .strip_suffix('k')
+        .or_else(|| lower.strip_suffix("kib"))
+    {
+        Some(d) => (d, 1u64 << 10),
+        None => match lower
+            .strip_suffix('m')
+            .or_else(|| lower.strip_suffix("mib"))
+        {
+            Some(d) => (d, 1u64 << 20),
+            None => (lower.as_str(), 1),
+        },
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("`{text}` is not a size; use bytes or a k/m suffix, e.g. 4m"))?;
+    if bytes < 4096 || !bytes.is_power_of_two() || bytes > (1 << 30) {
+        return Err(format!(
+            "{bytes} bytes: the ring buffer size must be a power of two between 4k and 1024m"
+        ));
+    }
+    Ok(bytes as u32)
+}
+
+/// Where `--netns` points.
+pub fn netns_path(spec: &str) -> PathBuf {
+    if !spec.is_empty() && spec.chars().all(|c| c.is_ascii_digit()) {
+        PathBuf::from(format!("/proc/{spec}/ns/net"))
+    } else if spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        PathBuf::from("/run/netns").join(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_buffer_size("4m").unwrap(), 4 << 20);
+        assert_eq!(parse_buffer_size("65536").unwrap(), 65536);
+        assert!(parse_buffer_size("3000").is_err());
+        assert!(parse_buffer_size("5m").is_err());
+        assert!(parse_buffer_size("lots").is_err());
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_ifname("veth0").is_ok());
+        assert!(parse_ifname("this-name-is-too-long").is_err());
+        assert_eq!(netns_path("1234"), PathBuf::from("/proc/1234/ns/net"));
+        assert_eq!(netns_path("blue"), PathBuf::from("/run/netns/blue"));
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

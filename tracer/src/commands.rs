@@ -1,0 +1,212 @@
+//! The subcommands: `check`, `trace` and `lab`, on top of `session`.
+
+use std::{collections::HashSet, time::Duration};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use crate::{
+    cli::{self, TraceArgs},
+    kernel::{netns::inode_of, KernelFacts},
+    output,
+    probes::{error_chain, Probes, DEFAULT_BUFFER_BYTES},
+    session::{EventFilter, Session, SessionOptions},
+};
+
+/// How long to keep reading after the traced command exits: events of its last packets
+/// may still be in flight (softirq on another CPU).
+const COMMAND_GRACE: Duration = Duration::from_millis(300);
+
+/// What a command found, for the exit status: `Problem` → 1. Errors → 2 (in main).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Problem,
+}
+
+pub fn require_root() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "dptrace must run as root (it loads eBPF programs and reads tracefs): run it with sudo"
+        );
+    }
+    Ok(())
+}
+
+pub async fn check(json: bool) -> anyhow::Result<Outcome> {
+    require_root()?;
+    let facts = KernelFacts::probe()?;
+    let kernel = facts.summary();
+    let attached = Probes::attach(&facts, DEFAULT_BUFFER_BYTES);
+    let (hooks, problems) = match &attached {
+        Ok(probes) => (probes.hooks.clone(), vec![]),
+        Err(e) => (vec![], vec![format!("drops: {}", error_chain(e))]),
+    };
+    drop(attached);
+    let value = json!({
+        "kernel": kernel,
+        "tracefs": facts.tracefs.root(),
+        "btf_missing": facts.btf_missing,
+        "kfree_skb_fields": facts.kfree_skb.fields.iter().filter(|f| !f.name.starts_with("common_")).map(|f| json!({"name": f.name, "offset": f.offset, "size": f.size})).collect::<Vec<_>>(),
+        "hooks": hooks,
+        "problems": problems,
+    });
+    let mut sink = output::sink(json, false);
+    let mut text = format!(
+        "kernel {}\n  tracefs:            {}\n  BTF:                {}\n  drop reason names:  {}\n  kallsyms:           {}\n",
+        kernel.release,
+        facts.tracefs.root().display(),
+        facts.btf_missing.as_deref().map(|w| format!("missing ({w})")).unwrap_or_else(|| "yes".into()),
+        kernel.drop_reason_names,
+        if kernel.kallsyms { "yes" } else { "no (addresses shown raw)" },
+    );
+    let fields: Vec<String> = facts
+        .kfree_skb
+        .fields
+        .iter()
+        .filter(|f| !f.name.starts_with("common_"))
+        .map(|f| format!("{}@{}", f.name, f.offset))
+        .collect();
+    text.push_str(&format!("  skb:kfree_skb:      {}\n", fields.join(" ")));
+    text.push_str("hook families\n");
+    for hook in &hooks {
+        text.push_str(&format!("  {:<8} {}\n", hook.family, hook.backend));
+        if let Some(gaps) = hook.coverage.get("gaps").and_then(|g| g.as_array()) {
+            for gap in gaps {
+                text.push_str(&format!(
+                    "           not covered: {}\n",
+                    gap.as_str().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    for problem in &problems {
+        text.push_str(&format!("  PROBLEM  {problem}\n"));
+    }
+    sink.record("check", value, text.trim_end());
+    Ok(if problems.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Problem
+    })
+}
+
+fn event_filter(args: &TraceArgs) -> anyhow::Result<EventFilter> {
+    let netns = match &args.netns {
+        Some(spec) => {
+            let path = cli::netns_path(spec);
+            let inode = inode_of(&path).with_context(|| {
+                format!("unknown network namespace `{spec}`: {} does not exist (list names with `ip netns list`, or pass /proc/PID/ns/net or a PID)", path.display())
+            })?;
+            Some(HashSet::from([inode]))
+        }
+        None => None,
+    };
+    Ok(EventFilter {
+        netns,
+        iface: args.iface.clone(),
+    })
+}
+
+enum StopCause {
+    Duration,
+    Signal(&'static str),
+    CommandExited(std::process::ExitStatus),
+    CommandFailed(std::io::Error),
+}
+
+pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
+    for hook in &args.hooks {
+        if !cli::HOOK_FAMILIES.contains(&hook.as_str()) {
+            bail!(
+                "unknown hook family `{hook}`; available: {}",
+                cli::HOOK_FAMILIES.join(", ")
+            );
+        }
+    }
+    let filter = event_filter(&args)?;
+    require_root()?;
+    let mut session = Session::start(SessionOptions {
+        buffer_bytes: args.buffer_size,
+        filter,
+    })?;
+    let mut sink = output::sink(args.json, !args.quiet);
+    let mut child = match args.command.split_first() {
+        Some((program, rest)) => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(rest);
+            if args.json {
+                // stdout carries JSON Lines; keep the command's output out of it.
+                command.stdout(std::io::stderr());
+            }
+            Some(
+                command
+                    .spawn()
+                    .with_context(|| format!("cannot run `{program}`"))?,
+            )
+        }
+        None => None,
+    };
+    log::info!(
+        "tracing on kernel {} (Ctrl-C to stop)",
+        session.facts().release
+    );
+
+    let duration = args.duration;
+    let stop = async {
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let sleep = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let exited = async {
+            match child.as_mut() {
+                Some(c) => {
+                    let status = c.wait().await;
+                    tokio::time::sleep(COMMAND_GRACE).await;
+                    status
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let term = async {
+            match sigterm.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => StopCause::Duration,
+            _ = tokio::signal::ctrl_c() => StopCause::Signal("SIGINT"),
+            _ = term => StopCause::Signal("SIGTERM"),
+            status = exited => match status {
+                Ok(s) => StopCause::CommandExited(s),
+                Err(e) => StopCause::CommandFailed(e),
+            },
+        }
+    };
+    let cause = session
+        .run_until(stop, sink.as_mut())
+        .await
+        .context("reading the event ring buffer")?;
+    let command_status = match (cause, child.as_mut()) {
+        (StopCause::CommandExited(status), _) => Some(format!("exited: {status}")),
+        (StopCause::CommandFailed(e), _) => Some(format!("could not be waited for: {e}")),
+        (other, Some(c)) => {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+            Some(match other {
+                StopCause::Signal(s) => format!("killed when dptrace received {s}"),
+                _ => "killed when --duration ended".to_string(),
+            })
+        }
+        (_, None) => None,
+    };
+    session.finish(sink.as_mut(), command_status);
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,301 @@
+//! Ring-buffer records → typed events: raw reason numbers become names, addresses become
+//! `symbol+0xoff`, header bytes become a flow, netns inodes get their names.
+
+use std::{
+    fmt,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
+use serde::Serialize;
+use tracer_ebpf::{DropEvent, EventHeader, EventKind, ABSENT};
+
+use crate::kernel::{drop_reasons::DropReasons, kallsyms::Kallsyms, netns::NetnsNames};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u16),
+}
+
+/// A decoded event.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Event {
+    Drop(DropRecord),
+}
+
+/// The task that was running when an event fired.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DropRecord {
+    /// Wall-clock time, RFC 3339 with microseconds.
+    pub time: String,
+    /// CLOCK_MONOTONIC nanoseconds, for ordering and deltas.
+    pub ts_ns: u64,
+    pub cpu: u32,
+    pub netns: Option<u32>,
+    pub netns_name: Option<String>,
+    pub ifindex: Option<u32>,
+    pub device: Option<String>,
+    /// `ipv4`, `ipv6`, `arp` or the ethertype in hex.
+    pub protocol: String,
+    pub flow: Option<Flow>,
+    /// Drop reason name without the `SKB_DROP_REASON_` prefix; None before 5.17.
+    pub reason: Option<String>,
+    pub reason_code: Option<u32>,
+    /// Where the packet was freed: `symbol+0xoff`, or the raw address without kallsyms.
+    pub location: String,
+    /// Function name part of `location`, for grouping.
+    pub function: Option<String>,
+    pub skb: String,
+    /// Absent for drops in interrupt context of the idle task (pid 0).
+    pub task: Option<Task>,
+}
+
+/// The addresses and ports of a packet, as far as its captured headers show them.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
+pub struct Flow {
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, or `proto-N`.
+    pub l4: String,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<u8>,
+    /// TCP flags such as `SYN` or `RST|ACK`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_flags: Option<String>,
+}
+
+impl fmt::Display for Flow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let endpoint =
+            |f: &mut fmt::Formatter<'_>, addr: &IpAddr, port: Option<u16>| match (addr, port) {
+                (IpAddr::V6(a), Some(p)) => write!(f, "[{a}]:{p}"),
+                (a, Some(p)) => write!(f, "{a}:{p}"),
+                (a, None) => write!(f, "{a}"),
+            };
+        write!(f, "{} ", self.l4)?;
+        endpoint(f, &self.src, self.sport)?;
+        f.write_str(" > ")?;
+        endpoint(f, &self.dst, self.dport)?;
+        if let (Some(t), Some(c)) = (self.icmp_type, self.icmp_code) {
+            write!(f, " type {t} code {c}")?;
+        }
+        if let Some(flags) = &self.tcp_flags {
+            write!(f, " [{flags}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// Converts monotonic timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    realtime_minus_monotonic_ns: i128,
+}
+
+impl WallClock {
+    pub fn now() -> Self {
+        use nix::time::{clock_gettime, ClockId};
+        let ns = |id| {
+            clock_gettime(id)
+                .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+                .unwrap_or(0)
+        };
+        let mono = ns(ClockId::CLOCK_MONOTONIC);
+        let real = ns(ClockId::CLOCK_REALTIME);
+        Self {
+            realtime_minus_monotonic_ns: real - mono,
+        }
+    }
+
+    pub fn to_system_time(self, monotonic_ns: u64) -> SystemTime {
+        let ns = (monotonic_ns as i128 + self.realtime_minus_monotonic_ns).max(0) as u128;
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    }
+}
+
+/// What decoding needs to know about the kernel and the session.
+pub struct Decoder {
+    pub reasons: DropReasons,
+    pub kallsyms: Arc<Kallsyms>,
+    pub netns: NetnsNames,
+    pub clock: WallClock,
+}
+
+impl Decoder {
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        let header: EventHeader = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+        match header.kind {
+            k if k == EventKind::Drop as u16 => {
+                let raw: DropEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+                Ok(Event::Drop(self.decode_drop(&raw)))
+            }
+            other => Err(DecodeError::UnknownKind(other)),
+        }
+    }
+
+    fn decode_drop(&mut self, raw: &DropEvent) -> DropRecord {
+        // The tracepoint stores `ntohs(skb->protocol)`: already host order.
+        let protocol = match raw.protocol {
+            ETH_P_IP => "ipv4".to_string(),
+            ETH_P_IPV6 => "ipv6".to_string(),
+            ETH_P_ARP => "arp".to_string(),
+            other => format!("{other:#06x}"),
+        };
+        let header_len = (raw.header_len as usize).min(raw.headers.len());
+        let flow = match raw.protocol {
+            ETH_P_IP | ETH_P_IPV6 => parse_flow(&raw.headers[..header_len]),
+            _ => None,
+        };
+        let (location, function) = match self.kallsyms.resolve(raw.location) {
+            Some(sym) => (sym.to_string(), Some(sym.name.to_string())),
+            None => (format!("{:#x}", raw.location), None),
+        };
+        let reason_code = (raw.reason != ABSENT).then_some(raw.reason);
+        let reason = reason_code.map(|code| {
+            self.reasons
+                .name(code)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("reason-{code}"))
+        });
+        let netns = (raw.netns != 0).then_some(raw.netns);
+        DropRecord {
+            time: humantime::format_rfc3339_micros(self.clock.to_system_time(raw.header.ts_ns))
+                .to_string(),
+            ts_ns: raw.header.ts_ns,
+            cpu: raw.header.cpu,
+            netns,
+            netns_name: netns.and_then(|inode| self.netns.name(inode).map(str::to_string)),
+            ifindex: (raw.ifindex != 0).then_some(raw.ifindex),
+            device: (raw.ifindex != 0).then(|| c_string(&raw.ifname)),
+            protocol,
+            flow,
+            reason,
+            reason_code,
+            location,
+            function,
+            skb: format!("{:#x}", raw.skb),
+            task: task(&raw.header),
+        }
+    }
+}
+
+fn task(header: &EventHeader) -> Option<Task> {
+    (header.pid != 0).then(|| Task {
+        pid: header.pid,
+        tid: header.tid,
+        comm: c_string(&header.comm),
+    })
+}
+
+/// Copies a `repr(C)` record out of a ring-buffer slice (which has no alignment guarantee).
+fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
+    (bytes.len() >= std::mem::size_of::<T>()).then(|| {
+        // SAFETY: length checked above; T is a plain-data ABI struct valid for any bytes.
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+    })
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Parses IPv4/IPv6 + TCP/UDP/ICMP headers, tolerating truncation.
+pub fn parse_flow(headers: &[u8]) -> Option<Flow> {
+    let packet = LaxSlicedPacket::from_ip(headers).ok()?;
+    let (src, dst, proto): (IpAddr, IpAddr, u8) = match packet.net.as_ref()? {
+        LaxNetSlice::Ipv4(ip) => {
+            let h = ip.header();
+            (
+                h.source_addr().into(),
+                h.destination_addr().into(),
+                h.protocol().0,
+            )
+        }
+        LaxNetSlice::Ipv6(ip) => {
+            let h = ip.header();
+            (
+                h.source_addr().into(),
+                h.destination_addr().into(),
+                ip.payload().ip_number.0,
+            )
+        }
+        _ => return None,
+    };
+    let mut flow = Flow {
+        l4: format!("proto-{proto}"),
+        src,
+        dst,
+        sport: None,
+        dport: None,
+        icmp_type: None,
+        icmp_code: None,
+        tcp_flags: None,
+    };
+    match packet.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            flow.l4 = "tcp".into();
+            flow.sport = Some(tcp.source_port());
+            flow.dport = Some(tcp.destination_port());
+            let names = [
+                (tcp.syn(), "SYN"),
+                (tcp.ack(), "ACK"),
+                (tcp.fin(), "FIN"),
+                (tcp.rst(), "RST"),
+                (tcp.psh(), "PSH"),
+            ];
+            let set: Vec<&str> = names
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, n)| *n)
+                .collect();
+            flow.tcp_flags = Some(set.join("|"));
+        }
+        Some(TransportSlice::Udp(udp)) => {
+            flow.l4 = "udp".into();
+            flow.sport = Some(udp.source_port());
+            flow.dport = Some(udp.destination_port());
+        }
+        Some(TransportSlice::Icmpv4(icmp)) => {
+            flow.l4 = "icmp".into();
+            flow.icmp_type = Some(icmp.type_u8());
+            flow.icmp_code = Some(icmp.code_u8());
+        }
+        Some(TransportSlice::Icmpv6(icmp)) => {
+            flow.l4 = "icmpv6".into();
+            flow.icmp_type = Some(icmp.type_u8());
+            flow.icmp_code = Some(icmp.code_u8());
+        }
+        None => match proto {
+            6 => flow.l4 = "tcp".into(),
+            17 => flow.l4 = "udp".into(),
+            1 => flow.l4 = "icmp".into(),
+            58 => flow.l4 = "icmpv6".into(),
+            _ => {}
+        },
+    }
+    Some(flow)
+}

@@ -1,0 +1,202 @@
+//! Kernel BTF: struct member offsets and enum values of the running kernel.
+//!
+//! Member lookup walks anonymous structs and unions, because the kernel wraps fields in them
+//! freely (`sk_buff.dev` sits in an anonymous union inside an anonymous struct; the header
+//! offsets moved into `struct_group(headers)` in 5.x), and the nesting differs by version.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+
+use crate::kernel::KernelError;
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// Where a member lives: byte offset from the start of the outer struct, and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberLocation {
+    pub offset: u32,
+    pub size: u32,
+}
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl std::fmt::Debug for KernelBtf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelBtf")
+    }
+}
+
+impl KernelBtf {
+    pub fn load(path: &Path) -> Result<Self, KernelError> {
+        let btf = Btf::from_file(path)
+            .map_err(|e| KernelError::NoBtf(format!("{}: {e}", path.display())))?;
+        Ok(Self { btf })
+    }
+
+    /// Resolves a dotted member path such as `nd_net.net` inside `struct <strct>`.
+    pub fn member(&self, strct: &str, path: &str) -> Result<MemberLocation, KernelError> {
+        let missing = |why: String| KernelError::MissingMember {
+            member: format!("struct {strct}.{path}"),
+            why,
+        };
+        let mut ty = self
+            .btf
+            .resolve_types_by_name(strct)
+            .map_err(|e| missing(e.to_string()))?
+            .into_iter()
+            .find(|t| matches!(t, Type::Struct(_)))
+            .ok_or_else(|| missing("no such struct in BTF".into()))?;
+        let mut offset_bits = 0u32;
+        for segment in path.split('.') {
+            let container = self
+                .skip_modifiers(ty)
+                .map_err(|e| missing(e.to_string()))?;
+            let (bits, member_ty) = self
+                .find_member(&container, segment)
+                .map_err(|e| missing(e.to_string()))?
+                .ok_or_else(|| missing(format!("no member `{segment}`")))?;
+            offset_bits += bits;
+            ty = member_ty;
+        }
+        if offset_bits % 8 != 0 {
+            return Err(missing("member is a bitfield".into()));
+        }
+        let size = self.size_of(&ty).map_err(|e| missing(e.to_string()))?;
+        Ok(MemberLocation {
+            offset: offset_bits / 8,
+            size,
+        })
+    }
+
+    /// All `(name, value)` pairs of `enum <name>` (or `enum64`).
+    pub fn enum_values(&self, name: &str) -> Result<Vec<(String, u64)>, KernelError> {
+        let missing = |why: String| KernelError::MissingMember {
+            member: format!("enum {name}"),
+            why,
+        };
+        for ty in self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|e| missing(e.to_string()))?
+        {
+            match ty {
+                Type::Enum(e) => {
+                    return e
+                        .members
+                        .iter()
+                        .map(|m| {
+                            Ok((
+                                self.btf
+                                    .resolve_name(m)
+                                    .map_err(|e| missing(e.to_string()))?,
+                                m.val() as u64,
+                            ))
+                        })
+                        .collect();
+                }
+                Type::Enum64(e) => {
+                    return e
+                        .members
+                        .iter()
+                        .map(|m| {
+                            Ok((
+                                self.btf
+                                    .resolve_name(m)
+                                    .map_err(|e| missing(e.to_string()))?,
+                                m.val(),
+                            ))
+                        })
+                        .collect();
+                }
+                _ => {}
+            }
+        }
+        Err(missing("no such enum in BTF".into()))
+    }
+
+    /// Searches `container` for `name`, descending into anonymous members.
+    /// Returns the member's bit offset relative to `container` and its type.
+    fn find_member(&self, container: &Type, name: &str) -> anyhow::Result<Option<(u32, Type)>> {
+        let members = match container {
+            Type::Struct(s) | Type::Union(s) => &s.members,
+            _ => return Ok(None),
+        };
+        for member in members {
+            let member_name = self.btf.resolve_name(member)?;
+            let member_ty = self.btf.resolve_chained_type(member)?;
+            if member_name == name {
+                return Ok(Some((member.bit_offset(), member_ty)));
+            }
+            if member_name.is_empty() {
+                let inner = self.skip_modifiers(member_ty)?;
+                if let Some((bits, ty)) = self.find_member(&inner, name)? {
+                    return Ok(Some((member.bit_offset() + bits, ty)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn skip_modifiers(&self, mut ty: Type) -> anyhow::Result<Type> {
+        loop {
+            ty = match &ty {
+                Type::Typedef(t) => self.btf.resolve_chained_type(t)?,
+                Type::Const(t) => self.btf.resolve_chained_type(t)?,
+                Type::Volatile(t) => self.btf.resolve_chained_type(t)?,
+                Type::Restrict(t) => self.btf.resolve_chained_type(t)?,
+                Type::TypeTag(t) => self.btf.resolve_chained_type(t)?,
+                _ => return Ok(ty),
+            };
+        }
+    }
+
+    fn size_of(&self, ty: &Type) -> anyhow::Result<u32> {
+        Ok(match self.skip_modifiers(ty.clone())? {
+            Type::Int(i) => i.size() as u32,
+            Type::Ptr(_) => std::mem::size_of::<usize>() as u32,
+            Type::Struct(s) | Type::Union(s) => s.size() as u32,
+            Type::Enum(e) => e.size() as u32,
+            Type::Enum64(e) => e.size() as u32,
+            Type::Array(a) => {
+                let elem = self.btf.resolve_chained_type(&a)?;
+                a.len() as u32 * self.size_of(&elem)?
+            }
+            other => anyhow::bail!("cannot size a BTF {}", other.name()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only runs where the kernel exposes BTF; the values are checked against each other
+    /// rather than against numbers, which differ per kernel build.
+    #[test]
+    fn resolves_nested_members_on_this_kernel() {
+        let Ok(btf) = KernelBtf::load(Path::new(VMLINUX)) else {
+            eprintln!("skipped: no {VMLINUX} on this machine");
+            return;
+        };
+        let dev = btf.member("sk_buff", "dev").unwrap();
+        assert_eq!(dev.size, 8);
+        assert_eq!(btf.member("sk_buff", "network_header").unwrap().size, 2);
+        assert_eq!(btf.member("net_device", "name").unwrap().size, 16);
+        let nd_net = btf.member("net_device", "nd_net").unwrap();
+        let nd_net_net = btf.member("net_device", "nd_net.net").unwrap();
+        assert_eq!(
+            nd_net.offset, nd_net_net.offset,
+            "possible_net_t holds just the pointer"
+        );
+        assert_eq!(btf.member("net", "ns.inum").unwrap().size, 4);
+        assert!(btf.member("sk_buff", "no_such_member").is_err());
+        let reasons = btf.enum_values("skb_drop_reason").unwrap();
+        assert!(reasons
+            .iter()
+            .any(|(n, _)| n == "SKB_DROP_REASON_NO_SOCKET"));
+    }
+}

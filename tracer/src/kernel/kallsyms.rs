@@ -1,0 +1,96 @@
+//! `/proc/kallsyms`: turns a kernel text address into `symbol+0xoffset`.
+
+use std::fmt;
+
+/// Text symbols sorted by address.
+#[derive(Debug, Default)]
+pub struct Kallsyms {
+    symbols: Vec<(u64, String)>,
+}
+
+/// A resolved address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Symbol<'a> {
+    pub name: &'a str,
+    pub offset: u64,
+}
+
+impl fmt::Display for Symbol<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}+{:#x}", self.name, self.offset)
+    }
+}
+
+impl Kallsyms {
+    pub fn load() -> std::io::Result<Self> {
+        Ok(Self::parse(&std::fs::read_to_string("/proc/kallsyms")?))
+    }
+
+    /// Parses kallsyms text. Addresses all zero (kptr_restrict, not root) give an empty table.
+    pub fn parse(text: &str) -> Self {
+        let mut symbols: Vec<(u64, String)> = text
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.split_ascii_whitespace();
+                let addr = u64::from_str_radix(parts.next()?, 16).ok()?;
+                let kind = parts.next()?;
+                let name = parts.next()?;
+                (addr != 0 && matches!(kind, "t" | "T" | "w" | "W"))
+                    .then(|| (addr, name.to_string()))
+            })
+            .collect();
+        symbols.sort_unstable_by_key(|(addr, _)| *addr);
+        Self { symbols }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.symbols.is_empty()
+    }
+
+    /// The symbol containing `addr` (the closest one at or below it).
+    pub fn resolve(&self, addr: u64) -> Option<Symbol<'_>> {
+        let index = self
+            .symbols
+            .partition_point(|(a, _)| *a <= addr)
+            .checked_sub(1)?;
+        let (start, name) = &self.symbols[index];
+        Some(Symbol {
+            name,
+            offset: addr - start,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+ffffffff81000000 T _stext
+ffffffff81a00000 T __udp4_lib_rcv
+ffffffff81a00800 t udp_queue_rcv_skb
+ffffffff81b00000 D some_data
+ffffffffc0000000 t veth_xmit\t[veth]
+";
+
+    #[test]
+    fn resolves_to_the_enclosing_symbol() {
+        let k = Kallsyms::parse(SAMPLE);
+        assert_eq!(
+            k.resolve(0xffffffff81a00123).unwrap().to_string(),
+            "__udp4_lib_rcv+0x123"
+        );
+        assert_eq!(
+            k.resolve(0xffffffff81a00800).unwrap().to_string(),
+            "udp_queue_rcv_skb+0x0"
+        );
+        assert_eq!(k.resolve(0xffffffffc0000010).unwrap().name, "veth_xmit");
+        assert!(k.resolve(0x1000).is_none());
+    }
+
+    #[test]
+    fn restricted_kallsyms_is_empty() {
+        let k = Kallsyms::parse("0000000000000000 T _stext\n0000000000000000 T foo\n");
+        assert!(k.is_empty());
+    }
+}

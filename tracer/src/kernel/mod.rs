@@ -1,0 +1,96 @@
+//! What the running kernel offers, read at run time: tracefs formats, BTF, kallsyms,
+//! drop-reason names, namespace names. Nothing about kernel layout is compiled in.
+
+pub mod btf;
+pub mod drop_reasons;
+pub mod kallsyms;
+pub mod netns;
+pub mod tracefs;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use self::{btf::KernelBtf, drop_reasons::DropReasons, kallsyms::Kallsyms, tracefs::Tracefs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("no usable tracefs: {0}. Mount it with `mount -t tracefs nodev /sys/kernel/tracing` or run as root")]
+    NoTracefs(String),
+    #[error("tracepoint {tracepoint} is not available: {why}")]
+    MissingTracepoint { tracepoint: String, why: String },
+    #[error("kernel BTF unavailable: {0}")]
+    NoBtf(String),
+    #[error("{member} not found in kernel BTF: {why}")]
+    MissingMember { member: String, why: String },
+}
+
+/// Facts about the running kernel that the probes and the analyzer need.
+#[derive(Debug)]
+pub struct KernelFacts {
+    pub release: String,
+    pub tracefs: Tracefs,
+    pub btf: Option<KernelBtf>,
+    /// Why BTF is missing, when it is.
+    pub btf_missing: Option<String>,
+    pub kallsyms: std::sync::Arc<Kallsyms>,
+    /// `skb:kfree_skb`'s format: its fields differ by version (reason 5.17+, rx_sk 6.11+).
+    pub kfree_skb: tracefs::TracepointFormat,
+    pub drop_reasons: DropReasons,
+}
+
+/// The part of [`KernelFacts`] shown in reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelSummary {
+    pub release: String,
+    pub btf: bool,
+    pub drop_reason_names: &'static str,
+    pub kallsyms: bool,
+}
+
+impl KernelFacts {
+    /// Reads everything. `DPTRACE_BTF` overrides the BTF path (`none` pretends there is none).
+    pub fn probe() -> Result<Self, KernelError> {
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        let tracefs = Tracefs::open_or_mount()?;
+        let (btf, btf_missing) = match std::env::var("DPTRACE_BTF").ok().as_deref() {
+            Some("none") => (None, Some("disabled by DPTRACE_BTF=none".to_string())),
+            other => {
+                let path = PathBuf::from(other.unwrap_or(btf::VMLINUX));
+                match KernelBtf::load(&path) {
+                    Ok(btf) => (Some(btf), None),
+                    Err(e) => (None, Some(e.to_string())),
+                }
+            }
+        };
+        let kfree_skb = tracefs.format("skb", "kfree_skb")?;
+        let drop_reasons = DropReasons::resolve(btf.as_ref(), &kfree_skb);
+        let kallsyms = std::sync::Arc::new(Kallsyms::load().unwrap_or_default());
+        Ok(Self {
+            release,
+            tracefs,
+            btf,
+            btf_missing,
+            kallsyms,
+            kfree_skb,
+            drop_reasons,
+        })
+    }
+
+    pub fn summary(&self) -> KernelSummary {
+        KernelSummary {
+            release: self.release.clone(),
+            btf: self.btf.is_some(),
+            drop_reason_names: match self.drop_reasons.source {
+                drop_reasons::ReasonSource::Btf => "btf",
+                drop_reasons::ReasonSource::TracefsFormat => "tracefs-format",
+                drop_reasons::ReasonSource::Unavailable => {
+                    "unavailable (kfree_skb has no reason field; kernel < 5.17)"
+                }
+            },
+            kallsyms: !self.kallsyms.is_empty(),
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The lab: reproduce known failures in throwaway namespaces while tracing, and check that
+//! dptrace explains each with the expected finding. Used by `dptrace lab`, the demo and the
+//! tests; everything it creates is removed afterwards, also when a step fails.
+
+pub mod netns;
+pub mod scenarios;
+pub mod topology;
+pub mod traffic;
+
+use std::{collections::HashSet, time::Duration};
+
+use anyhow::bail;
+use serde_json::json;
+
+use self::{netns::Lab, scenarios::Scenario};
+use crate::{
+    analyze::{Finding, Severity},
+    commands::{require_root, Outcome},
+    decode::Event,
+    output::{self, Sink, Summary},
+    probes::DEFAULT_BUFFER_BYTES,
+    session::{EventFilter, Session, SessionOptions},
+};
+
+/// Time for the last events to arrive after the traffic was sent.
+const SETTLE: Duration = Duration::from_millis(300);
+
+pub fn list() -> anyhow::Result<Outcome> {
+    for s in scenarios::all() {
+        println!("{:<18} {:<16} {}", s.name(), s.expected_rule(), s.about());
+    }
+    Ok(Outcome::Ok)
+}
+
+pub async fn run(
+    names: &[String],
+    all: bool,
+    json: bool,
+    verbose: bool,
+) -> anyhow::Result<Outcome> {
+    let available = scenarios::all();
+    let chosen: Vec<&dyn Scenario> = if all {
+        if !names.is_empty() {
+            bail!("give scenario names or --all, not both");
+        }
+        available
+    } else {
+        if names.is_empty() {
+            bail!("name the scenarios to run, or --all (see `dptrace lab list`)");
+        }
+        names
+            .iter()
+            .map(|n| {
+                available
+                    .iter()
+                    .copied()
+                    .find(|s| s.name() == n)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "unknown lab scenario `{n}`; available: {}",
+                            available
+                                .iter()
+                                .map(|s| s.name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    require_root()?;
+    let mut sink = output::sink(json, verbose);
+    let mut failed = 0;
+    for scenario in &chosen {
+        let outcome = tokio::select! {
+            r = run_one(*scenario, sink.as_mut(), verbose) => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted; lab namespaces removed"),
+        };
+        let problems = match outcome {
+            Ok(problems) => problems,
+            Err(e) => vec![format!(
+                "the scenario could not run: {}",
+                crate::probes::error_chain(e.as_ref())
+            )],
+        };
+        let ok = problems.is_empty();
+        failed += usize::from(!ok);
+        let text = if ok {
+            format!(
+                "=> {}: diagnosed as {}\n",
+                scenario.name(),
+                scenario.expected_rule()
+            )
+        } else {
+            format!(
+                "=> {}: NOT diagnosed as {}: {}\n",
+                scenario.name(),
+                scenario.expected_rule(),
+                problems.join("; ")
+            )
+        };
+        sink.record(
+            "lab-result",
+            json!({"scenario": scenario.name(), "expected_rule": scenario.expected_rule(), "diagnosed": ok, "problems": problems}),
+            &text,
+        );
+    }
+    Ok(if failed == 0 {
+        Outcome::Ok
+    } else {
+        Outcome::Problem
+    })
+}
+
+/// Builds, traces, triggers and verifies one scenario. The `Lab` guard removes its
+/// namespaces when this returns, errors and cancellation included.
+async fn run_one(
+    scenario: &'static dyn Scenario,
+    sink: &mut dyn Sink,
+    verbose: bool,
+) -> anyhow::Result<Vec<String>> {
+    sink.note(&format!("== lab {}: {}", scenario.name(), scenario.about()));
+    let mut lab = Lab::new()?;
+    let topology = scenario.setup(&mut lab)?;
+    let inodes: HashSet<u32> = lab
+        .namespaces()
+        .iter()
+        .filter_map(|n| lab.inode(n))
+        .collect();
+    let mut session = Session::start(SessionOptions {
+        buffer_bytes: DEFAULT_BUFFER_BYTES,
+        filter: EventFilter {
+            netns: Some(inodes),
+            iface: None,
+        },
+    })?;
+    let mut scoped = LabSink {
+        inner: sink,
+        verbose,
+    };
+    let trigger_topology = topology.clone();
+    let triggered = session
+        .run_until(
+            async move {
+                let result =
+                    tokio::task::spawn_blocking(move || scenario.trigger(&trigger_topology)).await;
+                tokio::time::sleep(SETTLE).await;
+                result
+            },
+            &mut scoped,
+        )
+        .await?;
+    triggered.map_err(|e| anyhow::anyhow!("traffic task failed: {e}"))??;
+    let report = session.finish(&mut scoped, None);
+    Ok(scenario.verify(&lab, &topology, &report.findings))
+}
+
+/// Forwards findings; events and the summary only with --verbose.
+struct LabSink<'a> {
+    inner: &'a mut dyn Sink,
+    verbose: bool,
+}
+
+impl Sink for LabSink<'_> {
+    fn event(&mut self, event: &Event) {
+        self.inner.event(event);
+    }
+
+    fn finding(&mut self, finding: &Finding) {
+        // Routine drops (multicast listener reports and the like) are noise in a demo.
+        if self.verbose || finding.severity > Severity::Info {
+            self.inner.finding(finding);
+        }
+    }
+
+    fn summary(&mut self, summary: &Summary) {
+        if self.verbose {
+            self.inner.summary(summary);
+        }
+    }
+
+    fn note(&mut self, text: &str) {
+        self.inner.note(text);
+    }
+
+    fn record(&mut self, kind: &str, value: serde_json::Value, text: &str) {
+        self.inner.record(kind, value, text);
+    }
+}

@@ -1,0 +1,140 @@
+//! Throwaway network namespaces for the lab, removed when the `Lab` is dropped (also on
+//! error or panic), plus clean-up of leftovers from a run that was killed.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context};
+
+use crate::kernel::netns::inode_of;
+
+/// Every lab namespace is named `dptlab-<pid>-<role>`, so leftovers can be attributed.
+const PREFIX: &str = "dptlab-";
+const NETNS_DIR: &str = "/run/netns";
+
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+}
+
+impl Lab {
+    pub fn new() -> anyhow::Result<Self> {
+        for stale in cleanup_leftovers() {
+            log::warn!("removed namespace {stale} left behind by an earlier lab run");
+        }
+        Ok(Self {
+            prefix: format!("{PREFIX}{}-", std::process::id()),
+            namespaces: Vec::new(),
+        })
+    }
+
+    /// Creates namespace `dptlab-<pid>-<role>` with loopback up; returns its name.
+    pub fn add_netns(&mut self, role: &str) -> anyhow::Result<String> {
+        let name = format!("{}{role}", self.prefix);
+        ip(&["netns", "add", &name])?;
+        self.namespaces.push(name.clone());
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    pub fn inode(&self, netns: &str) -> Option<u32> {
+        inode_of(&netns_path(netns))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for name in self.namespaces.drain(..).rev() {
+            // Deleting the namespace deletes the veths and rules inside it too.
+            if let Err(e) = ip(&["netns", "del", &name]) {
+                log::warn!("could not remove lab namespace {name}: {e}");
+            }
+        }
+    }
+}
+
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// Runs `ip ARGS…`, failing with its stderr.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run("ip", args)
+}
+
+/// Runs `program ARGS…` inside namespace `netns`.
+pub fn exec_in(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut full = vec!["netns", "exec", netns, program];
+    full.extend_from_slice(args);
+    run("ip", &full)
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(program).args(args).output().with_context(|| {
+        format!(
+            "cannot run `{program}` (is it installed? iproute2 and iptables are needed by the lab)"
+        )
+    })?;
+    if !output.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `f` on a thread that has entered namespace `netns`; the caller's thread is untouched.
+pub fn in_netns<T: Send>(
+    netns: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send,
+) -> anyhow::Result<T> {
+    let path = netns_path(netns);
+    // The thread is named after the namespace's role so events show who sent the traffic.
+    let role = netns.rsplit('-').next().unwrap_or("lab");
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name(format!("lab-{role}"))
+            .spawn_scoped(scope, || -> anyhow::Result<T> {
+                let file = File::open(&path).with_context(|| format!("open {}", path.display()))?;
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("setns {}", path.display()))?;
+                Ok(f()?)
+            })
+            .context("cannot start the traffic thread")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?
+    })
+}
+
+/// Removes `dptlab-<pid>-*` namespaces whose dptrace process is gone. Returns their names.
+pub fn cleanup_leftovers() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+        return vec![];
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let owner_alive = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() == "dptrace");
+        if !owner_alive && ip(&["netns", "del", &name]).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
+}

@@ -1,0 +1,47 @@
+//! The lab's scenarios: each reproduces one known failure and names the finding that
+//! explains it.
+
+mod iptables_drop;
+mod udp_closed_port;
+
+use crate::analyze::Finding;
+
+use super::{netns::Lab, topology::NodePair};
+
+pub trait Scenario: Sync {
+    fn name(&self) -> &'static str;
+    /// One line: what failure this reproduces.
+    fn about(&self) -> &'static str;
+    /// The rule whose finding explains it.
+    fn expected_rule(&self) -> &'static str;
+    /// Builds the topology and the faulty configuration.
+    fn setup(&self, lab: &mut Lab) -> anyhow::Result<NodePair>;
+    /// Sends the traffic that hits the fault (inside lab namespaces only).
+    fn trigger(&self, topology: &NodePair) -> anyhow::Result<()>;
+    /// Why the findings do not explain the failure, or an empty list when they do.
+    fn verify(&self, lab: &Lab, topology: &NodePair, findings: &[Finding]) -> Vec<String>;
+}
+
+pub fn all() -> Vec<&'static dyn Scenario> {
+    vec![
+        &udp_closed_port::UdpClosedPort,
+        &iptables_drop::IptablesDrop,
+    ]
+}
+
+/// Checks that a finding of `rule` exists in namespace `netns` whose destination is each of `dsts`.
+pub(crate) fn expect_findings(
+    findings: &[Finding],
+    rule: &str,
+    netns: Option<u32>,
+    dsts: &[std::net::IpAddr],
+) -> Vec<String> {
+    dsts.iter()
+        .filter(|dst| {
+            !findings
+                .iter()
+                .any(|f| f.rule == rule && f.place.netns == netns && f.destination == Some(**dst))
+        })
+        .map(|dst| format!("no `{rule}` finding for destination {dst} in netns {netns:?}"))
+        .collect()
+}

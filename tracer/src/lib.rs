@@ -1,0 +1,15 @@
+//! dptrace: eBPF tracing of the Linux network datapath, with diagnoses.
+//!
+//! Data flows one way: `probes` (kernel programs, ring buffer) → `decode` → `analyze`
+//! (correlate, then rules) → `output` (sinks). `kernel` holds what the running kernel
+//! offers; `session` wires one tracing session; `lab` reproduces known failures.
+
+pub mod analyze;
+pub mod cli;
+pub mod commands;
+pub mod decode;
+pub mod kernel;
+pub mod lab;
+pub mod output;
+pub mod probes;
+pub mod session;

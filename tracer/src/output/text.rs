@@ -1,0 +1,121 @@
+//! Human-readable output: one line per event, a block per finding, a summary table.
+
+use std::io::Write;
+
+use super::{Sink, Summary};
+use crate::{
+    analyze::Finding,
+    decode::{DropRecord, Event},
+};
+
+pub struct TextSink {
+    live_events: bool,
+}
+
+impl TextSink {
+    pub fn new(live_events: bool) -> Self {
+        Self { live_events }
+    }
+}
+
+fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+/// `16:20:01.123456 drop NO_SOCKET netns server(4026532301) dev s0 udp 10.0.0.1:4000 > … at fn+0x1 [pid 7 bash]`
+pub fn drop_line(d: &DropRecord) -> String {
+    let clock = d.time.get(11..26).unwrap_or(&d.time);
+    let mut line = format!("{clock} drop {:<14}", d.reason.as_deref().unwrap_or("-"));
+    match (&d.netns_name, d.netns) {
+        (Some(name), Some(inode)) => line.push_str(&format!(" netns {name}({inode})")),
+        (None, Some(inode)) => line.push_str(&format!(" netns {inode}")),
+        _ => line.push_str(" netns ?"),
+    }
+    line.push_str(&format!(" dev {}", d.device.as_deref().unwrap_or("-")));
+    match &d.flow {
+        Some(flow) => line.push_str(&format!(" {flow}")),
+        None => line.push_str(&format!(" {}", d.protocol)),
+    }
+    line.push_str(&format!(" at {}", d.location));
+    if let Some(task) = &d.task {
+        line.push_str(&format!(" [pid {} {}]", task.pid, task.comm));
+    }
+    line
+}
+
+impl Sink for TextSink {
+    fn event(&mut self, event: &Event) {
+        if self.live_events {
+            match event {
+                Event::Drop(d) => print(&drop_line(d)),
+            }
+        }
+    }
+
+    fn finding(&mut self, f: &Finding) {
+        let mut text = format!("\n[{}] {}: {}\n", f.severity, f.rule, f.summary);
+        text.push_str(&format!("  where:   {}\n", f.place));
+        for flow in &f.flows {
+            text.push_str(&format!("  flow:    {flow}\n"));
+        }
+        text.push_str(&format!(
+            "  when:    {} .. {} ({} packets)\n",
+            f.first_time, f.last_time, f.count
+        ));
+        for event in &f.evidence {
+            match event {
+                Event::Drop(d) => text.push_str(&format!("  evidence: {}\n", drop_line(d))),
+            }
+        }
+        text.push_str(&format!("  fix:     {}", f.remediation));
+        print(&text);
+    }
+
+    fn summary(&mut self, s: &Summary) {
+        let mut text = format!(
+            "\n== summary: {:.1}s, {} events, {} drops, {} lost, {} findings (kernel {}) ==",
+            s.duration_secs, s.events, s.drops, s.lost_events, s.findings, s.kernel.release
+        );
+        if !s.drops_by_reason.is_empty() {
+            text.push_str(&format!("\n  {:>8}  {:<24} location", "count", "reason"));
+            for row in &s.drops_by_reason {
+                text.push_str(&format!(
+                    "\n  {:>8}  {:<24} {}",
+                    row.count, row.reason, row.location
+                ));
+            }
+        }
+        if s.lost_events > 0 {
+            text.push_str(&format!(
+                "\n  {} events were lost: the ring buffer was full (raise --buffer-size)",
+                s.lost_events
+            ));
+        }
+        if s.filtered_events > 0 {
+            text.push_str(&format!(
+                "\n  {} events outside the --netns/--iface filter were skipped",
+                s.filtered_events
+            ));
+        }
+        if s.decode_errors > 0 {
+            text.push_str(&format!(
+                "\n  {} records could not be decoded",
+                s.decode_errors
+            ));
+        }
+        if let Some(status) = &s.command_status {
+            text.push_str(&format!("\n  command: {status}"));
+        }
+        print(&text);
+    }
+
+    fn note(&mut self, text: &str) {
+        print(text);
+    }
+
+    fn record(&mut self, _kind: &str, _value: serde_json::Value, text: &str) {
+        print(text);
+    }
+}

@@ -1,0 +1,191 @@
+//! A tracing session: attach the probes, stream ring-buffer records through
+//! decode → correlate → sinks until told to stop, then run the rules and summarise.
+
+use std::{collections::HashSet, future::Future, time::Instant};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    analyze::{Analyzer, Finding},
+    decode::{Decoder, Event, WallClock},
+    kernel::{netns::NetnsNames, KernelFacts},
+    output::{DropRow, Sink, Summary},
+    probes::{ProbeError, Probes},
+};
+
+/// Which events a session keeps.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Keep only events in these network namespaces (by inode).
+    pub netns: Option<HashSet<u32>>,
+    /// Keep only events on this device name.
+    pub iface: Option<String>,
+}
+
+impl EventFilter {
+    fn keeps(&self, event: &Event) -> bool {
+        match event {
+            Event::Drop(d) => {
+                self.netns
+                    .as_ref()
+                    .is_none_or(|set| d.netns.is_some_and(|n| set.contains(&n)))
+                    && self
+                        .iface
+                        .as_ref()
+                        .is_none_or(|name| d.device.as_deref() == Some(name))
+            }
+        }
+    }
+}
+
+pub struct SessionOptions {
+    pub buffer_bytes: u32,
+    pub filter: EventFilter,
+}
+
+/// What a finished session found.
+pub struct SessionReport {
+    pub findings: Vec<Finding>,
+    pub summary: Summary,
+}
+
+pub struct Session {
+    facts: KernelFacts,
+    probes: Probes,
+    events: AsyncFd<RingBuf<MapData>>,
+    decoder: Decoder,
+    analyzer: Analyzer,
+    filter: EventFilter,
+    started: Instant,
+    filtered: u64,
+    decode_errors: u64,
+}
+
+impl Session {
+    /// Reads the kernel's facts and attaches the probes. Must run inside a tokio runtime.
+    pub fn start(options: SessionOptions) -> Result<Self, ProbeError> {
+        let facts = KernelFacts::probe()?;
+        let mut probes = Probes::attach(&facts, options.buffer_bytes)?;
+        let ring = probes
+            .take_events()
+            .ok_or_else(|| ProbeError::Load("the EVENTS ring buffer is missing".into()))?;
+        // SAFETY: the ring buffer owns its map fd and keeps it open and unchanged until the
+        // AsyncFd (which owns the ring buffer) is dropped.
+        let events =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| ProbeError::Load(format!("cannot poll the ring buffer: {e}")))?;
+        let decoder = Decoder {
+            reasons: facts.drop_reasons.clone(),
+            kallsyms: facts.kallsyms.clone(),
+            netns: NetnsNames::new(),
+            clock: WallClock::now(),
+        };
+        Ok(Self {
+            facts,
+            probes,
+            events,
+            decoder,
+            analyzer: Analyzer::new(),
+            filter: options.filter,
+            started: Instant::now(),
+            filtered: 0,
+            decode_errors: 0,
+        })
+    }
+
+    pub fn facts(&self) -> &KernelFacts {
+        &self.facts
+    }
+
+    /// Streams events to `sink` until `stop` completes, then drains what is left.
+    pub async fn run_until<T>(
+        &mut self,
+        stop: impl Future<Output = T>,
+        sink: &mut dyn Sink,
+    ) -> std::io::Result<T> {
+        tokio::pin!(stop);
+        let result = loop {
+            tokio::select! {
+                guard = self.events.readable_mut() => {
+                    let mut guard = guard?;
+                    Self::drain_ring(guard.get_inner_mut(), &mut self.decoder, &mut self.analyzer, &self.filter, &mut self.filtered, &mut self.decode_errors, sink);
+                    guard.clear_ready();
+                }
+                result = &mut stop => break result,
+            }
+        };
+        self.drain(sink);
+        Ok(result)
+    }
+
+    /// Processes whatever is in the ring buffer now, without waiting.
+    pub fn drain(&mut self, sink: &mut dyn Sink) {
+        Self::drain_ring(
+            self.events.get_mut(),
+            &mut self.decoder,
+            &mut self.analyzer,
+            &self.filter,
+            &mut self.filtered,
+            &mut self.decode_errors,
+            sink,
+        );
+    }
+
+    fn drain_ring(
+        ring: &mut RingBuf<MapData>,
+        decoder: &mut Decoder,
+        analyzer: &mut Analyzer,
+        filter: &EventFilter,
+        filtered: &mut u64,
+        decode_errors: &mut u64,
+        sink: &mut dyn Sink,
+    ) {
+        while let Some(record) = ring.next() {
+            match decoder.decode(&record) {
+                Ok(event) if filter.keeps(&event) => {
+                    analyzer.observe(&event);
+                    sink.event(&event);
+                }
+                Ok(_) => *filtered += 1,
+                Err(e) => {
+                    *decode_errors += 1;
+                    log::debug!("undecodable record: {e}");
+                }
+            }
+        }
+    }
+
+    /// Runs the rules, writes findings and the summary to `sink`, and detaches everything.
+    pub fn finish(self, sink: &mut dyn Sink, command_status: Option<String>) -> SessionReport {
+        let kernel = self.facts.summary();
+        let findings = self.analyzer.findings(&kernel);
+        for f in &findings {
+            sink.finding(f);
+        }
+        let state = self.analyzer.state();
+        let summary = Summary {
+            duration_secs: self.started.elapsed().as_secs_f64(),
+            events: state.events,
+            drops: state.total_drops(),
+            drops_by_reason: state
+                .drops_by_reason_and_location()
+                .into_iter()
+                .map(|(reason, location, count)| DropRow {
+                    reason,
+                    location,
+                    count,
+                })
+                .collect(),
+            lost_events: self.probes.lost(),
+            filtered_events: self.filtered,
+            decode_errors: self.decode_errors,
+            findings: findings.len(),
+            kernel,
+            hooks: self.probes.hooks.clone(),
+            command_status,
+        };
+        sink.summary(&summary);
+        SessionReport { findings, summary }
+    }
+}

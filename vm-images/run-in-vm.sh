@@ -1,0 +1,450 @@
+#!/usr/bin/env bash
+# run-in-vm.sh — boot a Debian bookworm 6.1 kernel under QEMU and run a shell
+# script inside it as root.
+#
+# Usage:
+#   vm-images/run-in-vm.sh [options] GUEST_SCRIPT
+#
+# Options:
+#   --kernel-pkg PKG        Debian kernel package to boot, e.g.
+#                           linux-image-6.1.0-56-amd64-unsigned.  Default: the
+#                           newest linux-image-6.1.0-*-amd64-unsigned known to apt.
+#   --copy HOST[:GUEST]     Put HOST (file or directory) into the guest at GUEST
+#                           (default: /<basename of HOST>).  Repeatable.  ELF
+#                           executables also get their ldd libraries copied.
+#   --module NAME           Load an extra kernel module (plus its dependencies)
+#                           in addition to the default set.  Repeatable.
+#   --timeout SECS          Kill QEMU after SECS seconds (default 600).
+#   -h, --help              Show this help.
+#
+# Environment:
+#   DPTRACE_VM_ACCEL=tcg|kvm  Accelerator (default tcg: KVM is broken on the
+#                             project's nested-virt machines, see TOOLCHAIN.md).
+#                             kvm falls back to tcg if QEMU dies before the
+#                             guest script starts.
+#   DPTRACE_VM_MEM=MiB        Guest memory (default 1024).
+#   DPTRACE_VM_SMP=N          Guest CPUs (default 2).
+#   DPTRACE_VM_APPEND=ARGS    Extra kernel command line arguments.
+#   DPTRACE_VM_KEEP=1         Keep the temporary initramfs build directory.
+#
+# The guest's serial console is printed to stdout (with \r and terminal
+# escape sequences removed).  The guest
+# /init prints "DPTRACE-VM-EXIT=<rc>" after GUEST_SCRIPT finishes; this script
+# exits with that <rc>.  If the marker never appears it exits 124 when the
+# timeout fired, 125 otherwise (kernel panic, QEMU error, ...).
+#
+# Needs root on the host only to install missing packages with apt-get and to
+# create the /dev/console node in the initramfs.
+
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="$HERE/cache"
+MARKER="DPTRACE-VM-EXIT="
+
+# Modules loaded in every guest: what dptrace's tests need for veth/bridge/
+# vxlan topologies and iptables-nft rules (filter + REJECT, conntrack, NAT),
+# plus TC hooks.  Dependencies are resolved from modules.dep, so e.g. stp,
+# llc, nf_defrag_ipv4 and libcrc32c come along automatically.
+DEFAULT_MODULES=(
+  veth dummy bridge br_netfilter vxlan
+  sch_ingress cls_bpf
+  nfnetlink nf_tables nft_compat nft_ct nft_nat nft_chain_nat nft_masq
+  nft_reject nft_reject_inet nft_reject_ipv4 nft_reject_ipv6
+  x_tables ip_tables ip6_tables iptable_filter ip6table_filter iptable_nat
+  xt_tcpudp xt_conntrack xt_state xt_comment xt_multiport xt_mark
+  xt_addrtype xt_MASQUERADE xt_nat xt_LOG xt_limit
+  ipt_REJECT ip6t_REJECT nf_reject_ipv4 nf_reject_ipv6
+  nf_conntrack nf_nat nf_log_syslog
+)
+
+log() { echo "run-in-vm: $*" >&2; }
+die() { log "error: $*"; exit 2; }
+
+usage() { sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+
+# ---------------------------------------------------------------- arguments
+KERNEL_PKG=""
+COPIES=()
+EXTRA_MODULES=()
+TIMEOUT=600
+GUEST_SCRIPT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kernel-pkg) KERNEL_PKG="${2:?--kernel-pkg needs a value}"; shift 2 ;;
+    --kernel-pkg=*) KERNEL_PKG="${1#*=}"; shift ;;
+    --copy) COPIES+=("${2:?--copy needs a value}"); shift 2 ;;
+    --copy=*) COPIES+=("${1#*=}"); shift ;;
+    --module) EXTRA_MODULES+=("${2:?--module needs a value}"); shift 2 ;;
+    --module=*) EXTRA_MODULES+=("${1#*=}"); shift ;;
+    --timeout) TIMEOUT="${2:?--timeout needs a value}"; shift 2 ;;
+    --timeout=*) TIMEOUT="${1#*=}"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; GUEST_SCRIPT="${1:-}"; shift || true; break ;;
+    -*) usage >&2; die "unknown option $1" ;;
+    *) GUEST_SCRIPT="$1"; shift; break ;;
+  esac
+done
+[ $# -eq 0 ] || die "unexpected arguments after GUEST_SCRIPT: $*"
+[ -n "$GUEST_SCRIPT" ] || { usage >&2; die "missing GUEST_SCRIPT"; }
+[ -f "$GUEST_SCRIPT" ] || die "GUEST_SCRIPT $GUEST_SCRIPT is not a file"
+[[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds"
+
+# ------------------------------------------------------------ apt helpers
+# A background `apt-get install` may hold the dpkg/apt locks.  apt's own
+# DPkg::Lock::Timeout only covers the dpkg frontend lock, so additionally
+# retry on any "Could not get lock" error for up to ~15 minutes.
+apt_run() {
+  local out rc tries=0
+  while :; do
+    set +e
+    out="$("$@" -o DPkg::Lock::Timeout=600 2>&1)"; rc=$?
+    set -e
+    if [ $rc -ne 0 ] && grep -qiE 'could not get lock|unable to lock|unable to acquire' <<<"$out" \
+        && [ $tries -lt 180 ]; then
+      [ $tries -eq 0 ] && log "waiting for the apt/dpkg lock (another apt is running)..."
+      tries=$((tries + 1)); sleep 5; continue
+    fi
+    [ $rc -eq 0 ] || printf '%s\n' "$out" >&2
+    return $rc
+  done
+}
+
+APT_UPDATED=0
+apt_update_once() {
+  [ $APT_UPDATED -eq 1 ] && return 0
+  log "running apt-get update"
+  apt_run apt-get update -q
+  APT_UPDATED=1
+}
+
+# Install Debian packages that are not installed yet.
+ensure_pkgs() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || die "missing host packages (${missing[*]}); install them or run as root"
+  log "installing host packages: ${missing[*]}"
+  if ! DEBIAN_FRONTEND=noninteractive apt_run apt-get install -y -q --no-install-recommends "${missing[@]}"; then
+    apt_update_once
+    DEBIAN_FRONTEND=noninteractive apt_run apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+}
+
+# qemu-system-x86 provides qemu-system-x86_64; busybox-static is the guest's
+# userland (it must be static: it is the only thing in the guest besides the
+# few dynamically linked tools whose libraries we copy); iptables gives
+# xtables-nft-multi; iproute2 gives ip.  cpio is optional (busybox has one).
+ensure_pkgs qemu-system-x86 busybox-static iptables iproute2 bash gzip
+BUSYBOX="$(command -v busybox)" || die "busybox not found after installing busybox-static"
+
+# --------------------------------------------------- kernel package / cache
+mkdir -p "$CACHE/debs" "$CACHE/kernels"
+[ -f "$HERE/.gitignore" ] || printf 'cache/\n' >"$HERE/.gitignore"
+
+# Serialize cache updates between concurrent runs.
+exec 9>"$CACHE/.lock"
+flock 9
+
+if [ -z "$KERNEL_PKG" ]; then
+  # Only the generic amd64 flavour (not -cloud/-rt); sort -V so that -56 > -9.
+  find_newest() {
+    apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' 2>/dev/null \
+      | awk '{print $1}' | sort -V | tail -n1
+  }
+  KERNEL_PKG="$(find_newest)"
+  if [ -z "$KERNEL_PKG" ]; then apt_update_once; KERNEL_PKG="$(find_newest)"; fi
+  [ -n "$KERNEL_PKG" ] || die "no linux-image-6.1.0-*-amd64-unsigned package known to apt"
+fi
+
+KDIR="$CACHE/kernels/$KERNEL_PKG"
+if [ ! -f "$KDIR/.complete" ]; then
+  candidate() { apt-cache policy "$KERNEL_PKG" 2>/dev/null | awk '/Candidate:/ {print $2}'; }
+  ver="$(candidate)"
+  if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then apt_update_once; ver="$(candidate)"; fi
+  [ -n "$ver" ] && [ "$ver" != "(none)" ] || die "apt has no candidate for $KERNEL_PKG"
+  deb="$CACHE/debs/${KERNEL_PKG}_${ver//:/%3a}_amd64.deb"
+  if [ ! -f "$deb" ]; then
+    log "downloading $KERNEL_PKG $ver"
+    # Sandbox::User=root: the cache dir is not readable by user _apt.
+    (cd "$CACHE/debs" && apt_run apt-get download -q -o APT::Sandbox::User=root "$KERNEL_PKG=$ver")
+  fi
+  [ -f "$deb" ] || deb="$(ls -t "$CACHE/debs/${KERNEL_PKG}_"*.deb | head -n1)"
+  log "unpacking $(basename "$deb")"
+  rm -rf "$KDIR.tmp" && mkdir -p "$KDIR.tmp"
+  dpkg -x "$deb" "$KDIR.tmp"
+  rm -rf "$KDIR.tmp/usr/share"   # docs only
+  kver="$(ls "$KDIR.tmp/lib/modules")"
+  # Debian 6.1 ships plain .ko; newer kernels may ship .ko.xz/.ko.zst, which
+  # busybox modprobe cannot load, so decompress them once here.
+  find "$KDIR.tmp/lib/modules" -name '*.ko.xz' -exec xz -d {} +
+  find "$KDIR.tmp/lib/modules" -name '*.ko.zst' -exec zstd -q -d --rm {} +
+  # The .deb has no modules.dep (the postinst makes it); generate it.
+  if command -v depmod >/dev/null; then depmod -b "$KDIR.tmp" "$kver"
+  else "$BUSYBOX" depmod -b "$KDIR.tmp" "$kver"; fi
+  printf '%s %s %s\n' "$KERNEL_PKG" "$ver" "$kver" >"$KDIR.tmp/.complete"
+  rm -rf "$KDIR" && mv "$KDIR.tmp" "$KDIR"
+fi
+flock -u 9
+
+read -r _ KPKG_VERSION KVER <"$KDIR/.complete"
+VMLINUZ="$KDIR/boot/vmlinuz-$KVER"
+MODDIR="$KDIR/lib/modules/$KVER"
+[ -f "$VMLINUZ" ] || die "no kernel image at $VMLINUZ"
+log "kernel: $KERNEL_PKG $KPKG_VERSION ($KVER)"
+
+# ------------------------------------------------------------- initramfs
+WORK="$(mktemp -d /tmp/dptrace-vm.XXXXXX)"
+cleanup() { [ "${DPTRACE_VM_KEEP:-0}" = 1 ] && log "kept $WORK" || rm -rf "$WORK"; }
+trap cleanup EXIT
+ROOT="$WORK/root"
+
+# Merged-/usr layout like the host, so host paths (/lib/x86_64-linux-gnu,
+# /lib64/ld-linux-x86-64.so.2, /sbin/ip, ...) can be copied verbatim.
+mkdir -p "$ROOT"/{usr/bin,usr/sbin,usr/lib,usr/lib64,dev,proc,sys,run,tmp,root,etc,mnt}
+for d in bin sbin lib lib64; do ln -s "usr/$d" "$ROOT/$d"; done
+chmod 1777 "$ROOT/tmp"
+# The kernel opens /dev/console before running /init; without the node, init
+# would have no stdout.  (devtmpfs is mounted later on top of /dev.)
+mknod -m 600 "$ROOT/dev/console" c 5 1 2>/dev/null || true
+
+# Copy a host file to the same path in the guest, dereferencing symlinks.
+copy_same_path() {
+  local f="$1"
+  [ -e "$ROOT$f" ] && return 0
+  mkdir -p "$ROOT$(dirname "$f")"
+  cp -L "$f" "$ROOT$f"
+}
+
+# Copy the shared libraries (and the dynamic loader) that ELF files need.
+copy_libs() {
+  local lib
+  # ldd prints "libfoo.so => /path (addr)" and "/lib64/ld-linux... (addr)"
+  # (plus a "file:" header per file when given several).
+  for lib in $(ldd "$@" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3}
+                                          $1 ~ /^\// && $1 !~ /:$/ {print $1}' | sort -u); do
+    copy_same_path "$lib"
+  done
+}
+
+is_dynamic_elf() {
+  [ -f "$1" ] && head -c4 "$1" 2>/dev/null | grep -q 'ELF' && ldd "$1" >/dev/null 2>&1
+}
+
+# busybox-static + all its applet links (bin/ls, sbin/modprobe, ...).  The
+# real bash/ip/iptables below overwrite the busybox links of the same name.
+cp "$BUSYBOX" "$ROOT/bin/busybox"
+for applet in $("$BUSYBOX" --list-full); do
+  [ "$applet" = bin/busybox ] && continue   # would replace itself by a loop
+  ln -sf /bin/busybox "$ROOT/$applet"
+done
+
+# bash (runs GUEST_SCRIPT), iproute2's ip, iptables-nft.
+for bin in /usr/bin/bash /usr/sbin/ip /usr/sbin/xtables-nft-multi; do
+  rm -f "$ROOT$bin"
+  copy_same_path "$bin"
+  copy_libs "$bin"
+done
+for name in iptables ip6tables iptables-save ip6tables-save iptables-restore \
+            ip6tables-restore iptables-nft ip6tables-nft iptables-nft-save \
+            ip6tables-nft-save iptables-nft-restore ip6tables-nft-restore; do
+  ln -sf xtables-nft-multi "$ROOT/usr/sbin/$name"
+done
+# iptables dlopen()s its match/target extensions, ldd cannot see those.
+XTLIB=/usr/lib/x86_64-linux-gnu/xtables
+if [ -d "$XTLIB" ]; then
+  mkdir -p "$ROOT$XTLIB"
+  cp -a "$XTLIB/." "$ROOT$XTLIB/"
+  copy_libs "$XTLIB"/*.so
+fi
+# Name databases used by iptables (-p tcp), ip (rt tables) and friends.
+for f in /etc/protocols /etc/services /etc/ethertypes; do
+  [ -f "$f" ] && copy_same_path "$f"
+done
+[ -d /etc/iproute2 ] && cp -a /etc/iproute2 "$ROOT/etc/"
+printf 'root:x:0:0:root:/root:/bin/bash\n' >"$ROOT/etc/passwd"
+printf 'root:x:0:\n' >"$ROOT/etc/group"
+
+# Kernel modules.  Resolve the wanted names ('-' and '_' are equivalent) to
+# .ko paths plus their dependencies via the full modules.dep and copy only
+# those.  busybox modprobe ignores "softdep" (e.g. libcrc32c needs a crc32c
+# implementation, without it nf_tables/nf_conntrack fail to load with ENOENT),
+# so softdeps are resolved here (through modules.alias) and put in the load
+# list before the module that wants them.
+declare -A DEP=() ALIAS=() SEEN=() NEED_PATHS=()
+while IFS=: read -r path deps; do
+  b="${path##*/}"; b="${b%.ko}"; DEP["${b//-/_}"]="$path$deps"
+done <"$MODDIR/modules.dep"
+while read -r _ name mod; do
+  case "$name" in *[*?[]*) continue ;; esac   # wildcard aliases are for hardware
+  ALIAS["$name"]+=" $mod"
+done <"$MODDIR/modules.alias"
+
+LOADABLE=()   # modprobe order for the guest
+declare -A SOFTDEP=()   # ko path -> "pre: a b post: c" (memoized: forks are slow)
+load_softdep() {        # must not run in a subshell, or the memo is lost
+  [ -n "${SOFTDEP[$1]+set}" ] \
+    || SOFTDEP["$1"]="$(tr '\0' '\n' <"$MODDIR/$1" | sed -n 's/^softdep=//p')"
+}
+softdeps() {  # softdeps KO-PATH pre|post -> module names
+  local want="$2:" w on=0
+  for w in ${SOFTDEP[$1]}; do
+    case "$w" in *:) [ "$w" = "$want" ] && on=1 || on=0 ;; *) [ $on = 1 ] && echo "$w" ;; esac
+  done
+  return 0
+}
+add_module() {
+  local n="${1//-/_}" p s
+  [ -n "${SEEN[$n]:-}" ] && return 0
+  SEEN["$n"]=1
+  if [ -z "${DEP[$n]:-}" ]; then
+    if [ -n "${ALIAS[$1]:-}" ]; then
+      for s in ${ALIAS[$1]}; do add_module "$s"; done
+    elif grep -qE "/${n//_/[-_]}\.ko\$" "$MODDIR/modules.builtin"; then
+      log "module $1 is built into $KVER"
+    else
+      log "warning: module $1 not found in $KVER"
+      LOADABLE+=("$n")   # let the guest report the failure too
+    fi
+    return 0
+  fi
+  for p in ${DEP[$n]}; do
+    NEED_PATHS["$p"]=1
+    load_softdep "$p"
+    for s in $(softdeps "$p" pre); do add_module "$s"; done
+  done
+  LOADABLE+=("$n")
+  for p in ${DEP[$n]}; do
+    for s in $(softdeps "$p" post); do add_module "$s"; done
+  done
+}
+for m in "${DEFAULT_MODULES[@]}" "${EXTRA_MODULES[@]}"; do add_module "$m"; done
+GMOD="$ROOT/lib/modules/$KVER"
+mkdir -p "$GMOD"
+for p in "${!NEED_PATHS[@]}"; do
+  mkdir -p "$GMOD/$(dirname "$p")"
+  cp "$MODDIR/$p" "$GMOD/$p"
+done
+cp "$MODDIR"/modules.builtin* "$MODDIR"/modules.order "$GMOD/" 2>/dev/null || true
+# Regenerate modules.dep etc. for just the copied subset.
+"$BUSYBOX" depmod -b "$ROOT" "$KVER"
+printf '%s\n' "${LOADABLE[@]}" >"$ROOT/etc/dptrace-modules"
+
+# --copy HOST[:GUEST]
+for spec in "${COPIES[@]}"; do
+  src="${spec%%:*}"
+  if [ "$src" != "$spec" ]; then dst="${spec#*:}"; else dst="/$(basename "$src")"; fi
+  [ -e "$src" ] || die "--copy: $src does not exist"
+  case "$dst" in /*) ;; *) dst="/$dst" ;; esac
+  mkdir -p "$ROOT$(dirname "$dst")"
+  cp -aL "$src" "$ROOT$dst"
+  # Bring the libraries of any dynamically linked program that was copied.
+  while IFS= read -r -d '' f; do
+    is_dynamic_elf "$f" && copy_libs "$f"
+  done < <(find "$src" -type f -perm -u+x -print0)
+done
+
+cp "$GUEST_SCRIPT" "$ROOT/guest.sh"
+
+# /init runs under busybox sh.  Everything it prints goes to the serial
+# console (ttyS0), which QEMU forwards to our stdout.
+cat >"$ROOT/init" <<'EOF'
+#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mkdir -p /sys/fs/bpf /sys/fs/cgroup /dev/pts /dev/shm
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "init: cgroup2 not mounted"
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /dev/shm
+hostname dptrace-vm
+ip link set lo up
+
+ok=""; failed=""
+for m in $(cat /etc/dptrace-modules); do
+  if err=$(modprobe "$m" 2>&1); then ok="$ok $m"; else failed="$failed $m"; echo "init: modprobe $m failed: $err"; fi
+done
+echo "DPTRACE-MODPROBE-OK:$ok"
+echo "DPTRACE-MODPROBE-FAILED:$failed"
+
+echo "DPTRACE-VM-GUEST-START"
+cd /root
+/bin/bash /guest.sh
+rc=$?
+echo "DPTRACE-VM-EXIT=$rc"
+sync
+poweroff -f
+# poweroff should not return; if it does, make the kernel panic (panic=-1
+# + -no-reboot then ends QEMU) instead of idling until the host timeout.
+exit 1
+EOF
+chmod 755 "$ROOT/init" "$ROOT/guest.sh"
+
+INITRD="$WORK/initrd.gz"
+if command -v cpio >/dev/null; then CPIO=(cpio --quiet -o -H newc -R 0:0)
+else CPIO=("$BUSYBOX" cpio -o -H newc); fi
+(cd "$ROOT" && find . -print | LC_ALL=C sort | "${CPIO[@]}") | gzip -1 >"$INITRD"
+log "initramfs: $(du -h "$INITRD" | cut -f1), ${#LOADABLE[@]} modules requested, ${#NEED_PATHS[@]} .ko files"
+
+# ------------------------------------------------------------------ QEMU
+LOG="$WORK/console.log"
+
+# run_qemu ACCEL-ARGS... : boot once; sets QRC (QEMU/timeout exit status).
+run_qemu() {
+  local start end
+  log "booting ($*, timeout ${TIMEOUT}s)"
+  start=$(date +%s.%N)
+  set +e
+  # -nic none: the guest gets no NIC at all, traffic stays in guest netns.
+  # The sed drops \r and the terminal control sequences SeaBIOS emits (reset,
+  # clear screen, no-autowrap) so they do not mangle the caller's terminal.
+  # stdin from /dev/null: QEMU must not put a terminal into raw mode or read
+  # keystrokes.  -k: SIGKILL if QEMU ignores the SIGTERM from timeout.
+  timeout -k 10 "$TIMEOUT" qemu-system-x86_64 "$@" \
+    -m "${DPTRACE_VM_MEM:-1024}" -smp "${DPTRACE_VM_SMP:-2}" \
+    -nographic -no-reboot -nic none \
+    -kernel "$VMLINUZ" -initrd "$INITRD" \
+    -append "console=ttyS0 panic=-1 quiet ${DPTRACE_VM_APPEND:-}" \
+    </dev/null 2>&1 | sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' \
+    | tee "$LOG"
+  QRC=${PIPESTATUS[0]}
+  set -e
+  end=$(date +%s.%N)
+  log "QEMU finished in $(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b - a}') s (rc $QRC)"
+}
+
+TCG=(-accel tcg -cpu max)
+case "${DPTRACE_VM_ACCEL:-tcg}" in
+  tcg) run_qemu "${TCG[@]}" ;;
+  kvm)
+    [ -r /dev/kvm ] && [ -w /dev/kvm ] || die "DPTRACE_VM_ACCEL=kvm but /dev/kvm is not usable"
+    run_qemu -accel kvm -cpu host
+    # Nested KVM on the project machines aborts at once ("failed to set MSR
+    # 0x10a").  If the guest script never started, nothing happened yet, so
+    # retrying under TCG is safe.  (A KVM *hang* still runs into the timeout.)
+    if [ "$QRC" -ne 124 ] && ! grep -q '^DPTRACE-VM-GUEST-START$' "$LOG"; then
+      log "KVM boot failed before the guest script ran; retrying with TCG"
+      run_qemu "${TCG[@]}"
+    fi ;;
+  *) die "DPTRACE_VM_ACCEL must be tcg or kvm" ;;
+esac
+
+rc_line="$(grep -a "^$MARKER[0-9]*\$" "$LOG" | tail -n1 || true)"
+if [ -n "$rc_line" ]; then
+  exit "${rc_line#"$MARKER"}"
+elif [ "$QRC" -eq 124 ] || [ "$QRC" -eq 137 ]; then
+  log "timeout after ${TIMEOUT}s without exit marker"
+  exit 124
+else
+  log "guest ended without exit marker"
+  exit 125
+fi
