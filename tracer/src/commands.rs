@@ -147,9 +147,15 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
-    log::info!(
-        "tracing on kernel {} (Ctrl-C to stop)",
-        session.facts().release
+    let backends: Vec<String> = session
+        .hooks()
+        .iter()
+        .map(|h| format!("{} via {}", h.family, h.backend))
+        .collect();
+    eprintln!(
+        "dptrace: tracing on kernel {} ({}); Ctrl-C to stop",
+        session.facts().release,
+        backends.join(", ")
     );
 
     let duration = args.duration;

@@ -299,3 +299,124 @@ pub fn parse_flow(headers: &[u8]) -> Option<Flow> {
     }
     Some(flow)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::tracefs::TracepointFormat;
+    use etherparse::PacketBuilder;
+    use tracer_ebpf::HEADER_BYTES;
+
+    fn decoder() -> Decoder {
+        let format =
+            TracepointFormat::parse(include_str!("../tests/fixtures/6.18-kfree_skb.format"))
+                .unwrap();
+        Decoder {
+            reasons: DropReasons::resolve(None, &format),
+            kallsyms: Arc::new(Kallsyms::parse("ffffffff81a00000 T __udp4_lib_rcv\n")),
+            netns: NetnsNames::new(),
+            clock: WallClock::now(),
+        }
+    }
+
+    fn raw_drop(protocol: u16, packet: &[u8], reason: u32) -> Vec<u8> {
+        let mut headers = [0u8; HEADER_BYTES];
+        let len = packet.len().min(HEADER_BYTES);
+        headers[..len].copy_from_slice(&packet[..len]);
+        let mut ifname = [0u8; 16];
+        ifname[..2].copy_from_slice(b"s0");
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"bash");
+        let event = DropEvent {
+            header: EventHeader {
+                kind: EventKind::Drop as u16,
+                _pad: 0,
+                cpu: 1,
+                ts_ns: 1_000,
+                pid: 42,
+                tid: 43,
+                comm,
+            },
+            skb: 0xffff_8881_0000_0000,
+            location: 0xffff_ffff_81a0_04bc,
+            reason,
+            netns: 4026531840,
+            ifindex: 7,
+            protocol,
+            header_len: len as u16,
+            ifname,
+            headers,
+        };
+        // SAFETY: DropEvent is plain repr(C) data.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&event as *const DropEvent).cast::<u8>(),
+                std::mem::size_of::<DropEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_an_ipv4_udp_drop() {
+        let mut packet = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(40000, 9999)
+            .write(&mut packet, b"hi")
+            .unwrap();
+        let Event::Drop(d) = decoder().decode(&raw_drop(ETH_P_IP, &packet, 3)).unwrap();
+        assert_eq!(d.reason.as_deref(), Some("NO_SOCKET"));
+        assert_eq!(d.location, "__udp4_lib_rcv+0x4bc");
+        assert_eq!(d.function.as_deref(), Some("__udp4_lib_rcv"));
+        assert_eq!(d.device.as_deref(), Some("s0"));
+        assert_eq!(d.protocol, "ipv4");
+        let flow = d.flow.unwrap();
+        assert_eq!(flow.to_string(), "udp 10.0.0.1:40000 > 10.0.0.2:9999");
+        assert_eq!(d.task.unwrap().comm, "bash");
+    }
+
+    #[test]
+    fn decodes_an_ipv6_tcp_syn_and_truncated_headers() {
+        let mut packet = Vec::new();
+        let (src, dst) = (
+            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        );
+        PacketBuilder::ipv6(src, dst, 64)
+            .tcp(50000, 6443, 1, 1024)
+            .syn()
+            .write(&mut packet, &[])
+            .unwrap();
+        let Event::Drop(d) = decoder()
+            .decode(&raw_drop(ETH_P_IPV6, &packet, 12))
+            .unwrap();
+        assert_eq!(d.reason.as_deref(), Some("NETFILTER_DROP"));
+        assert_eq!(
+            d.flow.as_ref().unwrap().to_string(),
+            "tcp [fd00::1]:50000 > [fd00::2]:6443 [SYN]"
+        );
+        // Only the IPv6 header captured: addresses and protocol still come out.
+        let Event::Drop(d) = decoder()
+            .decode(&raw_drop(ETH_P_IPV6, &packet[..40], 12))
+            .unwrap();
+        let flow = d.flow.unwrap();
+        assert_eq!((flow.l4.as_str(), flow.dport), ("tcp", None));
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records_and_handles_no_reason() {
+        let mut d = decoder();
+        assert_eq!(d.decode(&[0u8; 8]).unwrap_err(), DecodeError::Short(8));
+        let mut unknown = raw_drop(ETH_P_IP, &[], 3);
+        unknown[0] = 99;
+        assert_eq!(
+            d.decode(&unknown).unwrap_err(),
+            DecodeError::UnknownKind(99)
+        );
+        let Event::Drop(arp) = d.decode(&raw_drop(ETH_P_ARP, &[1, 2, 3], ABSENT)).unwrap();
+        assert_eq!(
+            (arp.protocol.as_str(), arp.reason, arp.flow),
+            ("arp", None, None)
+        );
+    }
+}

@@ -98,6 +98,11 @@ impl Session {
         &self.facts
     }
 
+    /// The backend each hook family got.
+    pub fn hooks(&self) -> &[crate::probes::HookStatus] {
+        &self.probes.hooks
+    }
+
     /// Streams events to `sink` until `stop` completes, then drains what is left.
     pub async fn run_until<T>(
         &mut self,

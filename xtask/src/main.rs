@@ -1,1 +1,148 @@
-fn main() {}
+//! `cargo xtask …`: set-up, build, test and demo for dptrace.
+//!
+//! Each command sets up what it needs first (idempotently), so a fresh machine needs only
+//! `cargo xtask demo` or `cargo xtask test`.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "dptrace developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain and the tools the lab and tests use (idempotent).
+    Setup,
+    /// Build target/release/dptrace with the eBPF programs embedded.
+    Build,
+    /// Set up, build, run dptrace's lab of reproduced failures (needs root).
+    Demo,
+    /// Set up, build, run every test: formatting, clippy, unit tests, end-to-end tests.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments passed to the end-to-end `cargo test` (e.g. a test name).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = workspace_root();
+    match cli.task {
+        Task::Setup => setup::setup(&root),
+        Task::Build => {
+            setup::setup(&root)?;
+            build(&root).map(|_| ())
+        }
+        Task::Demo => {
+            setup::setup(&root)?;
+            let bin = build(&root)?;
+            step("dptrace lab run --all");
+            let status = Command::new(&bin).args(["lab", "run", "--all"]).status()?;
+            if !status.success() {
+                bail!("the lab did not diagnose every scenario ({status})");
+            }
+            Ok(())
+        }
+        Task::Test { no_lint, args } => test(&root, no_lint, &args),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Prints a step header, so long runs (CI logs) show where they are.
+pub fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+/// Runs a command in the workspace, failing with its status.
+pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+fn build(root: &Path) -> anyhow::Result<PathBuf> {
+    step("cargo build --release -p dptrace (eBPF programs embedded)");
+    run_cmd(cargo(root).args(["build", "--release", "-p", "dptrace"]))?;
+    let bin = root.join("target/release/dptrace");
+    eprintln!("built {}", bin.display());
+    Ok(bin)
+}
+
+fn test(root: &Path, no_lint: bool, e2e_args: &[String]) -> anyhow::Result<()> {
+    setup::setup(root)?;
+    if !no_lint {
+        step("cargo fmt --all --check");
+        run_cmd(cargo(root).args(["fmt", "--all", "--check"]))?;
+        step("cargo clippy -- -D warnings");
+        run_cmd(cargo(root).args([
+            "clippy",
+            "--release",
+            "-p",
+            "dptrace",
+            "-p",
+            "xtask",
+            "-p",
+            "dptrace-e2e",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    let bin = build(root)?;
+    step("unit tests");
+    run_cmd(cargo(root).args(["test", "--release", "-p", "dptrace", "-p", "xtask"]))?;
+    step("end-to-end tests (real binary, real kernel, as root)");
+    if !nix_is_root() {
+        eprintln!("note: not root: end-to-end tests that need root will say they are skipped");
+    }
+    let mut cmd = cargo(root);
+    cmd.args(["test", "--release", "-p", "dptrace-e2e", "--"])
+        .args(e2e_args)
+        .env("DPTRACE_BIN", &bin);
+    run_cmd(&mut cmd)?;
+    eprintln!("\nall tests passed");
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

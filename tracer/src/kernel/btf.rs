@@ -61,7 +61,7 @@ impl KernelBtf {
             offset_bits += bits;
             ty = member_ty;
         }
-        if offset_bits % 8 != 0 {
+        if !offset_bits.is_multiple_of(8) {
             return Err(missing("member is a bitfield".into()));
         }
         let size = self.size_of(&ty).map_err(|e| missing(e.to_string()))?;

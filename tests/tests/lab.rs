@@ -1,0 +1,69 @@
+//! `dptrace lab`: every scenario is diagnosed as expected and leaves nothing behind.
+
+use dptrace_e2e::{dptrace, json_lines, namespaces_with_prefix, of_type, require_root, sh, stderr};
+
+#[test]
+fn lab_list_names_every_scenario() {
+    let out = dptrace(&["lab", "list"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in ["udp-closed-port", "iptables-drop"] {
+        assert!(text.contains(name), "{text}");
+    }
+}
+
+#[test]
+fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
+    require_root!();
+    // A leftover from a "crashed" run (a pid that cannot exist) must be removed.
+    let stale = "dptlab-4999999-server";
+    sh("ip", &["netns", "add", stale]);
+    let out = dptrace(&["lab", "run", "--all", "--json"]);
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        stderr(&out)
+    );
+    let lines = json_lines(&out);
+    let results = of_type(&lines, "lab-result");
+    assert_eq!(results.len(), 2, "{lines:#?}");
+    for r in &results {
+        assert_eq!(r["diagnosed"], true, "{r}");
+    }
+    let findings = of_type(&lines, "finding");
+    let no_listener: Vec<_> = findings
+        .iter()
+        .filter(|f| f["rule"] == "no-listener")
+        .collect();
+    assert_eq!(no_listener.len(), 2, "IPv4 and IPv6: {findings:#?}");
+    assert!(no_listener
+        .iter()
+        .all(|f| f["evidence"][0]["reason"] == "NO_SOCKET" && f["place"]["device"] == "s0"));
+    let netfilter: Vec<_> = findings
+        .iter()
+        .filter(|f| f["rule"] == "netfilter-drop")
+        .collect();
+    assert_eq!(netfilter.len(), 2, "IPv4 and IPv6: {findings:#?}");
+    assert!(netfilter
+        .iter()
+        .any(|f| f["flows"][0].as_str().unwrap().starts_with("icmpv6 ")));
+    assert!(stderr(&out).contains("left behind") || namespaces_with_prefix(stale).is_empty());
+    assert!(
+        namespaces_with_prefix(&format!("dptlab-{}", ""))
+            .iter()
+            .all(|n| !n.starts_with("dptlab-4999999")),
+        "stale namespace left"
+    );
+}
+
+#[test]
+fn lab_rejects_unknown_scenarios() {
+    let out = dptrace(&["lab", "run", "no-such-scenario"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown lab scenario `no-such-scenario`"),
+        "{}",
+        stderr(&out)
+    );
+}
