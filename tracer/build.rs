@@ -29,8 +29,8 @@ fn main() {
             .unwrap_or_else(|e| fail(&format!("cannot copy DPTRACE_EBPF_OBJECT={object}: {e}")));
         return;
     }
-    let linker_dir = find_bpf_linker(&workspace)
-        .unwrap_or_else(|| fail("bpf-linker not found (looked in .tools/bin and PATH)"));
+    let linker_dir =
+        find_bpf_linker(&workspace).unwrap_or_else(|| fail("bpf-linker not found (looked in .tools/bin and PATH)"));
     let target_dir = workspace.join("target").join("bpf");
     let mut cmd = match toolchain() {
         Some(Toolchain::Debian) => {
@@ -61,35 +61,18 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let path = format!(
-        "{}:{}",
-        linker_dir.display(),
-        env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", linker_dir.display(), env::var("PATH").unwrap_or_default());
     cmd.env("PATH", path)
         .current_dir(&workspace)
-        .args([
-            "--release",
-            "--package",
-            "tracer-ebpf",
-            "--bin",
-            "tracer-ebpf",
-            "--target",
-            TARGET,
-        ])
+        .args(["--release", "--package", "tracer-ebpf", "--bin", "tracer-ebpf", "--target", TARGET])
         .arg("--target-dir")
         .arg(&target_dir);
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| fail(&format!("cannot run {cmd:?}: {e}")));
+    let status = cmd.status().unwrap_or_else(|e| fail(&format!("cannot run {cmd:?}: {e}")));
     if !status.success() {
-        fail(&format!(
-            "building the eBPF programs failed ({status}); command: {cmd:?}"
-        ));
+        fail(&format!("building the eBPF programs failed ({status}); command: {cmd:?}"));
     }
     let built = target_dir.join(TARGET).join("release").join("tracer-ebpf");
-    std::fs::copy(&built, &out)
-        .unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", built.display())));
+    std::fs::copy(&built, &out).unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", built.display())));
 }
 
 enum Toolchain {
@@ -98,23 +81,12 @@ enum Toolchain {
 }
 
 fn toolchain() -> Option<Toolchain> {
-    if Path::new("/usr/bin/rustc").exists()
-        && Path::new("/usr/lib/rustlib")
-            .join(TARGET)
-            .join("lib")
-            .is_dir()
-    {
+    if Path::new("/usr/bin/rustc").exists() && Path::new("/usr/lib/rustlib").join(TARGET).join("lib").is_dir() {
         return Some(Toolchain::Debian);
     }
-    let sysroot = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--print", "sysroot"])
-        .output()
-        .ok()?;
+    let sysroot = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output().ok()?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
-    sysroot
-        .join("lib/rustlib/src/rust/library/core")
-        .is_dir()
-        .then_some(Toolchain::RustupNightly)
+    sysroot.join("lib/rustlib/src/rust/library/core").is_dir().then_some(Toolchain::RustupNightly)
 }
 
 fn find_bpf_linker(workspace: &Path) -> Option<PathBuf> {

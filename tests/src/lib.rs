@@ -16,9 +16,7 @@ use serde_json::Value;
 pub fn dptrace_bin() -> PathBuf {
     let path = std::env::var_os("DPTRACE_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/dptrace")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/dptrace"));
     assert!(
         path.is_file(),
         "{} does not exist: run `cargo xtask test` (it builds it and sets DPTRACE_BIN)",
@@ -44,10 +42,7 @@ macro_rules! require_root {
 }
 
 pub fn dptrace(args: &[&str]) -> Output {
-    Command::new(dptrace_bin())
-        .args(args)
-        .output()
-        .expect("run dptrace")
+    Command::new(dptrace_bin()).args(args).output().expect("run dptrace")
 }
 
 /// Parses JSON Lines output, failing the test on any non-JSON line.
@@ -68,15 +63,8 @@ pub fn stderr(output: &Output) -> String {
 }
 
 pub fn sh(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -108,43 +96,14 @@ impl NodePair {
         sh("ip", &["netns", "add", &pair.server]);
         sh(
             "ip",
-            &[
-                "-n",
-                &pair.client,
-                "link",
-                "add",
-                "c0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "s0",
-                "netns",
-                &pair.server,
-            ],
+            &["-n", &pair.client, "link", "add", "c0", "type", "veth", "peer", "name", "s0", "netns", &pair.server],
         );
-        for (ns, dev, v4, v6) in [
-            (&pair.client, "c0", pair.client_v4, pair.client_v6),
-            (&pair.server, "s0", pair.server_v4, pair.server_v6),
-        ] {
+        for (ns, dev, v4, v6) in
+            [(&pair.client, "c0", pair.client_v4, pair.client_v6), (&pair.server, "s0", pair.server_v4, pair.server_v6)]
+        {
             sh("ip", &["-n", ns, "link", "set", "lo", "up"]);
-            sh(
-                "ip",
-                &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev],
-            );
-            sh(
-                "ip",
-                &[
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{v6}/64"),
-                    "dev",
-                    dev,
-                    "nodad",
-                ],
-            );
+            sh("ip", &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev]);
+            sh("ip", &["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
             sh("ip", &["-n", ns, "link", "set", dev, "up"]);
         }
         pair.wait_ready(&pair.client, "c0");
@@ -156,14 +115,8 @@ impl NodePair {
     fn wait_ready(&self, ns: &str, dev: &str) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let out = Command::new("ip")
-                .args(["-n", ns, "-6", "route", "show", "table", "local"])
-                .output()
-                .unwrap();
-            let link = Command::new("ip")
-                .args(["-n", ns, "-o", "link", "show", "dev", dev])
-                .output()
-                .unwrap();
+            let out = Command::new("ip").args(["-n", ns, "-6", "route", "show", "table", "local"]).output().unwrap();
+            let link = Command::new("ip").args(["-n", ns, "-o", "link", "show", "dev", dev]).output().unwrap();
             if String::from_utf8_lossy(&link.stdout).contains("state UP")
                 && String::from_utf8_lossy(&out.stdout).contains("fd00:251")
             {
@@ -187,12 +140,8 @@ impl Default for NodePair {
 
 impl Drop for NodePair {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.client])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.server])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.client]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.server]).status();
     }
 }
 

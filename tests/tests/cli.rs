@@ -4,17 +4,8 @@ use dptrace_e2e::{dptrace, is_root, stderr};
 
 fn assert_usage_error(args: &[&str], needle: &str) {
     let out = dptrace(args);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{args:?} should exit 2: {}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains(needle),
-        "{args:?}: expected `{needle}` in: {}",
-        stderr(&out)
-    );
+    assert_eq!(out.status.code(), Some(2), "{args:?} should exit 2: {}", stderr(&out));
+    assert!(stderr(&out).contains(needle), "{args:?}: expected `{needle}` in: {}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{args:?} panicked");
 }
 
@@ -24,14 +15,8 @@ fn malformed_arguments_exit_2_with_a_reason() {
     assert_usage_error(&["trace", "--duration", "0s"], "greater than zero");
     assert_usage_error(&["trace", "--buffer-size", "3000"], "power of two");
     assert_usage_error(&["trace", "--iface", "a/b"], "interface name");
-    assert_usage_error(
-        &["trace", "--hooks", "bogus"],
-        "unknown hook family `bogus`",
-    );
-    assert_usage_error(
-        &["trace", "--netns", "no-such-netns-dptrace"],
-        "unknown network namespace",
-    );
+    assert_usage_error(&["trace", "--hooks", "bogus"], "unknown hook family `bogus`");
+    assert_usage_error(&["trace", "--netns", "no-such-netns-dptrace"], "unknown network namespace");
     assert_usage_error(&["frobnicate"], "unrecognized subcommand");
     assert_usage_error(&["lab", "run"], "--all");
 }
@@ -42,10 +27,7 @@ fn a_command_that_cannot_start_is_an_error() {
         eprintln!("SKIPPED: needs root");
         return;
     }
-    assert_usage_error(
-        &["trace", "--", "/nonexistent/command"],
-        "cannot run `/nonexistent/command`",
-    );
+    assert_usage_error(&["trace", "--", "/nonexistent/command"], "cannot run `/nonexistent/command`");
 }
 
 #[test]
@@ -65,11 +47,7 @@ fn not_root_is_refused_clearly() {
         return;
     };
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("must run as root"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("must run as root"), "{}", stderr(&out));
 }
 
 #[test]

@@ -19,12 +19,7 @@ fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
     let stale = "dptlab-4999999-server";
     sh("ip", &["netns", "add", stale]);
     let out = dptrace(&["lab", "run", "--all", "--json"]);
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status,
-        stderr(&out)
-    );
+    assert!(out.status.success(), "exit {:?}: {}\n{}", out.status, stderr(&out), String::from_utf8_lossy(&out.stdout));
     let lines = json_lines(&out);
     let results = of_type(&lines, "lab-result");
     assert_eq!(results.len(), 2, "{lines:#?}");
@@ -32,27 +27,15 @@ fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
         assert_eq!(r["diagnosed"], true, "{r}");
     }
     let findings = of_type(&lines, "finding");
-    let no_listener: Vec<_> = findings
-        .iter()
-        .filter(|f| f["rule"] == "no-listener")
-        .collect();
+    let no_listener: Vec<_> = findings.iter().filter(|f| f["rule"] == "no-listener").collect();
     assert_eq!(no_listener.len(), 2, "IPv4 and IPv6: {findings:#?}");
-    assert!(no_listener
-        .iter()
-        .all(|f| f["evidence"][0]["reason"] == "NO_SOCKET" && f["place"]["device"] == "s0"));
-    let netfilter: Vec<_> = findings
-        .iter()
-        .filter(|f| f["rule"] == "netfilter-drop")
-        .collect();
+    assert!(no_listener.iter().all(|f| f["evidence"][0]["reason"] == "NO_SOCKET" && f["place"]["device"] == "s0"));
+    let netfilter: Vec<_> = findings.iter().filter(|f| f["rule"] == "netfilter-drop").collect();
     assert_eq!(netfilter.len(), 2, "IPv4 and IPv6: {findings:#?}");
-    assert!(netfilter
-        .iter()
-        .any(|f| f["flows"][0].as_str().unwrap().starts_with("icmpv6 ")));
+    assert!(netfilter.iter().any(|f| f["flows"][0].as_str().unwrap().starts_with("icmpv6 ")));
     assert!(stderr(&out).contains("left behind") || namespaces_with_prefix(stale).is_empty());
     assert!(
-        namespaces_with_prefix(&format!("dptlab-{}", ""))
-            .iter()
-            .all(|n| !n.starts_with("dptlab-4999999")),
+        namespaces_with_prefix(&format!("dptlab-{}", "")).iter().all(|n| !n.starts_with("dptlab-4999999")),
         "stale namespace left"
     );
 }
@@ -61,9 +44,27 @@ fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
 fn lab_rejects_unknown_scenarios() {
     let out = dptrace(&["lab", "run", "no-such-scenario"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("unknown lab scenario `no-such-scenario`"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("unknown lab scenario `no-such-scenario`"), "{}", stderr(&out));
+}
+
+#[test]
+fn lab_interrupted_by_sigterm_removes_its_namespaces() {
+    require_root!();
+    let child = std::process::Command::new(dptrace_e2e::dptrace_bin())
+        .args(["lab", "run", "--all"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prefix = format!("dptlab-{}-", child.id());
+    // Wait until the lab has built its first namespaces, then interrupt it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while namespaces_with_prefix(&prefix).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    sh("kill", &["-TERM", &child.id().to_string()]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("SIGTERM"), "{}", stderr(&out));
+    assert!(namespaces_with_prefix(&prefix).is_empty(), "left behind: {:?}", namespaces_with_prefix(&prefix));
 }

@@ -24,26 +24,17 @@ fn trace_in(pair: &NodePair, script: &str) -> Vec<Value> {
 }
 
 fn drops_to<'a>(lines: &'a [Value], dst: &str) -> Vec<&'a Value> {
-    of_type(lines, "event")
-        .into_iter()
-        .filter(|e| e["kind"] == "drop" && e["flow"]["dst"] == dst)
-        .collect()
+    of_type(lines, "event").into_iter().filter(|e| e["kind"] == "drop" && e["flow"]["dst"] == dst).collect()
 }
 
 #[test]
 fn udp_to_closed_port_is_a_no_socket_drop_ipv4_and_ipv6() {
     require_root!();
     let pair = NodePair::new();
-    let script = format!(
-        "echo a > /dev/udp/{}/9999; echo b > /dev/udp/{}/9999",
-        pair.server_v4, pair.server_v6
-    );
+    let script = format!("echo a > /dev/udp/{}/9999; echo b > /dev/udp/{}/9999", pair.server_v4, pair.server_v6);
     let lines = trace_in(&pair, &script);
     let server_inode = NodePair::inode(&pair.server);
-    for (src, dst) in [
-        (pair.client_v4, pair.server_v4),
-        (pair.client_v6, pair.server_v6),
-    ] {
+    for (src, dst) in [(pair.client_v4, pair.server_v4), (pair.client_v6, pair.server_v6)] {
         let drops = drops_to(&lines, &dst.to_string());
         assert_eq!(drops.len(), 1, "one drop to {dst} expected in {lines:#?}");
         let d = drops[0];
@@ -56,15 +47,8 @@ fn udp_to_closed_port_is_a_no_socket_drop_ipv4_and_ipv6() {
         assert_eq!(d["netns"], server_inode);
         assert_eq!(d["netns_name"], pair.server.as_str());
         assert_eq!(d["protocol"], if dst.is_ipv4() { "ipv4" } else { "ipv6" });
-        assert!(
-            d["location"].as_str().unwrap().contains("udp"),
-            "location {}",
-            d["location"]
-        );
-        assert_eq!(
-            d["task"]["comm"], "bash",
-            "the sender runs the receive path on loopback-like veth"
-        );
+        assert!(d["location"].as_str().unwrap().contains("udp"), "location {}", d["location"]);
+        assert_eq!(d["task"]["comm"], "bash", "the sender runs the receive path on loopback-like veth");
         let finding = of_type(&lines, "finding")
             .into_iter()
             .find(|f| f["rule"] == "no-listener" && f["destination"] == dst.to_string())
@@ -77,10 +61,7 @@ fn udp_to_closed_port_is_a_no_socket_drop_ipv4_and_ipv6() {
     assert_eq!(summary["lost_events"], 0);
     // Neighbour discovery may add routine drops in the namespace; ours are two.
     assert!(summary["drops"].as_u64().unwrap() >= 2);
-    assert!(summary["command_status"]
-        .as_str()
-        .unwrap()
-        .contains("exit status: 0"));
+    assert!(summary["command_status"].as_str().unwrap().contains("exit status: 0"));
     assert_eq!(summary["hooks"][0]["backend"], "tracepoint skb:kfree_skb");
 }
 
@@ -90,41 +71,18 @@ fn iptables_drop_is_a_netfilter_drop_with_its_flow() {
     let pair = NodePair::new();
     sh(
         "ip",
-        &[
-            "netns",
-            "exec",
-            &pair.server,
-            "iptables",
-            "-A",
-            "INPUT",
-            "-p",
-            "udp",
-            "--dport",
-            "7777",
-            "-j",
-            "DROP",
-        ],
+        &["netns", "exec", &pair.server, "iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", "7777", "-j", "DROP"],
     );
-    let script = format!(
-        "for i in 1 2 3; do echo x > /dev/udp/{}/7777; done",
-        pair.server_v4
-    );
+    let script = format!("for i in 1 2 3; do echo x > /dev/udp/{}/7777; done", pair.server_v4);
     let lines = trace_in(&pair, &script);
     let drops = drops_to(&lines, &pair.server_v4.to_string());
     assert_eq!(drops.len(), 3, "{lines:#?}");
-    assert!(drops.iter().all(|d| d["reason"] == "NETFILTER_DROP"
-        && d["flow"]["dport"] == 7777
-        && d["device"] == "s0"));
-    let finding = of_type(&lines, "finding")
-        .into_iter()
-        .find(|f| f["rule"] == "netfilter-drop")
-        .expect("netfilter-drop finding");
+    assert!(drops.iter().all(|d| d["reason"] == "NETFILTER_DROP" && d["flow"]["dport"] == 7777 && d["device"] == "s0"));
+    let finding =
+        of_type(&lines, "finding").into_iter().find(|f| f["rule"] == "netfilter-drop").expect("netfilter-drop finding");
     assert_eq!(finding["severity"], "error");
     assert_eq!(finding["count"], 3);
-    assert_eq!(
-        finding["flows"][0],
-        format!("udp {} > {}:7777", pair.client_v4, pair.server_v4)
-    );
+    assert_eq!(finding["flows"][0], format!("udp {} > {}:7777", pair.client_v4, pair.server_v4));
     assert!(finding["remediation"]
         .as_str()
         .unwrap()
@@ -160,12 +118,7 @@ fn netns_filter_keeps_other_namespaces_out() {
         assert_eq!(event["netns"], inode, "{event}");
         assert_ne!(event["flow"]["dst"], other.server_v4.to_string(), "{event}");
     }
-    assert!(
-        of_type(&lines, "summary")[0]["filtered_events"]
-            .as_u64()
-            .unwrap()
-            >= 1
-    );
+    assert!(of_type(&lines, "summary")[0]["filtered_events"].as_u64().unwrap() >= 1);
 }
 
 #[test]
@@ -173,29 +126,13 @@ fn text_output_names_reason_flow_and_place() {
     require_root!();
     let pair = NodePair::new();
     let script = format!("echo a > /dev/udp/{}/4242", pair.server_v4);
-    let out = dptrace(&[
-        "trace",
-        "--netns",
-        &pair.server,
-        "--",
-        "ip",
-        "netns",
-        "exec",
-        &pair.client,
-        "bash",
-        "-c",
-        &script,
-    ]);
+    let out =
+        dptrace(&["trace", "--netns", &pair.server, "--", "ip", "netns", "exec", &pair.client, "bash", "-c", &script]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains(" drop "))
-        .unwrap_or_else(|| panic!("no drop line in {text}"));
+    let line = text.lines().find(|l| l.contains(" drop ")).unwrap_or_else(|| panic!("no drop line in {text}"));
     assert!(
-        line.contains("NO_SOCKET")
-            && line.contains(&format!("{}:4242", pair.server_v4))
-            && line.contains("dev s0"),
+        line.contains("NO_SOCKET") && line.contains(&format!("{}:4242", pair.server_v4)) && line.contains("dev s0"),
         "{line}"
     );
     assert!(text.contains("[warning] no-listener"), "{text}");
@@ -222,4 +159,35 @@ fn duration_and_sigterm_end_the_session_with_a_summary() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(of_type(&json_lines(&out), "summary").len(), 1);
+}
+
+#[test]
+fn iface_filter_keeps_only_that_device() {
+    require_root!();
+    let pair = NodePair::new();
+    // One drop on s0 (from the client) and one on lo (inside the server): only s0 is traced.
+    let script = format!(
+        "echo a > /dev/udp/{}/9999; ip netns exec {} bash -c 'echo b > /dev/udp/127.0.0.1/9998'",
+        pair.server_v4, pair.server
+    );
+    let out = dptrace(&[
+        "trace",
+        "--json",
+        "--iface",
+        "s0",
+        "--",
+        "ip",
+        "netns",
+        "exec",
+        &pair.client,
+        "bash",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let events = of_type(&lines, "event");
+    assert!(events.iter().any(|e| e["flow"]["dport"] == 9999), "{lines:#?}");
+    assert!(events.iter().all(|e| e["device"] == "s0"), "{lines:#?}");
+    assert!(!events.iter().any(|e| e["flow"]["dport"] == 9998), "{lines:#?}");
 }

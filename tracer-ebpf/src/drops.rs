@@ -42,11 +42,8 @@ fn read_field<T>(base: u64, offset: u32) -> Option<T> {
 
 fn record_drop(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config();
-    let reason: u32 = if cfg.tp_reason == ABSENT {
-        ABSENT
-    } else {
-        unsafe { ctx.read_at::<u32>(cfg.tp_reason as usize)? }
-    };
+    let reason: u32 =
+        if cfg.tp_reason == ABSENT { ABSENT } else { unsafe { ctx.read_at::<u32>(cfg.tp_reason as usize)? } };
     if reason != ABSENT && (reason == cfg.reason_consumed || reason == cfg.reason_not_dropped) {
         return Ok(());
     }
@@ -96,16 +93,8 @@ fn record_drop(ctx: &TracePointContext) -> Result<(), i64> {
             0
         };
         let tail: u32 = read_field(skb, cfg.skb_tail).unwrap_or(0);
-        let available = if tail > network as u32 {
-            tail - network as u32
-        } else {
-            copied
-        };
-        ev.header_len = if available < copied {
-            available
-        } else {
-            copied
-        } as u16;
+        let available = if tail > network as u32 { tail - network as u32 } else { copied };
+        ev.header_len = if available < copied { available } else { copied } as u16;
     }
     entry.submit(0);
     Ok(())

@@ -85,8 +85,7 @@ pub enum LabAction {
 pub const HOOK_FAMILIES: [&str; 1] = ["drops"];
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text)
-        .map_err(|e| format!("{e}; use a duration such as 500ms, 10s, 2m"))?;
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e}; use a duration such as 500ms, 10s, 2m"))?;
     if d.is_zero() {
         return Err("the duration must be greater than zero".into());
     }
@@ -98,9 +97,7 @@ pub fn parse_ifname(text: &str) -> Result<String, String> {
         && text.len() < 16
         && text != "."
         && text != ".."
-        && !text
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+        && !text.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
     if valid {
         Ok(text.to_string())
     } else {
@@ -110,15 +107,9 @@ pub fn parse_ifname(text: &str) -> Result<String, String> {
 
 pub fn parse_buffer_size(text: &str) -> Result<u32, String> {
     let lower = text.to_ascii_lowercase();
-    let (digits, multiplier) = match lower
-        .strip_suffix('k')
-        .or_else(|| lower.strip_suffix("kib"))
-    {
+    let (digits, multiplier) = match lower.strip_suffix('k').or_else(|| lower.strip_suffix("kib")) {
         Some(d) => (d, 1u64 << 10),
-        None => match lower
-            .strip_suffix('m')
-            .or_else(|| lower.strip_suffix("mib"))
-        {
+        None => match lower.strip_suffix('m').or_else(|| lower.strip_suffix("mib")) {
             Some(d) => (d, 1u64 << 20),
             None => (lower.as_str(), 1),
         },
@@ -129,9 +120,7 @@ pub fn parse_buffer_size(text: &str) -> Result<u32, String> {
         .and_then(|n| n.checked_mul(multiplier))
         .ok_or_else(|| format!("`{text}` is not a size; use bytes or a k/m suffix, e.g. 4m"))?;
     if bytes < 4096 || !bytes.is_power_of_two() || bytes > (1 << 30) {
-        return Err(format!(
-            "{bytes} bytes: the ring buffer size must be a power of two between 4k and 1024m"
-        ));
+        return Err(format!("{bytes} bytes: the ring buffer size must be a power of two between 4k and 1024m"));
     }
     Ok(bytes as u32)
 }

@@ -26,9 +26,7 @@ pub enum Outcome {
 
 pub fn require_root() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "dptrace must run as root (it loads eBPF programs and reads tracefs): run it with sudo"
-        );
+        bail!("dptrace must run as root (it loads eBPF programs and reads tracefs): run it with sudo");
     }
     Ok(())
 }
@@ -55,7 +53,7 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
     let mut text = format!(
         "kernel {}\n  tracefs:            {}\n  BTF:                {}\n  drop reason names:  {}\n  kallsyms:           {}\n",
         kernel.release,
-        facts.tracefs.root().display(),
+        format!("{}{}", facts.tracefs.root().display(), if facts.tracefs.mounted_by_us { " (mounted by dptrace just now)" } else { "" }),
         facts.btf_missing.as_deref().map(|w| format!("missing ({w})")).unwrap_or_else(|| "yes".into()),
         kernel.drop_reason_names,
         if kernel.kallsyms { "yes" } else { "no (addresses shown raw)" },
@@ -73,10 +71,7 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         text.push_str(&format!("  {:<8} {}\n", hook.family, hook.backend));
         if let Some(gaps) = hook.coverage.get("gaps").and_then(|g| g.as_array()) {
             for gap in gaps {
-                text.push_str(&format!(
-                    "           not covered: {}\n",
-                    gap.as_str().unwrap_or_default()
-                ));
+                text.push_str(&format!("           not covered: {}\n", gap.as_str().unwrap_or_default()));
             }
         }
     }
@@ -84,11 +79,7 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         text.push_str(&format!("  PROBLEM  {problem}\n"));
     }
     sink.record("check", value, text.trim_end());
-    Ok(if problems.is_empty() {
-        Outcome::Ok
-    } else {
-        Outcome::Problem
-    })
+    Ok(if problems.is_empty() { Outcome::Ok } else { Outcome::Problem })
 }
 
 fn event_filter(args: &TraceArgs) -> anyhow::Result<EventFilter> {
@@ -102,10 +93,7 @@ fn event_filter(args: &TraceArgs) -> anyhow::Result<EventFilter> {
         }
         None => None,
     };
-    Ok(EventFilter {
-        netns,
-        iface: args.iface.clone(),
-    })
+    Ok(EventFilter { netns, iface: args.iface.clone() })
 }
 
 enum StopCause {
@@ -118,18 +106,12 @@ enum StopCause {
 pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
     for hook in &args.hooks {
         if !cli::HOOK_FAMILIES.contains(&hook.as_str()) {
-            bail!(
-                "unknown hook family `{hook}`; available: {}",
-                cli::HOOK_FAMILIES.join(", ")
-            );
+            bail!("unknown hook family `{hook}`; available: {}", cli::HOOK_FAMILIES.join(", "));
         }
     }
     let filter = event_filter(&args)?;
     require_root()?;
-    let mut session = Session::start(SessionOptions {
-        buffer_bytes: args.buffer_size,
-        filter,
-    })?;
+    let mut session = Session::start(SessionOptions { buffer_bytes: args.buffer_size, filter })?;
     let mut sink = output::sink(args.json, !args.quiet);
     let mut child = match args.command.split_first() {
         Some((program, rest)) => {
@@ -139,29 +121,16 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
                 // stdout carries JSON Lines; keep the command's output out of it.
                 command.stdout(std::io::stderr());
             }
-            Some(
-                command
-                    .spawn()
-                    .with_context(|| format!("cannot run `{program}`"))?,
-            )
+            Some(command.spawn().with_context(|| format!("cannot run `{program}`"))?)
         }
         None => None,
     };
-    let backends: Vec<String> = session
-        .hooks()
-        .iter()
-        .map(|h| format!("{} via {}", h.family, h.backend))
-        .collect();
-    eprintln!(
-        "dptrace: tracing on kernel {} ({}); Ctrl-C to stop",
-        session.facts().release,
-        backends.join(", ")
-    );
+    let backends: Vec<String> = session.hooks().iter().map(|h| format!("{} via {}", h.family, h.backend)).collect();
+    eprintln!("dptrace: tracing on kernel {} ({}); Ctrl-C to stop", session.facts().release, backends.join(", "));
 
     let duration = args.duration;
     let stop = async {
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let sleep = async {
             match duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -196,10 +165,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
             },
         }
     };
-    let cause = session
-        .run_until(stop, sink.as_mut())
-        .await
-        .context("reading the event ring buffer")?;
+    let cause = session.run_until(stop, sink.as_mut()).await.context("reading the event ring buffer")?;
     let command_status = match (cause, child.as_mut()) {
         (StopCause::CommandExited(status), _) => Some(format!("exited: {status}")),
         (StopCause::CommandFailed(e), _) => Some(format!("could not be waited for: {e}")),

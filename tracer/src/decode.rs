@@ -89,12 +89,11 @@ pub struct Flow {
 
 impl fmt::Display for Flow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let endpoint =
-            |f: &mut fmt::Formatter<'_>, addr: &IpAddr, port: Option<u16>| match (addr, port) {
-                (IpAddr::V6(a), Some(p)) => write!(f, "[{a}]:{p}"),
-                (a, Some(p)) => write!(f, "{a}:{p}"),
-                (a, None) => write!(f, "{a}"),
-            };
+        let endpoint = |f: &mut fmt::Formatter<'_>, addr: &IpAddr, port: Option<u16>| match (addr, port) {
+            (IpAddr::V6(a), Some(p)) => write!(f, "[{a}]:{p}"),
+            (a, Some(p)) => write!(f, "{a}:{p}"),
+            (a, None) => write!(f, "{a}"),
+        };
         write!(f, "{} ", self.l4)?;
         endpoint(f, &self.src, self.sport)?;
         f.write_str(" > ")?;
@@ -118,16 +117,10 @@ pub struct WallClock {
 impl WallClock {
     pub fn now() -> Self {
         use nix::time::{clock_gettime, ClockId};
-        let ns = |id| {
-            clock_gettime(id)
-                .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
-                .unwrap_or(0)
-        };
+        let ns = |id| clock_gettime(id).map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128).unwrap_or(0);
         let mono = ns(ClockId::CLOCK_MONOTONIC);
         let real = ns(ClockId::CLOCK_REALTIME);
-        Self {
-            realtime_minus_monotonic_ns: real - mono,
-        }
+        Self { realtime_minus_monotonic_ns: real - mono }
     }
 
     pub fn to_system_time(self, monotonic_ns: u64) -> SystemTime {
@@ -174,16 +167,11 @@ impl Decoder {
             None => (format!("{:#x}", raw.location), None),
         };
         let reason_code = (raw.reason != ABSENT).then_some(raw.reason);
-        let reason = reason_code.map(|code| {
-            self.reasons
-                .name(code)
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("reason-{code}"))
-        });
+        let reason = reason_code
+            .map(|code| self.reasons.name(code).map(str::to_string).unwrap_or_else(|| format!("reason-{code}")));
         let netns = (raw.netns != 0).then_some(raw.netns);
         DropRecord {
-            time: humantime::format_rfc3339_micros(self.clock.to_system_time(raw.header.ts_ns))
-                .to_string(),
+            time: humantime::format_rfc3339_micros(self.clock.to_system_time(raw.header.ts_ns)).to_string(),
             ts_ns: raw.header.ts_ns,
             cpu: raw.header.cpu,
             netns,
@@ -203,11 +191,7 @@ impl Decoder {
 }
 
 fn task(header: &EventHeader) -> Option<Task> {
-    (header.pid != 0).then(|| Task {
-        pid: header.pid,
-        tid: header.tid,
-        comm: c_string(&header.comm),
-    })
+    (header.pid != 0).then(|| Task { pid: header.pid, tid: header.tid, comm: c_string(&header.comm) })
 }
 
 /// Copies a `repr(C)` record out of a ring-buffer slice (which has no alignment guarantee).
@@ -229,19 +213,11 @@ pub fn parse_flow(headers: &[u8]) -> Option<Flow> {
     let (src, dst, proto): (IpAddr, IpAddr, u8) = match packet.net.as_ref()? {
         LaxNetSlice::Ipv4(ip) => {
             let h = ip.header();
-            (
-                h.source_addr().into(),
-                h.destination_addr().into(),
-                h.protocol().0,
-            )
+            (h.source_addr().into(), h.destination_addr().into(), h.protocol().0)
         }
         LaxNetSlice::Ipv6(ip) => {
             let h = ip.header();
-            (
-                h.source_addr().into(),
-                h.destination_addr().into(),
-                ip.payload().ip_number.0,
-            )
+            (h.source_addr().into(), h.destination_addr().into(), ip.payload().ip_number.0)
         }
         _ => return None,
     };
@@ -260,18 +236,9 @@ pub fn parse_flow(headers: &[u8]) -> Option<Flow> {
             flow.l4 = "tcp".into();
             flow.sport = Some(tcp.source_port());
             flow.dport = Some(tcp.destination_port());
-            let names = [
-                (tcp.syn(), "SYN"),
-                (tcp.ack(), "ACK"),
-                (tcp.fin(), "FIN"),
-                (tcp.rst(), "RST"),
-                (tcp.psh(), "PSH"),
-            ];
-            let set: Vec<&str> = names
-                .iter()
-                .filter(|(on, _)| *on)
-                .map(|(_, n)| *n)
-                .collect();
+            let names =
+                [(tcp.syn(), "SYN"), (tcp.ack(), "ACK"), (tcp.fin(), "FIN"), (tcp.rst(), "RST"), (tcp.psh(), "PSH")];
+            let set: Vec<&str> = names.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
             flow.tcp_flags = Some(set.join("|"));
         }
         Some(TransportSlice::Udp(udp)) => {
@@ -308,9 +275,7 @@ mod tests {
     use tracer_ebpf::HEADER_BYTES;
 
     fn decoder() -> Decoder {
-        let format =
-            TracepointFormat::parse(include_str!("../tests/fixtures/6.18-kfree_skb.format"))
-                .unwrap();
+        let format = TracepointFormat::parse(include_str!("../tests/fixtures/6.18-kfree_skb.format")).unwrap();
         Decoder {
             reasons: DropReasons::resolve(None, &format),
             kallsyms: Arc::new(Kallsyms::parse("ffffffff81a00000 T __udp4_lib_rcv\n")),
@@ -328,15 +293,7 @@ mod tests {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"bash");
         let event = DropEvent {
-            header: EventHeader {
-                kind: EventKind::Drop as u16,
-                _pad: 0,
-                cpu: 1,
-                ts_ns: 1_000,
-                pid: 42,
-                tid: 43,
-                comm,
-            },
+            header: EventHeader { kind: EventKind::Drop as u16, _pad: 0, cpu: 1, ts_ns: 1_000, pid: 42, tid: 43, comm },
             skb: 0xffff_8881_0000_0000,
             location: 0xffff_ffff_81a0_04bc,
             reason,
@@ -349,10 +306,7 @@ mod tests {
         };
         // SAFETY: DropEvent is plain repr(C) data.
         unsafe {
-            std::slice::from_raw_parts(
-                (&event as *const DropEvent).cast::<u8>(),
-                std::mem::size_of::<DropEvent>(),
-            )
+            std::slice::from_raw_parts((&event as *const DropEvent).cast::<u8>(), std::mem::size_of::<DropEvent>())
         }
         .to_vec()
     }
@@ -360,10 +314,7 @@ mod tests {
     #[test]
     fn decodes_an_ipv4_udp_drop() {
         let mut packet = Vec::new();
-        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-            .udp(40000, 9999)
-            .write(&mut packet, b"hi")
-            .unwrap();
+        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(40000, 9999).write(&mut packet, b"hi").unwrap();
         let Event::Drop(d) = decoder().decode(&raw_drop(ETH_P_IP, &packet, 3)).unwrap();
         assert_eq!(d.reason.as_deref(), Some("NO_SOCKET"));
         assert_eq!(d.location, "__udp4_lib_rcv+0x4bc");
@@ -378,27 +329,14 @@ mod tests {
     #[test]
     fn decodes_an_ipv6_tcp_syn_and_truncated_headers() {
         let mut packet = Vec::new();
-        let (src, dst) = (
-            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
-        );
-        PacketBuilder::ipv6(src, dst, 64)
-            .tcp(50000, 6443, 1, 1024)
-            .syn()
-            .write(&mut packet, &[])
-            .unwrap();
-        let Event::Drop(d) = decoder()
-            .decode(&raw_drop(ETH_P_IPV6, &packet, 12))
-            .unwrap();
+        let (src, dst) =
+            ([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        PacketBuilder::ipv6(src, dst, 64).tcp(50000, 6443, 1, 1024).syn().write(&mut packet, &[]).unwrap();
+        let Event::Drop(d) = decoder().decode(&raw_drop(ETH_P_IPV6, &packet, 12)).unwrap();
         assert_eq!(d.reason.as_deref(), Some("NETFILTER_DROP"));
-        assert_eq!(
-            d.flow.as_ref().unwrap().to_string(),
-            "tcp [fd00::1]:50000 > [fd00::2]:6443 [SYN]"
-        );
+        assert_eq!(d.flow.as_ref().unwrap().to_string(), "tcp [fd00::1]:50000 > [fd00::2]:6443 [SYN]");
         // Only the IPv6 header captured: addresses and protocol still come out.
-        let Event::Drop(d) = decoder()
-            .decode(&raw_drop(ETH_P_IPV6, &packet[..40], 12))
-            .unwrap();
+        let Event::Drop(d) = decoder().decode(&raw_drop(ETH_P_IPV6, &packet[..40], 12)).unwrap();
         let flow = d.flow.unwrap();
         assert_eq!((flow.l4.as_str(), flow.dport), ("tcp", None));
     }
@@ -409,14 +347,8 @@ mod tests {
         assert_eq!(d.decode(&[0u8; 8]).unwrap_err(), DecodeError::Short(8));
         let mut unknown = raw_drop(ETH_P_IP, &[], 3);
         unknown[0] = 99;
-        assert_eq!(
-            d.decode(&unknown).unwrap_err(),
-            DecodeError::UnknownKind(99)
-        );
+        assert_eq!(d.decode(&unknown).unwrap_err(), DecodeError::UnknownKind(99));
         let Event::Drop(arp) = d.decode(&raw_drop(ETH_P_ARP, &[1, 2, 3], ABSENT)).unwrap();
-        assert_eq!(
-            (arp.protocol.as_str(), arp.reason, arp.flow),
-            ("arp", None, None)
-        );
+        assert_eq!((arp.protocol.as_str(), arp.reason, arp.flow), ("arp", None, None));
     }
 }

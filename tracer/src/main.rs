@@ -8,25 +8,16 @@ use dptrace::{
 };
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp(None)
-        .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).format_timestamp(None).init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
             // --help and --version are not errors; everything else is a usage error (2).
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dptrace: error: cannot start the async runtime: {e}");
@@ -37,28 +28,17 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Check { json } => commands::check(json).await,
             Command::Trace(args) => commands::trace(args).await,
-            Command::Lab {
-                action: LabAction::List,
-            } => lab::list(),
-            Command::Lab {
-                action:
-                    LabAction::Run {
-                        names,
-                        all,
-                        json,
-                        verbose,
-                    },
-            } => lab::run(&names, all, json, verbose).await,
+            Command::Lab { action: LabAction::List } => lab::list(),
+            Command::Lab { action: LabAction::Run { names, all, json, verbose } } => {
+                lab::run(&names, all, json, verbose).await
+            }
         }
     });
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Problem) => ExitCode::from(1),
         Err(e) => {
-            eprintln!(
-                "dptrace: error: {}",
-                dptrace::probes::error_chain(e.as_ref())
-            );
+            eprintln!("dptrace: error: {}", dptrace::probes::error_chain(e.as_ref()));
             ExitCode::from(2)
         }
     }

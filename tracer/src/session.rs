@@ -27,13 +27,8 @@ impl EventFilter {
     fn keeps(&self, event: &Event) -> bool {
         match event {
             Event::Drop(d) => {
-                self.netns
-                    .as_ref()
-                    .is_none_or(|set| d.netns.is_some_and(|n| set.contains(&n)))
-                    && self
-                        .iface
-                        .as_ref()
-                        .is_none_or(|name| d.device.as_deref() == Some(name))
+                self.netns.as_ref().is_none_or(|set| d.netns.is_some_and(|n| set.contains(&n)))
+                    && self.iface.as_ref().is_none_or(|name| d.device.as_deref() == Some(name))
             }
         }
     }
@@ -67,14 +62,11 @@ impl Session {
     pub fn start(options: SessionOptions) -> Result<Self, ProbeError> {
         let facts = KernelFacts::probe()?;
         let mut probes = Probes::attach(&facts, options.buffer_bytes)?;
-        let ring = probes
-            .take_events()
-            .ok_or_else(|| ProbeError::Load("the EVENTS ring buffer is missing".into()))?;
+        let ring = probes.take_events().ok_or_else(|| ProbeError::Load("the EVENTS ring buffer is missing".into()))?;
         // SAFETY: the ring buffer owns its map fd and keeps it open and unchanged until the
         // AsyncFd (which owns the ring buffer) is dropped.
-        let events =
-            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-                .map_err(|e| ProbeError::Load(format!("cannot poll the ring buffer: {e}")))?;
+        let events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| ProbeError::Load(format!("cannot poll the ring buffer: {e}")))?;
         let decoder = Decoder {
             reasons: facts.drop_reasons.clone(),
             kallsyms: facts.kallsyms.clone(),
@@ -104,11 +96,7 @@ impl Session {
     }
 
     /// Streams events to `sink` until `stop` completes, then drains what is left.
-    pub async fn run_until<T>(
-        &mut self,
-        stop: impl Future<Output = T>,
-        sink: &mut dyn Sink,
-    ) -> std::io::Result<T> {
+    pub async fn run_until<T>(&mut self, stop: impl Future<Output = T>, sink: &mut dyn Sink) -> std::io::Result<T> {
         tokio::pin!(stop);
         let result = loop {
             tokio::select! {
@@ -176,11 +164,7 @@ impl Session {
             drops_by_reason: state
                 .drops_by_reason_and_location()
                 .into_iter()
-                .map(|(reason, location, count)| DropRow {
-                    reason,
-                    location,
-                    count,
-                })
+                .map(|(reason, location, count)| DropRow { reason, location, count })
                 .collect(),
             lost_events: self.probes.lost(),
             filtered_events: self.filtered,

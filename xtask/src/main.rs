@@ -78,19 +78,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let bin = build(&root)?;
             vm_test(&root, &bin, kernel_pkg.as_deref())
         }
-        Task::Test {
-            no_lint,
-            no_vm,
-            args,
-        } => test(&root, no_lint, no_vm, &args),
+        Task::Test { no_lint, no_vm, args } => test(&root, no_lint, no_vm, &args),
     }
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 /// Prints a step header, so long runs (CI logs) show where they are.
@@ -100,9 +93,7 @@ pub fn step(what: &str) {
 
 /// Runs a command in the workspace, failing with its status.
 pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -133,27 +124,19 @@ fn vm_test(root: &Path, bin: &Path, kernel_pkg: Option<&str>) -> anyhow::Result<
     if let Some(pkg) = kernel_pkg {
         cmd.args(["--kernel-pkg", pkg]);
     }
-    cmd.arg("--copy")
-        .arg(format!("{}:/usr/bin/dptrace", bin.display()));
+    cmd.arg("--copy").arg(format!("{}:/usr/bin/dptrace", bin.display()));
     cmd.arg(root.join("vm-images/guests/drops.sh"));
     cmd.stdout(std::fs::File::create(&log)?);
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    for line in text.lines().filter(|l| {
-        l.starts_with("OK:")
-            || l.starts_with("FAIL:")
-            || l.starts_with("=> ")
-            || l.starts_with("kernel")
-    }) {
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("OK:") || l.starts_with("FAIL:") || l.starts_with("=> ") || l.starts_with("kernel"))
+    {
         eprintln!("  {line}");
     }
     if !status.success() {
-        bail!(
-            "the VM test failed ({status}); full console log: {}",
-            log.display()
-        );
+        bail!("the VM test failed ({status}); full console log: {}", log.display());
     }
     eprintln!("VM test passed; console log: {}", log.display());
     Ok(())
@@ -188,9 +171,7 @@ fn test(root: &Path, no_lint: bool, no_vm: bool, e2e_args: &[String]) -> anyhow:
         eprintln!("note: not root: end-to-end tests that need root will say they are skipped");
     }
     let mut cmd = cargo(root);
-    cmd.args(["test", "--release", "-p", "dptrace-e2e", "--"])
-        .args(e2e_args)
-        .env("DPTRACE_BIN", &bin);
+    cmd.args(["test", "--release", "-p", "dptrace-e2e", "--"]).args(e2e_args).env("DPTRACE_BIN", &bin);
     run_cmd(&mut cmd)?;
     if no_vm {
         eprintln!("VM test skipped (--no-vm)");

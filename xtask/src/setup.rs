@@ -13,12 +13,7 @@ use anyhow::{bail, Context};
 
 use crate::{run_cmd, step};
 
-const DEBIAN_TOOLCHAIN: [&str; 4] = [
-    "rustc-web",
-    "cargo-web",
-    "libstd-rust-web-dev-bpf",
-    "llvm-22-dev",
-];
+const DEBIAN_TOOLCHAIN: [&str; 4] = ["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 /// Used by the lab and the end-to-end tests.
 const RUNTIME_TOOLS: [&str; 2] = ["iproute2", "iptables"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -34,11 +29,7 @@ pub fn setup(root: &Path) -> anyhow::Result<()> {
         eprintln!("compiler: Debian rustc-web with the prebuilt bpfel-unknown-none core");
         wanted.extend(DEBIAN_TOOLCHAIN);
     }
-    let missing: Vec<&str> = wanted
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
+    let missing: Vec<&str> = wanted.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if missing.is_empty() {
         eprintln!("packages: all present ({})", wanted.join(", "));
     } else {
@@ -48,16 +39,11 @@ pub fn setup(root: &Path) -> anyhow::Result<()> {
 }
 
 fn rustup_nightly_has_rust_src() -> bool {
-    let Ok(out) = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--print", "sysroot"])
-        .output()
-    else {
+    let Ok(out) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output() else {
         return false;
     };
     out.status.success()
-        && Path::new(String::from_utf8_lossy(&out.stdout).trim())
-            .join("lib/rustlib/src/rust/library/core")
-            .is_dir()
+        && Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("lib/rustlib/src/rust/library/core").is_dir()
 }
 
 fn dpkg_installed(package: &str) -> bool {
@@ -73,10 +59,7 @@ fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "missing packages: {0}. Run as root, or first: sudo apt-get install -y {0}",
-            packages.join(" ")
-        );
+        bail!("missing packages: {0}. Run as root, or first: sudo apt-get install -y {0}", packages.join(" "));
     }
     eprintln!("installing with apt-get: {}", packages.join(" "));
     let install = |quiet_update: bool| {
@@ -101,32 +84,19 @@ fn ensure_bpf_linker(root: &Path, nightly: bool) -> anyhow::Result<()> {
         eprintln!("bpf-linker: {} (present)", local.display());
         return Ok(());
     }
-    if let Some(found) = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("bpf-linker"))
-            .find(|f| f.is_file())
-    }) {
+    if let Some(found) = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("bpf-linker")).find(|f| f.is_file()))
+    {
         eprintln!("bpf-linker: {} (present on PATH)", found.display());
         return Ok(());
     }
-    eprintln!(
-        "bpf-linker: building {BPF_LINKER_VERSION} into {} (about a minute)",
-        tools.display()
-    );
+    eprintln!("bpf-linker: building {BPF_LINKER_VERSION} into {} (about a minute)", tools.display());
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args([
-        "install",
-        "bpf-linker",
-        "--version",
-        BPF_LINKER_VERSION,
-        "--root",
-    ])
-    .arg(&tools);
+    cmd.args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--root"]).arg(&tools);
     if !nightly {
         // Link against Debian's LLVM 22, the one rustc-web uses; without LLVM_PREFIX the
         // build looks for the wrong LLVM and fails with "unable to find library -lLLVM".
-        cmd.args(["--no-default-features", "--features", "llvm-22"])
-            .env("LLVM_PREFIX", LLVM_PREFIX);
+        cmd.args(["--no-default-features", "--features", "llvm-22"]).env("LLVM_PREFIX", LLVM_PREFIX);
     }
     run_cmd(&mut cmd).context("building bpf-linker failed")?;
     Ok(())

@@ -51,10 +51,7 @@ impl Correlated {
     fn observe_drop(&mut self, drop: &DropRecord) {
         let key = DropKey {
             reason: drop.reason.clone(),
-            function: drop
-                .function
-                .clone()
-                .unwrap_or_else(|| drop.location.clone()),
+            function: drop.function.clone().unwrap_or_else(|| drop.location.clone()),
             netns: drop.netns,
             device: drop.device.clone(),
             l4: drop.flow.as_ref().map(|f| f.l4.clone()),
@@ -95,19 +92,11 @@ impl Correlated {
     pub fn drops_by_reason_and_location(&self) -> Vec<(String, String, u64)> {
         let mut totals: HashMap<(String, String), u64> = HashMap::new();
         for g in self.groups.values() {
-            let reason = g
-                .key
-                .reason
-                .clone()
-                .unwrap_or_else(|| "(no reason field)".into());
+            let reason = g.key.reason.clone().unwrap_or_else(|| "(no reason field)".into());
             *totals.entry((reason, g.key.function.clone())).or_default() += g.count;
         }
         let mut rows: Vec<_> = totals.into_iter().map(|((r, l), c)| (r, l, c)).collect();
-        rows.sort_by(|a, b| {
-            b.2.cmp(&a.2)
-                .then_with(|| a.0.cmp(&b.0))
-                .then_with(|| a.1.cmp(&b.1))
-        });
+        rows.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)).then_with(|| a.1.cmp(&b.1)));
         rows
     }
 

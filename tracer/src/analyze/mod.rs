@@ -97,10 +97,7 @@ impl Default for Analyzer {
 
 impl Analyzer {
     pub fn new() -> Self {
-        Self {
-            state: Correlated::default(),
-            rules: rules::all(),
-        }
+        Self { state: Correlated::default(), rules: rules::all() }
     }
 
     pub fn observe(&mut self, event: &Event) {
@@ -113,11 +110,7 @@ impl Analyzer {
 
     /// All findings, most severe first.
     pub fn findings(&self, kernel: &KernelSummary) -> Vec<Finding> {
-        let mut findings: Vec<Finding> = self
-            .rules
-            .iter()
-            .flat_map(|r| r.evaluate(&self.state, kernel))
-            .collect();
+        let mut findings: Vec<Finding> = self.rules.iter().flat_map(|r| r.evaluate(&self.state, kernel)).collect();
         findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(b.count.cmp(&a.count)));
         findings
     }

@@ -31,17 +31,13 @@ impl std::fmt::Debug for KernelBtf {
 
 impl KernelBtf {
     pub fn load(path: &Path) -> Result<Self, KernelError> {
-        let btf = Btf::from_file(path)
-            .map_err(|e| KernelError::NoBtf(format!("{}: {e}", path.display())))?;
+        let btf = Btf::from_file(path).map_err(|e| KernelError::NoBtf(format!("{}: {e}", path.display())))?;
         Ok(Self { btf })
     }
 
     /// Resolves a dotted member path such as `nd_net.net` inside `struct <strct>`.
     pub fn member(&self, strct: &str, path: &str) -> Result<MemberLocation, KernelError> {
-        let missing = |why: String| KernelError::MissingMember {
-            member: format!("struct {strct}.{path}"),
-            why,
-        };
+        let missing = |why: String| KernelError::MissingMember { member: format!("struct {strct}.{path}"), why };
         let mut ty = self
             .btf
             .resolve_types_by_name(strct)
@@ -51,9 +47,7 @@ impl KernelBtf {
             .ok_or_else(|| missing("no such struct in BTF".into()))?;
         let mut offset_bits = 0u32;
         for segment in path.split('.') {
-            let container = self
-                .skip_modifiers(ty)
-                .map_err(|e| missing(e.to_string()))?;
+            let container = self.skip_modifiers(ty).map_err(|e| missing(e.to_string()))?;
             let (bits, member_ty) = self
                 .find_member(&container, segment)
                 .map_err(|e| missing(e.to_string()))?
@@ -65,50 +59,26 @@ impl KernelBtf {
             return Err(missing("member is a bitfield".into()));
         }
         let size = self.size_of(&ty).map_err(|e| missing(e.to_string()))?;
-        Ok(MemberLocation {
-            offset: offset_bits / 8,
-            size,
-        })
+        Ok(MemberLocation { offset: offset_bits / 8, size })
     }
 
     /// All `(name, value)` pairs of `enum <name>` (or `enum64`).
     pub fn enum_values(&self, name: &str) -> Result<Vec<(String, u64)>, KernelError> {
-        let missing = |why: String| KernelError::MissingMember {
-            member: format!("enum {name}"),
-            why,
-        };
-        for ty in self
-            .btf
-            .resolve_types_by_name(name)
-            .map_err(|e| missing(e.to_string()))?
-        {
+        let missing = |why: String| KernelError::MissingMember { member: format!("enum {name}"), why };
+        for ty in self.btf.resolve_types_by_name(name).map_err(|e| missing(e.to_string()))? {
             match ty {
                 Type::Enum(e) => {
                     return e
                         .members
                         .iter()
-                        .map(|m| {
-                            Ok((
-                                self.btf
-                                    .resolve_name(m)
-                                    .map_err(|e| missing(e.to_string()))?,
-                                m.val() as u64,
-                            ))
-                        })
+                        .map(|m| Ok((self.btf.resolve_name(m).map_err(|e| missing(e.to_string()))?, m.val() as u64)))
                         .collect();
                 }
                 Type::Enum64(e) => {
                     return e
                         .members
                         .iter()
-                        .map(|m| {
-                            Ok((
-                                self.btf
-                                    .resolve_name(m)
-                                    .map_err(|e| missing(e.to_string()))?,
-                                m.val(),
-                            ))
-                        })
+                        .map(|m| Ok((self.btf.resolve_name(m).map_err(|e| missing(e.to_string()))?, m.val())))
                         .collect();
                 }
                 _ => {}
@@ -188,15 +158,10 @@ mod tests {
         assert_eq!(btf.member("net_device", "name").unwrap().size, 16);
         let nd_net = btf.member("net_device", "nd_net").unwrap();
         let nd_net_net = btf.member("net_device", "nd_net.net").unwrap();
-        assert_eq!(
-            nd_net.offset, nd_net_net.offset,
-            "possible_net_t holds just the pointer"
-        );
+        assert_eq!(nd_net.offset, nd_net_net.offset, "possible_net_t holds just the pointer");
         assert_eq!(btf.member("net", "ns.inum").unwrap().size, 4);
         assert!(btf.member("sk_buff", "no_such_member").is_err());
         let reasons = btf.enum_values("skb_drop_reason").unwrap();
-        assert!(reasons
-            .iter()
-            .any(|(n, _)| n == "SKB_DROP_REASON_NO_SOCKET"));
+        assert!(reasons.iter().any(|(n, _)| n == "SKB_DROP_REASON_NO_SOCKET"));
     }
 }

@@ -24,32 +24,21 @@ pub struct DropReasons {
 impl DropReasons {
     pub fn resolve(btf: Option<&KernelBtf>, kfree_skb: &TracepointFormat) -> Self {
         if kfree_skb.field("reason").is_none() {
-            return Self {
-                names: BTreeMap::new(),
-                source: ReasonSource::Unavailable,
-            };
+            return Self { names: BTreeMap::new(), source: ReasonSource::Unavailable };
         }
         if let Some(values) = btf.and_then(|b| b.enum_values("skb_drop_reason").ok()) {
             let names = values
                 .into_iter()
                 .map(|(name, value)| {
-                    let short = name
-                        .strip_prefix("SKB_DROP_REASON_")
-                        .or_else(|| name.strip_prefix("SKB_"))
-                        .unwrap_or(&name);
+                    let short =
+                        name.strip_prefix("SKB_DROP_REASON_").or_else(|| name.strip_prefix("SKB_")).unwrap_or(&name);
                     (value, short.to_string())
                 })
                 .collect();
-            return Self {
-                names,
-                source: ReasonSource::Btf,
-            };
+            return Self { names, source: ReasonSource::Btf };
         }
         let names = kfree_skb.symbolic_values("reason").unwrap_or_default();
-        Self {
-            names,
-            source: ReasonSource::TracefsFormat,
-        }
+        Self { names, source: ReasonSource::TracefsFormat }
     }
 
     pub fn name(&self, value: u32) -> Option<&str> {
@@ -58,10 +47,7 @@ impl DropReasons {
 
     /// The value carrying `name` (e.g. `CONSUMED`), if this kernel has it.
     pub fn value_of(&self, name: &str) -> Option<u32> {
-        self.names
-            .iter()
-            .find(|(_, n)| *n == name)
-            .map(|(v, _)| *v as u32)
+        self.names.iter().find(|(_, n)| *n == name).map(|(v, _)| *v as u32)
     }
 }
 
@@ -71,9 +57,7 @@ mod tests {
 
     #[test]
     fn names_from_the_format_file_without_btf() {
-        let format =
-            TracepointFormat::parse(include_str!("../../tests/fixtures/6.18-kfree_skb.format"))
-                .unwrap();
+        let format = TracepointFormat::parse(include_str!("../../tests/fixtures/6.18-kfree_skb.format")).unwrap();
         let reasons = DropReasons::resolve(None, &format);
         assert_eq!(reasons.source, ReasonSource::TracefsFormat);
         assert_eq!(reasons.name(3), Some("NO_SOCKET"));

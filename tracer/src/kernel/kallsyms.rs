@@ -35,8 +35,7 @@ impl Kallsyms {
                 let addr = u64::from_str_radix(parts.next()?, 16).ok()?;
                 let kind = parts.next()?;
                 let name = parts.next()?;
-                (addr != 0 && matches!(kind, "t" | "T" | "w" | "W"))
-                    .then(|| (addr, name.to_string()))
+                (addr != 0 && matches!(kind, "t" | "T" | "w" | "W")).then(|| (addr, name.to_string()))
             })
             .collect();
         symbols.sort_unstable_by_key(|(addr, _)| *addr);
@@ -49,15 +48,9 @@ impl Kallsyms {
 
     /// The symbol containing `addr` (the closest one at or below it).
     pub fn resolve(&self, addr: u64) -> Option<Symbol<'_>> {
-        let index = self
-            .symbols
-            .partition_point(|(a, _)| *a <= addr)
-            .checked_sub(1)?;
+        let index = self.symbols.partition_point(|(a, _)| *a <= addr).checked_sub(1)?;
         let (start, name) = &self.symbols[index];
-        Some(Symbol {
-            name,
-            offset: addr - start,
-        })
+        Some(Symbol { name, offset: addr - start })
     }
 }
 
@@ -76,14 +69,8 @@ ffffffffc0000000 t veth_xmit\t[veth]
     #[test]
     fn resolves_to_the_enclosing_symbol() {
         let k = Kallsyms::parse(SAMPLE);
-        assert_eq!(
-            k.resolve(0xffffffff81a00123).unwrap().to_string(),
-            "__udp4_lib_rcv+0x123"
-        );
-        assert_eq!(
-            k.resolve(0xffffffff81a00800).unwrap().to_string(),
-            "udp_queue_rcv_skb+0x0"
-        );
+        assert_eq!(k.resolve(0xffffffff81a00123).unwrap().to_string(), "__udp4_lib_rcv+0x123");
+        assert_eq!(k.resolve(0xffffffff81a00800).unwrap().to_string(), "udp_queue_rcv_skb+0x0");
         assert_eq!(k.resolve(0xffffffffc0000010).unwrap().name, "veth_xmit");
         assert!(k.resolve(0x1000).is_none());
     }

@@ -68,15 +68,7 @@ impl KernelFacts {
         let kfree_skb = tracefs.format("skb", "kfree_skb")?;
         let drop_reasons = DropReasons::resolve(btf.as_ref(), &kfree_skb);
         let kallsyms = std::sync::Arc::new(Kallsyms::load().unwrap_or_default());
-        Ok(Self {
-            release,
-            tracefs,
-            btf,
-            btf_missing,
-            kallsyms,
-            kfree_skb,
-            drop_reasons,
-        })
+        Ok(Self { release, tracefs, btf, btf_missing, kallsyms, kfree_skb, drop_reasons })
     }
 
     pub fn summary(&self) -> KernelSummary {
@@ -86,9 +78,7 @@ impl KernelFacts {
             drop_reason_names: match self.drop_reasons.source {
                 drop_reasons::ReasonSource::Btf => "btf",
                 drop_reasons::ReasonSource::TracefsFormat => "tracefs-format",
-                drop_reasons::ReasonSource::Unavailable => {
-                    "unavailable (kfree_skb has no reason field; kernel < 5.17)"
-                }
+                drop_reasons::ReasonSource::Unavailable => "unavailable (kfree_skb has no reason field; kernel < 5.17)",
             },
             kallsyms: !self.kallsyms.is_empty(),
         }

@@ -18,10 +18,7 @@ impl Default for NetnsNames {
 
 impl NetnsNames {
     pub fn new() -> Self {
-        let mut names = Self {
-            names: HashMap::new(),
-            scanned_at: None,
-        };
+        let mut names = Self { names: HashMap::new(), scanned_at: None };
         names.rescan();
         names
     }
@@ -34,8 +31,7 @@ impl NetnsNames {
         if let Ok(entries) = std::fs::read_dir(NAMED_NETNS_DIR) {
             for entry in entries.flatten() {
                 if let Some(inode) = inode_of(&entry.path()) {
-                    self.names
-                        .insert(inode, entry.file_name().to_string_lossy().into_owned());
+                    self.names.insert(inode, entry.file_name().to_string_lossy().into_owned());
                 }
             }
         }
@@ -48,11 +44,7 @@ impl NetnsNames {
         if inode == 0 {
             return None;
         }
-        if !self.names.contains_key(&inode)
-            && self
-                .scanned_at
-                .is_none_or(|t| t.elapsed().as_millis() > 200)
-        {
+        if !self.names.contains_key(&inode) && self.scanned_at.is_none_or(|t| t.elapsed().as_millis() > 200) {
             self.rescan();
         }
         self.names.get(&inode).map(String::as_str)

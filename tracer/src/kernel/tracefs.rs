@@ -13,11 +13,16 @@ use crate::kernel::KernelError;
 
 const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
-/// A usable tracefs mount. If dptrace mounted it, it is unmounted again on drop.
+/// A usable tracefs mount.
+///
+/// When dptrace has to mount it, the mount stays: unmounting on exit would pull tracefs from
+/// under a second dptrace (or perf, bpftrace) that is attaching at that moment, and a tracefs
+/// mount at its standard place is what systemd sets up by default anyway.
 #[derive(Debug)]
 pub struct Tracefs {
     root: PathBuf,
-    mounted_by_us: bool,
+    /// Whether this process mounted it (reported by `dptrace check`).
+    pub mounted_by_us: bool,
 }
 
 impl Tracefs {
@@ -26,54 +31,31 @@ impl Tracefs {
         if let Ok(root) = std::env::var("DPTRACE_TRACEFS") {
             let root = PathBuf::from(root);
             return if root.join("events").is_dir() {
-                Ok(Self {
-                    root,
-                    mounted_by_us: false,
-                })
+                Ok(Self { root, mounted_by_us: false })
             } else {
-                Err(KernelError::NoTracefs(format!(
-                    "DPTRACE_TRACEFS={} has no events/ directory",
-                    root.display()
-                )))
+                Err(KernelError::NoTracefs(format!("DPTRACE_TRACEFS={} has no events/ directory", root.display())))
             };
         }
         for candidate in CANDIDATES {
             if Path::new(candidate).join("events").is_dir() {
-                return Ok(Self {
-                    root: candidate.into(),
-                    mounted_by_us: false,
-                });
+                return Ok(Self { root: candidate.into(), mounted_by_us: false });
             }
         }
         let root = PathBuf::from(CANDIDATES[0]);
-        nix::mount::mount(
-            Some("nodev"),
-            &root,
-            Some("tracefs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|e| {
-            KernelError::NoTracefs(format!(
-                "tracefs is not mounted and mounting it at {} failed: {e}",
-                root.display()
-            ))
-        })?;
+        nix::mount::mount(Some("nodev"), &root, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>).map_err(
+            |e| {
+                KernelError::NoTracefs(format!(
+                    "tracefs is not mounted and mounting it at {} failed: {e}",
+                    root.display()
+                ))
+            },
+        )?;
         if !root.join("events").is_dir() {
             let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
-            return Err(KernelError::NoTracefs(format!(
-                "mounted tracefs at {} but it has no events/",
-                root.display()
-            )));
+            return Err(KernelError::NoTracefs(format!("mounted tracefs at {} but it has no events/", root.display())));
         }
-        log::info!(
-            "mounted tracefs at {} (unmounted again on exit)",
-            root.display()
-        );
-        Ok(Self {
-            root,
-            mounted_by_us: true,
-        })
+        log::info!("mounted tracefs at {} (it was not mounted)", root.display());
+        Ok(Self { root, mounted_by_us: true })
     }
 
     pub fn root(&self) -> &Path {
@@ -81,22 +63,12 @@ impl Tracefs {
     }
 
     pub fn has_event(&self, system: &str, event: &str) -> bool {
-        self.root
-            .join("events")
-            .join(system)
-            .join(event)
-            .join("format")
-            .is_file()
+        self.root.join("events").join(system).join(event).join("format").is_file()
     }
 
     /// Reads and parses `events/<system>/<event>/format`.
     pub fn format(&self, system: &str, event: &str) -> Result<TracepointFormat, KernelError> {
-        let path = self
-            .root
-            .join("events")
-            .join(system)
-            .join(event)
-            .join("format");
+        let path = self.root.join("events").join(system).join(event).join("format");
         let text = fs::read_to_string(&path).map_err(|e| KernelError::MissingTracepoint {
             tracepoint: format!("{system}:{event}"),
             why: format!("{}: {e}", path.display()),
@@ -105,14 +77,6 @@ impl Tracefs {
             tracepoint: format!("{system}:{event}"),
             why: format!("{}: {why}", path.display()),
         })
-    }
-}
-
-impl Drop for Tracefs {
-    fn drop(&mut self) {
-        if self.mounted_by_us {
-            let _ = nix::mount::umount2(&self.root, nix::mount::MntFlags::MNT_DETACH);
-        }
     }
 }
 
@@ -148,23 +112,14 @@ impl TracepointFormat {
             if let Some(rest) = line.strip_prefix("name:") {
                 name = Some(rest.trim().to_string());
             } else if let Some(rest) = line.strip_prefix("ID:") {
-                id = Some(
-                    rest.trim()
-                        .parse::<u32>()
-                        .map_err(|e| format!("bad ID {rest:?}: {e}"))?,
-                );
+                id = Some(rest.trim().parse::<u32>().map_err(|e| format!("bad ID {rest:?}: {e}"))?);
             } else if line.starts_with("field:") {
                 fields.push(parse_field(line)?);
             } else if let Some(rest) = line.strip_prefix("print fmt:") {
                 print_fmt = rest.trim().to_string();
             }
         }
-        Ok(Self {
-            name: name.ok_or("no `name:` line")?,
-            id: id.ok_or("no `ID:` line")?,
-            fields,
-            print_fmt,
-        })
+        Ok(Self { name: name.ok_or("no `name:` line")?, id: id.ok_or("no `ID:` line")?, fields, print_fmt })
     }
 
     pub fn field(&self, name: &str) -> Option<&FormatField> {
@@ -218,9 +173,7 @@ fn parse_field(line: &str) -> Result<FormatField, String> {
     let decl = decl.ok_or_else(|| format!("no declaration in {line:?}"))?;
     // Arrays are declared as `char name[16]`: the name is the last word before any `[`.
     let without_array = decl.split('[').next().unwrap_or(decl).trim_end();
-    let split = without_array
-        .rfind([' ', '*'])
-        .ok_or_else(|| format!("cannot split type and name in {decl:?}"))?;
+    let split = without_array.rfind([' ', '*']).ok_or_else(|| format!("cannot split type and name in {decl:?}"))?;
     let name = without_array[split + 1..].trim().to_string();
     let c_type = without_array[..=split].trim().to_string();
     if name.is_empty() {
@@ -245,11 +198,7 @@ mod tests {
     fn parses_6_18_kfree_skb() {
         let f = TracepointFormat::parse(KFREE_SKB_6_18).unwrap();
         assert_eq!(f.name, "kfree_skb");
-        let offsets: Vec<_> = f
-            .fields
-            .iter()
-            .map(|f| (f.name.as_str(), f.offset, f.size))
-            .collect();
+        let offsets: Vec<_> = f.fields.iter().map(|f| (f.name.as_str(), f.offset, f.size)).collect();
         assert_eq!(
             offsets,
             [
@@ -274,7 +223,8 @@ mod tests {
 
     #[test]
     fn parses_array_fields_and_rejects_garbage() {
-        let text = "name: x\nID: 7\nformat:\n\tfield:char name[16];\toffset:8;\tsize:16;\tsigned:0;\n\nprint fmt: \"\"\n";
+        let text =
+            "name: x\nID: 7\nformat:\n\tfield:char name[16];\toffset:8;\tsize:16;\tsigned:0;\n\nprint fmt: \"\"\n";
         let f = TracepointFormat::parse(text).unwrap();
         assert_eq!(f.fields[0].name, "name");
         assert_eq!(f.fields[0].size, 16);

@@ -32,12 +32,7 @@ pub fn list() -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-pub async fn run(
-    names: &[String],
-    all: bool,
-    json: bool,
-    verbose: bool,
-) -> anyhow::Result<Outcome> {
+pub async fn run(names: &[String], all: bool, json: bool, verbose: bool) -> anyhow::Result<Outcome> {
     let available = scenarios::all();
     let chosen: Vec<&dyn Scenario> = if all {
         if !names.is_empty() {
@@ -51,53 +46,37 @@ pub async fn run(
         names
             .iter()
             .map(|n| {
-                available
-                    .iter()
-                    .copied()
-                    .find(|s| s.name() == n)
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "unknown lab scenario `{n}`; available: {}",
-                            available
-                                .iter()
-                                .map(|s| s.name())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    })
+                available.iter().copied().find(|s| s.name() == n).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "unknown lab scenario `{n}`; available: {}",
+                        available.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+                    )
+                })
             })
             .collect::<anyhow::Result<_>>()?
     };
     require_root()?;
     let mut sink = output::sink(json, verbose);
     let mut failed = 0;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     for scenario in &chosen {
+        // On a signal the scenario's future is dropped, and with it the `Lab` guard that
+        // removes its namespaces.
         let outcome = tokio::select! {
             r = run_one(*scenario, sink.as_mut(), verbose) => r,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted; lab namespaces removed"),
+            _ = tokio::signal::ctrl_c() => bail!("interrupted by SIGINT; lab namespaces removed"),
+            _ = sigterm.recv() => bail!("interrupted by SIGTERM; lab namespaces removed"),
         };
         let problems = match outcome {
             Ok(problems) => problems,
-            Err(e) => vec![format!(
-                "the scenario could not run: {}",
-                crate::probes::error_chain(e.as_ref())
-            )],
+            Err(e) => vec![format!("the scenario could not run: {}", crate::probes::error_chain(e.as_ref()))],
         };
         let ok = problems.is_empty();
         failed += usize::from(!ok);
         let text = if ok {
-            format!(
-                "=> {}: diagnosed as {}\n",
-                scenario.name(),
-                scenario.expected_rule()
-            )
+            format!("=> {}: diagnosed as {}\n", scenario.name(), scenario.expected_rule())
         } else {
-            format!(
-                "=> {}: NOT diagnosed as {}: {}\n",
-                scenario.name(),
-                scenario.expected_rule(),
-                problems.join("; ")
-            )
+            format!("=> {}: NOT diagnosed as {}: {}\n", scenario.name(), scenario.expected_rule(), problems.join("; "))
         };
         sink.record(
             "lab-result",
@@ -105,45 +84,26 @@ pub async fn run(
             &text,
         );
     }
-    Ok(if failed == 0 {
-        Outcome::Ok
-    } else {
-        Outcome::Problem
-    })
+    Ok(if failed == 0 { Outcome::Ok } else { Outcome::Problem })
 }
 
 /// Builds, traces, triggers and verifies one scenario. The `Lab` guard removes its
 /// namespaces when this returns, errors and cancellation included.
-async fn run_one(
-    scenario: &'static dyn Scenario,
-    sink: &mut dyn Sink,
-    verbose: bool,
-) -> anyhow::Result<Vec<String>> {
+async fn run_one(scenario: &'static dyn Scenario, sink: &mut dyn Sink, verbose: bool) -> anyhow::Result<Vec<String>> {
     sink.note(&format!("== lab {}: {}", scenario.name(), scenario.about()));
     let mut lab = Lab::new()?;
     let topology = scenario.setup(&mut lab)?;
-    let inodes: HashSet<u32> = lab
-        .namespaces()
-        .iter()
-        .filter_map(|n| lab.inode(n))
-        .collect();
+    let inodes: HashSet<u32> = lab.namespaces().iter().filter_map(|n| lab.inode(n)).collect();
     let mut session = Session::start(SessionOptions {
         buffer_bytes: DEFAULT_BUFFER_BYTES,
-        filter: EventFilter {
-            netns: Some(inodes),
-            iface: None,
-        },
+        filter: EventFilter { netns: Some(inodes), iface: None },
     })?;
-    let mut scoped = LabSink {
-        inner: sink,
-        verbose,
-    };
+    let mut scoped = LabSink { inner: sink, verbose };
     let trigger_topology = topology.clone();
     let triggered = session
         .run_until(
             async move {
-                let result =
-                    tokio::task::spawn_blocking(move || scenario.trigger(&trigger_topology)).await;
+                let result = tokio::task::spawn_blocking(move || scenario.trigger(&trigger_topology)).await;
                 tokio::time::sleep(SETTLE).await;
                 result
             },

@@ -25,10 +25,7 @@ impl Lab {
         for stale in cleanup_leftovers() {
             log::warn!("removed namespace {stale} left behind by an earlier lab run");
         }
-        Ok(Self {
-            prefix: format!("{PREFIX}{}-", std::process::id()),
-            namespaces: Vec::new(),
-        })
+        Ok(Self { prefix: format!("{PREFIX}{}-", std::process::id()), namespaces: Vec::new() })
     }
 
     /// Creates namespace `dptlab-<pid>-<role>` with loopback up; returns its name.
@@ -78,25 +75,16 @@ pub fn exec_in(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<()> 
 
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     let output = Command::new(program).args(args).output().with_context(|| {
-        format!(
-            "cannot run `{program}` (is it installed? iproute2 and iptables are needed by the lab)"
-        )
+        format!("cannot run `{program}` (is it installed? iproute2 and iptables are needed by the lab)")
     })?;
     if !output.status.success() {
-        bail!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(())
 }
 
 /// Runs `f` on a thread that has entered namespace `netns`; the caller's thread is untouched.
-pub fn in_netns<T: Send>(
-    netns: &str,
-    f: impl FnOnce() -> std::io::Result<T> + Send,
-) -> anyhow::Result<T> {
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> std::io::Result<T> + Send) -> anyhow::Result<T> {
     let path = netns_path(netns);
     // The thread is named after the namespace's role so events show who sent the traffic.
     let role = netns.rsplit('-').next().unwrap_or("lab");
@@ -123,15 +111,13 @@ pub fn cleanup_leftovers() -> Vec<String> {
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
+        let Some(pid) =
+            name.strip_prefix(PREFIX).and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
         };
-        let owner_alive = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|comm| comm.trim() == "dptrace");
+        let owner_alive =
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "dptrace");
         if !owner_alive && ip(&["netns", "del", &name]).is_ok() {
             removed.push(name);
         }

@@ -29,45 +29,15 @@ impl NodePair {
     pub fn build(lab: &mut Lab) -> anyhow::Result<Self> {
         let client = lab.add_netns("client")?;
         let server = lab.add_netns("server")?;
-        ip(&[
-            "-n", &client, "link", "add", "c0", "type", "veth", "peer", "name", "s0", "netns",
-            &server,
-        ])?;
+        ip(&["-n", &client, "link", "add", "c0", "type", "veth", "peer", "name", "s0", "netns", &server])?;
         let pair = Self {
-            client: Node {
-                netns: client,
-                dev: "c0".into(),
-                v4: "10.250.0.1".parse()?,
-                v6: "fd00:250::1".parse()?,
-            },
-            server: Node {
-                netns: server,
-                dev: "s0".into(),
-                v4: "10.250.0.2".parse()?,
-                v6: "fd00:250::2".parse()?,
-            },
+            client: Node { netns: client, dev: "c0".into(), v4: "10.250.0.1".parse()?, v6: "fd00:250::1".parse()? },
+            server: Node { netns: server, dev: "s0".into(), v4: "10.250.0.2".parse()?, v6: "fd00:250::2".parse()? },
         };
         for node in [&pair.client, &pair.server] {
-            ip(&[
-                "-n",
-                &node.netns,
-                "addr",
-                "add",
-                &format!("{}/24", node.v4),
-                "dev",
-                &node.dev,
-            ])?;
+            ip(&["-n", &node.netns, "addr", "add", &format!("{}/24", node.v4), "dev", &node.dev])?;
             // nodad: the address is usable at once instead of after duplicate detection.
-            ip(&[
-                "-n",
-                &node.netns,
-                "addr",
-                "add",
-                &format!("{}/64", node.v6),
-                "dev",
-                &node.dev,
-                "nodad",
-            ])?;
+            ip(&["-n", &node.netns, "addr", "add", &format!("{}/64", node.v6), "dev", &node.dev, "nodad"])?;
             ip(&["-n", &node.netns, "link", "set", &node.dev, "up"])?;
         }
         for node in [&pair.client, &pair.server] {
@@ -86,20 +56,11 @@ fn wait_until_ready(node: &Node) -> anyhow::Result<()> {
     loop {
         let link = output(&["-n", &node.netns, "-o", "link", "show", "dev", &node.dev])?;
         let local = output(&["-n", &node.netns, "-6", "route", "show", "table", "local"])?;
-        if link.contains("state UP")
-            && local
-                .lines()
-                .any(|l| l.split_whitespace().nth(1) == Some(v6.as_str()))
-        {
+        if link.contains("state UP") && local.lines().any(|l| l.split_whitespace().nth(1) == Some(v6.as_str())) {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "{} in {} did not come up within 5 s: {}",
-                node.dev,
-                node.netns,
-                link.trim()
-            );
+            bail!("{} in {} did not come up within 5 s: {}", node.dev, node.netns, link.trim());
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -60,10 +60,7 @@ impl Sink for TextSink {
         for flow in &f.flows {
             text.push_str(&format!("  flow:    {flow}\n"));
         }
-        text.push_str(&format!(
-            "  when:    {} .. {} ({} packets)\n",
-            f.first_time, f.last_time, f.count
-        ));
+        text.push_str(&format!("  when:    {} .. {} ({} packets)\n", f.first_time, f.last_time, f.count));
         for event in &f.evidence {
             match event {
                 Event::Drop(d) => text.push_str(&format!("  evidence: {}\n", drop_line(d))),
@@ -81,10 +78,7 @@ impl Sink for TextSink {
         if !s.drops_by_reason.is_empty() {
             text.push_str(&format!("\n  {:>8}  {:<24} location", "count", "reason"));
             for row in &s.drops_by_reason {
-                text.push_str(&format!(
-                    "\n  {:>8}  {:<24} {}",
-                    row.count, row.reason, row.location
-                ));
+                text.push_str(&format!("\n  {:>8}  {:<24} {}", row.count, row.reason, row.location));
             }
         }
         if s.lost_events > 0 {
@@ -94,16 +88,10 @@ impl Sink for TextSink {
             ));
         }
         if s.filtered_events > 0 {
-            text.push_str(&format!(
-                "\n  {} events outside the --netns/--iface filter were skipped",
-                s.filtered_events
-            ));
+            text.push_str(&format!("\n  {} events outside the --netns/--iface filter were skipped", s.filtered_events));
         }
         if s.decode_errors > 0 {
-            text.push_str(&format!(
-                "\n  {} records could not be decoded",
-                s.decode_errors
-            ));
+            text.push_str(&format!("\n  {} records could not be decoded", s.decode_errors));
         }
         if let Some(status) = &s.command_status {
             text.push_str(&format!("\n  command: {status}"));

@@ -3,9 +3,7 @@
 
 use tracer_ebpf::{DropConfig, ABSENT};
 
-use crate::kernel::{
-    btf::KernelBtf, drop_reasons::DropReasons, tracefs::TracepointFormat, KernelError, KernelFacts,
-};
+use crate::kernel::{btf::KernelBtf, drop_reasons::DropReasons, tracefs::TracepointFormat, KernelError, KernelFacts};
 
 /// Which parts of a drop event this kernel lets the program fill in.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -19,10 +17,7 @@ pub struct DropCoverage {
 
 /// Builds the program configuration for this kernel.
 pub fn drop_config(facts: &KernelFacts) -> Result<(DropConfig, DropCoverage), KernelError> {
-    let btf = facts
-        .btf
-        .as_ref()
-        .ok_or(facts.btf_missing.as_deref().unwrap_or("unknown"));
+    let btf = facts.btf.as_ref().ok_or(facts.btf_missing.as_deref().unwrap_or("unknown"));
     config_from(&facts.kfree_skb, &facts.drop_reasons, btf)
 }
 
@@ -77,10 +72,7 @@ fn fill_from_btf(btf: &KernelBtf, cfg: &mut DropConfig, coverage: &mut DropCover
         match btf.member(strct, path) {
             Ok(m) if m.size == size => m.offset,
             Ok(m) => {
-                coverage.gaps.push(format!(
-                    "struct {strct}.{path} has size {} (expected {size})",
-                    m.size
-                ));
+                coverage.gaps.push(format!("struct {strct}.{path} has size {} (expected {size})", m.size));
                 ABSENT
             }
             Err(e) => {
@@ -101,8 +93,7 @@ fn fill_from_btf(btf: &KernelBtf, cfg: &mut DropConfig, coverage: &mut DropCover
     cfg.dev_net = member("net_device", "nd_net.net", ptr);
     cfg.sk_net = member("sock", "__sk_common.skc_net.net", ptr);
     cfg.net_inum = member("net", "ns.inum", 4);
-    coverage.device_and_netns =
-        cfg.skb_dev != ABSENT && cfg.dev_ifindex != ABSENT && cfg.net_inum != ABSENT;
+    coverage.device_and_netns = cfg.skb_dev != ABSENT && cfg.dev_ifindex != ABSENT && cfg.net_inum != ABSENT;
     coverage.headers = cfg.skb_head != ABSENT && cfg.skb_network_header != ABSENT;
 }
 
@@ -120,28 +111,10 @@ mod tests {
     /// format files, not a compiled-in layout.
     #[test]
     fn offsets_follow_each_kernels_format() {
-        let (cfg_61, cov_61) =
-            config_for(include_str!("../../tests/fixtures/6.1-kfree_skb.format"));
-        let (cfg_618, cov_618) =
-            config_for(include_str!("../../tests/fixtures/6.18-kfree_skb.format"));
-        assert_eq!(
-            (
-                cfg_61.tp_skbaddr,
-                cfg_61.tp_location,
-                cfg_61.tp_protocol,
-                cfg_61.tp_reason
-            ),
-            (8, 16, 24, 28)
-        );
-        assert_eq!(
-            (
-                cfg_618.tp_skbaddr,
-                cfg_618.tp_location,
-                cfg_618.tp_protocol,
-                cfg_618.tp_reason
-            ),
-            (8, 16, 32, 36)
-        );
+        let (cfg_61, cov_61) = config_for(include_str!("../../tests/fixtures/6.1-kfree_skb.format"));
+        let (cfg_618, cov_618) = config_for(include_str!("../../tests/fixtures/6.18-kfree_skb.format"));
+        assert_eq!((cfg_61.tp_skbaddr, cfg_61.tp_location, cfg_61.tp_protocol, cfg_61.tp_reason), (8, 16, 24, 28));
+        assert_eq!((cfg_618.tp_skbaddr, cfg_618.tp_location, cfg_618.tp_protocol, cfg_618.tp_reason), (8, 16, 32, 36));
         assert!(cov_61.reason && cov_618.reason);
         // Without BTF: struct reads are off and the gap is reported.
         assert_eq!(cfg_61.skb_dev, ABSENT);
@@ -151,22 +124,15 @@ mod tests {
 
     #[test]
     fn drop_reason_values_differ_between_kernels() {
-        let f61 =
-            TracepointFormat::parse(include_str!("../../tests/fixtures/6.1-kfree_skb.format"))
-                .unwrap();
-        let f618 =
-            TracepointFormat::parse(include_str!("../../tests/fixtures/6.18-kfree_skb.format"))
-                .unwrap();
+        let f61 = TracepointFormat::parse(include_str!("../../tests/fixtures/6.1-kfree_skb.format")).unwrap();
+        let f618 = TracepointFormat::parse(include_str!("../../tests/fixtures/6.18-kfree_skb.format")).unwrap();
         let r61 = DropReasons::resolve(None, &f61);
         let r618 = DropReasons::resolve(None, &f618);
         let nf61 = r61.value_of("NETFILTER_DROP").unwrap();
         let nf618 = r618.value_of("NETFILTER_DROP").unwrap();
         assert_eq!(r61.name(nf61), Some("NETFILTER_DROP"));
         assert_eq!(r618.name(nf618), Some("NETFILTER_DROP"));
-        assert_eq!(
-            r61.value_of("NO_SOCKET").and_then(|v| r61.name(v)),
-            Some("NO_SOCKET")
-        );
+        assert_eq!(r61.value_of("NO_SOCKET").and_then(|v| r61.name(v)), Some("NO_SOCKET"));
     }
 
     #[test]
@@ -184,9 +150,7 @@ mod tests {
             eprintln!("skipped: no kernel BTF here");
             return;
         };
-        let format =
-            TracepointFormat::parse(include_str!("../../tests/fixtures/6.18-kfree_skb.format"))
-                .unwrap();
+        let format = TracepointFormat::parse(include_str!("../../tests/fixtures/6.18-kfree_skb.format")).unwrap();
         let reasons = DropReasons::resolve(Some(&btf), &format);
         let (cfg, cov) = config_from(&format, &reasons, Ok(&btf)).unwrap();
         assert!(cov.device_and_netns && cov.headers, "{:?}", cov.gaps);

@@ -57,15 +57,10 @@ impl Probes {
             .ok_or_else(|| ProbeError::Load("program kfree_skb missing from the object".into()))?
             .try_into()
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        program
-            .load()
-            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        program.load().map_err(|e| ProbeError::Load(error_chain(&e)))?;
         program
             .attach("skb", "kfree_skb")
-            .map_err(|e| ProbeError::Attach {
-                hook: "skb:kfree_skb".into(),
-                why: error_chain(&e),
-            })?;
+            .map_err(|e| ProbeError::Attach { hook: "skb:kfree_skb".into(), why: error_chain(&e) })?;
         let hooks = vec![HookStatus {
             family: "drops",
             backend: "tracepoint skb:kfree_skb".into(),
@@ -90,10 +85,7 @@ impl Probes {
         let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
             return 0;
         };
-        array
-            .get(&0, 0)
-            .map(|values| values.iter().sum())
-            .unwrap_or(0)
+        array.get(&0, 0).map(|values| values.iter().sum()).unwrap_or(0)
     }
 }
 

@@ -12,11 +12,7 @@ use crate::decode::Event;
 
 /// Every rule, in the order their findings are computed.
 pub fn all() -> Vec<Box<dyn Rule + Send>> {
-    vec![
-        Box::new(no_listener::NoListener),
-        Box::new(netfilter_drop::NetfilterDrop),
-        Box::new(packet_drop::PacketDrop),
-    ]
+    vec![Box::new(no_listener::NoListener), Box::new(netfilter_drop::NetfilterDrop), Box::new(packet_drop::PacketDrop)]
 }
 
 /// Reasons that have a rule of their own; `packet-drop` leaves them alone.
@@ -30,26 +26,13 @@ pub(crate) fn finding_from_groups(
     groups: &[&DropGroup],
     remediation: String,
 ) -> Finding {
-    let first = groups
-        .iter()
-        .min_by_key(|g| g.first.ts_ns)
-        .expect("at least one group");
-    let last_time = groups
-        .iter()
-        .map(|g| g.last_time.clone())
-        .max()
-        .unwrap_or_default();
+    let first = groups.iter().min_by_key(|g| g.first.ts_ns).expect("at least one group");
+    let last_time = groups.iter().map(|g| g.last_time.clone()).max().unwrap_or_default();
     let count = groups.iter().map(|g| g.count).sum();
-    let mut flows: Vec<String> = groups
-        .iter()
-        .filter_map(|g| g.first.flow.as_ref().map(flow_without_sport))
-        .collect();
+    let mut flows: Vec<String> = groups.iter().filter_map(|g| g.first.flow.as_ref().map(flow_without_sport)).collect();
     flows.sort();
     flows.dedup();
-    let mut evidence: Vec<Event> = groups
-        .iter()
-        .flat_map(|g| g.samples.iter().cloned().map(Event::Drop))
-        .collect();
+    let mut evidence: Vec<Event> = groups.iter().flat_map(|g| g.samples.iter().cloned().map(Event::Drop)).collect();
     evidence.sort_by_key(|e| match e {
         Event::Drop(d) => d.ts_ns,
     });

@@ -22,10 +22,7 @@ impl Rule for NetfilterDrop {
     }
 
     fn evaluate(&self, state: &Correlated, _kernel: &KernelSummary) -> Vec<Finding> {
-        let candidates = state
-            .drop_groups()
-            .into_iter()
-            .filter(|g| g.key.reason.as_deref() == Some(REASON));
+        let candidates = state.drop_groups().into_iter().filter(|g| g.key.reason.as_deref() == Some(REASON));
         group_by(candidates, |g| (g.key.netns, g.key.l4.clone(), g.key.src, g.key.dst, g.key.dport))
             .into_iter()
             .map(|groups| {

@@ -13,14 +13,8 @@ use crate::{
 pub struct PacketDrop;
 
 /// Reasons that are part of normal operation; reported as info, not warnings.
-const ROUTINE: [&str; 6] = [
-    "NOT_SPECIFIED",
-    "OTHERHOST",
-    "UNICAST_IN_L2_MULTICAST",
-    "IPV6DISABLED",
-    "TCP_OLD_DATA",
-    "QUEUE_PURGE",
-];
+const ROUTINE: [&str; 6] =
+    ["NOT_SPECIFIED", "OTHERHOST", "UNICAST_IN_L2_MULTICAST", "IPV6DISABLED", "TCP_OLD_DATA", "QUEUE_PURGE"];
 
 impl Rule for PacketDrop {
     fn id(&self) -> &'static str {
@@ -28,43 +22,25 @@ impl Rule for PacketDrop {
     }
 
     fn evaluate(&self, state: &Correlated, _kernel: &KernelSummary) -> Vec<Finding> {
-        let candidates = state.drop_groups().into_iter().filter(|g| {
-            g.key
-                .reason
-                .as_deref()
-                .is_none_or(|r| !EXPLAINED_REASONS.contains(&r))
-        });
-        group_by(candidates, |g| {
-            (g.key.reason.clone(), g.key.function.clone(), g.key.netns)
-        })
-        .into_iter()
-        .map(|groups| {
-            let g = groups[0];
-            let count: u64 = groups.iter().map(|g| g.count).sum();
-            let reason = g
-                .key
-                .reason
-                .as_deref()
-                .unwrap_or("(reason unknown on this kernel)");
-            let summary = format!(
-                "{count} packet(s) dropped with reason {reason} in {} (netns {})",
-                g.key.function,
-                netns_label(g)
-            );
-            let severity = if ROUTINE.contains(&reason) {
-                Severity::Info
-            } else {
-                Severity::Warning
-            };
-            finding_from_groups(
-                self.id(),
-                severity,
-                summary,
-                &groups,
-                advice(reason).to_string(),
-            )
-        })
-        .collect()
+        let candidates = state
+            .drop_groups()
+            .into_iter()
+            .filter(|g| g.key.reason.as_deref().is_none_or(|r| !EXPLAINED_REASONS.contains(&r)));
+        group_by(candidates, |g| (g.key.reason.clone(), g.key.function.clone(), g.key.netns))
+            .into_iter()
+            .map(|groups| {
+                let g = groups[0];
+                let count: u64 = groups.iter().map(|g| g.count).sum();
+                let reason = g.key.reason.as_deref().unwrap_or("(reason unknown on this kernel)");
+                let summary = format!(
+                    "{count} packet(s) dropped with reason {reason} in {} (netns {})",
+                    g.key.function,
+                    netns_label(g)
+                );
+                let severity = if ROUTINE.contains(&reason) { Severity::Info } else { Severity::Warning };
+                finding_from_groups(self.id(), severity, summary, &groups, advice(reason).to_string())
+            })
+            .collect()
     }
 }
 

@@ -29,34 +29,12 @@ impl Scenario for IptablesDrop {
     fn setup(&self, lab: &mut Lab) -> anyhow::Result<NodePair> {
         let t = NodePair::build(lab)?;
         let ns = &t.server.netns;
-        exec_in(
-            ns,
-            "iptables",
-            &[
-                "-A",
-                "INPUT",
-                "-p",
-                "icmp",
-                "--icmp-type",
-                "echo-request",
-                "-j",
-                "DROP",
-            ],
-        )?;
+        exec_in(ns, "iptables", &["-w", "-A", "INPUT", "-p", "icmp", "--icmp-type", "echo-request", "-j", "DROP"])?;
         // Only echo requests: dropping all ICMPv6 would also break neighbour discovery.
         exec_in(
             ns,
             "ip6tables",
-            &[
-                "-A",
-                "INPUT",
-                "-p",
-                "ipv6-icmp",
-                "--icmpv6-type",
-                "echo-request",
-                "-j",
-                "DROP",
-            ],
+            &["-w", "-A", "INPUT", "-p", "ipv6-icmp", "--icmpv6-type", "echo-request", "-j", "DROP"],
         )?;
         Ok(t)
     }
@@ -67,11 +45,6 @@ impl Scenario for IptablesDrop {
     }
 
     fn verify(&self, lab: &Lab, t: &NodePair, findings: &[Finding]) -> Vec<String> {
-        expect_findings(
-            findings,
-            self.expected_rule(),
-            lab.inode(&t.server.netns),
-            &[t.server.v4, t.server.v6],
-        )
+        expect_findings(findings, self.expected_rule(), lab.inode(&t.server.netns), &[t.server.v4, t.server.v6])
     }
 }

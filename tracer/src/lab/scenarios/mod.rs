@@ -23,10 +23,7 @@ pub trait Scenario: Sync {
 }
 
 pub fn all() -> Vec<&'static dyn Scenario> {
-    vec![
-        &udp_closed_port::UdpClosedPort,
-        &iptables_drop::IptablesDrop,
-    ]
+    vec![&udp_closed_port::UdpClosedPort, &iptables_drop::IptablesDrop]
 }
 
 /// Checks that a finding of `rule` exists in namespace `netns` whose destination is each of `dsts`.
@@ -38,9 +35,7 @@ pub(crate) fn expect_findings(
 ) -> Vec<String> {
     dsts.iter()
         .filter(|dst| {
-            !findings
-                .iter()
-                .any(|f| f.rule == rule && f.place.netns == netns && f.destination == Some(**dst))
+            !findings.iter().any(|f| f.rule == rule && f.place.netns == netns && f.destination == Some(**dst))
         })
         .map(|dst| format!("no `{rule}` finding for destination {dst} in netns {netns:?}"))
         .collect()

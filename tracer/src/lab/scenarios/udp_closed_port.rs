@@ -34,11 +34,6 @@ impl Scenario for UdpClosedPort {
     }
 
     fn verify(&self, lab: &Lab, t: &NodePair, findings: &[Finding]) -> Vec<String> {
-        expect_findings(
-            findings,
-            self.expected_rule(),
-            lab.inode(&t.server.netns),
-            &[t.server.v4, t.server.v6],
-        )
+        expect_findings(findings, self.expected_rule(), lab.inode(&t.server.netns), &[t.server.v4, t.server.v6])
     }
 }
