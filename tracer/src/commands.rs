@@ -50,10 +50,11 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         "problems": problems,
     });
     let mut sink = output::sink(json, false);
+    let mounted = if facts.tracefs.mounted_by_us { " (mounted by dptrace just now)" } else { "" };
     let mut text = format!(
-        "kernel {}\n  tracefs:            {}\n  BTF:                {}\n  drop reason names:  {}\n  kallsyms:           {}\n",
+        "kernel {}\n  tracefs:            {}{mounted}\n  BTF:                {}\n  drop reason names:  {}\n  kallsyms:           {}\n",
         kernel.release,
-        format!("{}{}", facts.tracefs.root().display(), if facts.tracefs.mounted_by_us { " (mounted by dptrace just now)" } else { "" }),
+        facts.tracefs.root().display(),
         facts.btf_missing.as_deref().map(|w| format!("missing ({w})")).unwrap_or_else(|| "yes".into()),
         kernel.drop_reason_names,
         if kernel.kallsyms { "yes" } else { "no (addresses shown raw)" },
