@@ -3,24 +3,20 @@
 use dptrace_e2e::{dptrace, json_lines, of_type, require_root, sh, stderr, NodePair};
 use serde_json::Value;
 
-/// Runs `dptrace trace --json --netns SERVER -- ip netns exec CLIENT bash -c SCRIPT`.
-fn trace_in(pair: &NodePair, script: &str) -> Vec<Value> {
-    let out = dptrace(&[
-        "trace",
-        "--json",
-        "--netns",
-        &pair.server,
-        "--",
-        "ip",
-        "netns",
-        "exec",
-        &pair.client,
-        "bash",
-        "-c",
-        script,
-    ]);
+/// Runs `dptrace trace --json FILTER… -- ip netns exec CLIENT_NS bash -c SCRIPT` and
+/// returns its JSON lines, failing the test if dptrace fails.
+fn trace_json(filter: &[&str], client_ns: &str, script: &str) -> Vec<Value> {
+    let mut args = vec!["trace", "--json"];
+    args.extend_from_slice(filter);
+    args.extend_from_slice(&["--", "ip", "netns", "exec", client_ns, "bash", "-c", script]);
+    let out = dptrace(&args);
     assert!(out.status.success(), "dptrace failed: {}", stderr(&out));
     json_lines(&out)
+}
+
+/// Traces namespace `pair.server` while `pair.client` runs `script`.
+fn trace_in(pair: &NodePair, script: &str) -> Vec<Value> {
+    trace_json(&["--netns", &pair.server], &pair.client, script)
 }
 
 fn drops_to<'a>(lines: &'a [Value], dst: &str) -> Vec<&'a Value> {
@@ -96,22 +92,7 @@ fn netns_filter_keeps_other_namespaces_out() {
     let other = NodePair::new();
     // Traffic in `other` while tracing only `pair.server`: none of it may show.
     let script = format!("echo a > /dev/udp/{}/9999", other.server_v4);
-    let out = dptrace(&[
-        "trace",
-        "--json",
-        "--netns",
-        &pair.server,
-        "--",
-        "ip",
-        "netns",
-        "exec",
-        &other.client,
-        "bash",
-        "-c",
-        &script,
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let lines = json_lines(&out);
+    let lines = trace_json(&["--netns", &pair.server], &other.client, &script);
     // Only events of the traced namespace (routine IPv6 multicast drops may appear there).
     let inode = NodePair::inode(&pair.server);
     for event in of_type(&lines, "event") {
@@ -170,22 +151,7 @@ fn iface_filter_keeps_only_that_device() {
         "echo a > /dev/udp/{}/9999; ip netns exec {} bash -c 'echo b > /dev/udp/127.0.0.1/9998'",
         pair.server_v4, pair.server
     );
-    let out = dptrace(&[
-        "trace",
-        "--json",
-        "--iface",
-        "s0",
-        "--",
-        "ip",
-        "netns",
-        "exec",
-        &pair.client,
-        "bash",
-        "-c",
-        &script,
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let lines = json_lines(&out);
+    let lines = trace_json(&["--iface", "s0"], &pair.client, &script);
     let events = of_type(&lines, "event");
     assert!(events.iter().any(|e| e["flow"]["dport"] == 9999), "{lines:#?}");
     assert!(events.iter().all(|e| e["device"] == "s0"), "{lines:#?}");
