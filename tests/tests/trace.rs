@@ -157,3 +157,43 @@ fn iface_filter_keeps_only_that_device() {
     assert!(events.iter().all(|e| e["device"] == "s0"), "{lines:#?}");
     assert!(!events.iter().any(|e| e["flow"]["dport"] == 9998), "{lines:#?}");
 }
+
+/// Every drops backend `check` reports as available must report the drop (same reason,
+/// flow and location as the tracepoint); every unavailable one must be refused clearly.
+#[test]
+fn each_backend_that_check_offers_reports_the_drop() {
+    require_root!();
+    let check = dptrace(&["check", "--json"]);
+    assert_ne!(check.status.code(), Some(2), "{}", stderr(&check));
+    let report = json_lines(&check).into_iter().find(|v| v["type"] == "check").expect("check object");
+    let backends = report["backends"].as_array().expect("backends").clone();
+    assert!(backends.iter().any(|b| b["backend"] == "tracepoint" && b["available"] == true), "{report}");
+    let pair = NodePair::new();
+    let script = format!("echo a > /dev/udp/{}/9999", pair.server_v4);
+    for b in backends.iter().filter(|b| b["family"] == "drops") {
+        let name = b["backend"].as_str().unwrap();
+        let flag = format!("drops={name}");
+        let mut args = vec!["trace", "--json", "--backend", &flag, "--netns", &pair.server, "--"];
+        args.extend_from_slice(&["ip", "netns", "exec", &pair.client, "bash", "-c", &script]);
+        let out = dptrace(&args);
+        if b["available"] == true {
+            assert!(out.status.success(), "{name}: {}", stderr(&out));
+            let lines = json_lines(&out);
+            let drop = drops_to(&lines, &pair.server_v4.to_string());
+            assert_eq!(drop.len(), 1, "{name}: {lines:#?}");
+            assert_eq!(drop[0]["reason"], "NO_SOCKET", "{name}");
+            assert_eq!(drop[0]["device"], "s0", "{name}");
+            assert!(
+                drop[0]["location"].as_str().unwrap().starts_with("__udp4_lib_rcv+"),
+                "{name}: {}",
+                drop[0]["location"]
+            );
+            assert_eq!(drop[0]["reason_inferred"].as_bool().unwrap_or(false), name == "tracepoint-noreason", "{name}");
+            assert_eq!(of_type(&lines, "summary")[0]["hooks"][0]["backend_id"], name);
+            assert!(of_type(&lines, "finding").iter().any(|f| f["rule"] == "no-listener"), "{name}");
+        } else {
+            assert_eq!(out.status.code(), Some(2), "{name} is unavailable and must be refused");
+            assert!(stderr(&out).contains("no backend could attach the drops hooks"), "{name}: {}", stderr(&out));
+        }
+    }
+}

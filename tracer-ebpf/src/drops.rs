@@ -1,12 +1,18 @@
-//! Drop monitoring on the `skb:kfree_skb` tracepoint (userspace twin: tracer/src/probes/drops.rs).
+//! Drop monitoring (userspace twin: tracer/src/probes/drops.rs). Three backends, chosen by
+//! userspace by probing, best first:
+//! - `kfree_skb`: the `skb:kfree_skb` tracepoint (every kernel; `reason` field since 5.17);
+//! - `drop_fentry`: fentry on the drop function (`sk_skb_reason_drop`, `kfree_skb_reason` or
+//!   `kfree_skb`, whichever this kernel has), needs BTF and the `tracing` program type;
+//! - `drop_kprobe`: kprobe on the same function, for kernels with kprobes but no fentry.
 //!
 //! Every offset used here arrives in `DROP_CONFIG`, filled by userspace from the tracefs
-//! format file and BTF, so one object file works across kernel versions.
+//! format file, BTF and kallsyms, so one object file works across kernel versions.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{bpf_get_stack, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    macros::{fentry, kprobe, tracepoint},
+    programs::{FEntryContext, ProbeContext, TracePointContext},
+    EbpfContext,
 };
 use tracer_ebpf::{DropConfig, DropEvent, EventKind, ABSENT, HEADER_BYTES};
 
@@ -17,11 +23,51 @@ static DROP_CONFIG: DropConfig = DropConfig::absent();
 
 /// The kernel's marker for "header offset not set" (`(u16)~0U` in skbuff.h).
 const UNSET_HEADER: u16 = u16::MAX;
+/// Stack frames searched for the caller of the probed drop function.
+const FRAMES: usize = 8;
 
 #[tracepoint]
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
-    let _ = record_drop(&ctx);
+    let _ = from_tracepoint(&ctx);
     0
+}
+
+#[kprobe]
+pub fn drop_kprobe(ctx: ProbeContext) -> u32 {
+    let cfg = config();
+    // The verifier rejects variable offsets into the context (pt_regs), so the first three
+    // arguments are all read at constant offsets and the configured ones picked afterwards.
+    let args: [u64; 3] = [ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), ctx.arg(2).unwrap_or(0)];
+    let (skb, reason) = pick_args(&cfg, args);
+    from_function(&ctx, &cfg, skb, reason);
+    0
+}
+
+/// Attached to whichever drop function userspace picks (`FEntry::load` takes the name).
+#[fentry(function = "kfree_skb_reason")]
+pub fn drop_fentry(ctx: FEntryContext) -> u32 {
+    let cfg = config();
+    // As for kprobes: constant offsets into the context only.
+    let args: [u64; 3] = [ctx.arg(0), ctx.arg(1), ctx.arg(2)];
+    let (skb, reason) = pick_args(&cfg, args);
+    from_function(&ctx, &cfg, skb, reason);
+    0
+}
+
+/// The skb and the reason among the probed function's first arguments.
+#[inline(always)]
+fn pick_args(cfg: &DropConfig, args: [u64; 3]) -> (u64, u32) {
+    let skb = match cfg.arg_skb {
+        0 => args[0],
+        1 => args[1],
+        _ => 0,
+    };
+    let reason = match cfg.arg_reason {
+        1 => args[1] as u32,
+        2 => args[2] as u32,
+        _ => ABSENT,
+    };
+    (skb, reason)
 }
 
 #[inline(always)]
@@ -40,20 +86,63 @@ fn read_field<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
 }
 
-fn record_drop(ctx: &TracePointContext) -> Result<(), i64> {
+#[inline(always)]
+fn is_routine(cfg: &DropConfig, reason: u32) -> bool {
+    reason != ABSENT && (reason == cfg.reason_consumed || reason == cfg.reason_not_dropped)
+}
+
+fn from_tracepoint(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config();
     let reason: u32 =
         if cfg.tp_reason == ABSENT { ABSENT } else { unsafe { ctx.read_at::<u32>(cfg.tp_reason as usize)? } };
-    if reason != ABSENT && (reason == cfg.reason_consumed || reason == cfg.reason_not_dropped) {
+    if is_routine(&cfg, reason) {
         return Ok(());
     }
     let skb: u64 = unsafe { ctx.read_at(cfg.tp_skbaddr as usize)? };
     let location: u64 = unsafe { ctx.read_at(cfg.tp_location as usize)? };
+    // The tracepoint already stores `ntohs(skb->protocol)`.
     let protocol: u16 = unsafe { ctx.read_at(cfg.tp_protocol as usize)? };
+    record(&cfg, skb, location, reason, protocol);
+    Ok(())
+}
 
+fn from_function<C: EbpfContext>(ctx: &C, cfg: &DropConfig, skb: u64, reason: u32) {
+    if skb == 0 || is_routine(cfg, reason) {
+        return;
+    }
+    let protocol = u16::from_be(read_field(skb, cfg.skb_protocol).unwrap_or(0));
+    record(cfg, skb, caller(ctx, cfg), reason, protocol);
+}
+
+/// The return address of the probed function's caller: the first kernel stack frame
+/// outside `[fn_start, fn_end)` after one inside it. 0 when it cannot be told.
+#[inline(always)]
+fn caller<C: EbpfContext>(ctx: &C, cfg: &DropConfig) -> u64 {
+    if cfg.fn_start == 0 {
+        return 0;
+    }
+    let mut frames = [0u64; FRAMES];
+    let bytes = (FRAMES * 8) as u32;
+    let got = unsafe { bpf_get_stack(ctx.as_ptr(), frames.as_mut_ptr().cast(), bytes, 0) };
+    if got <= 0 {
+        return 0;
+    }
+    let mut inside = false;
+    for frame in frames {
+        let in_fn = frame >= cfg.fn_start && frame < cfg.fn_end;
+        if inside && !in_fn && frame != 0 {
+            return frame;
+        }
+        inside |= in_fn;
+    }
+    0
+}
+
+#[inline(always)]
+fn record(cfg: &DropConfig, skb: u64, location: u64, reason: u32, protocol: u16) {
     let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
         count_lost();
-        return Ok(());
+        return;
     };
     // SAFETY: the entry is `size_of::<DropEvent>()` bytes of ring buffer we own until submit.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
@@ -97,5 +186,4 @@ fn record_drop(ctx: &TracePointContext) -> Result<(), i64> {
         ev.header_len = if available < copied { available } else { copied } as u16;
     }
     entry.submit(0);
-    Ok(())
 }

@@ -19,6 +19,8 @@ pub mod names {
     pub const LOST: &str = "LOST";
     pub const DROP_CONFIG: &str = "DROP_CONFIG";
     pub const PROG_KFREE_SKB: &str = "kfree_skb";
+    pub const PROG_DROP_KPROBE: &str = "drop_kprobe";
+    pub const PROG_DROP_FENTRY: &str = "drop_fentry";
 }
 
 /// Discriminates the records in the `EVENTS` ring buffer: each record starts with an
@@ -100,6 +102,18 @@ pub struct DropConfig {
     pub sk_net: u32,
     /// Offset of `ns.inum` inside `struct net`.
     pub net_inum: u32,
+    /// `sk_buff.protocol` (big-endian ethertype): kprobe/fentry backends read it from the skb.
+    pub skb_protocol: u32,
+    /// kprobe/fentry backends: which argument of the probed function is the skb, and which
+    /// the drop reason ([`ABSENT`] when the function has none, e.g. `kfree_skb` before 5.17).
+    pub arg_skb: u32,
+    pub arg_reason: u32,
+    /// Keeps the u64s below aligned without implicit padding (the struct is copied as bytes).
+    pub _pad: u32,
+    /// kprobe/fentry backends: the probed function's text range (from kallsyms). The first
+    /// stack frame above it is the caller that dropped the packet: the event's location.
+    pub fn_start: u64,
+    pub fn_end: u64,
 }
 
 impl DropConfig {
@@ -122,6 +136,12 @@ impl DropConfig {
             dev_net: ABSENT,
             sk_net: ABSENT,
             net_inum: ABSENT,
+            skb_protocol: ABSENT,
+            arg_skb: ABSENT,
+            arg_reason: ABSENT,
+            _pad: 0,
+            fn_start: 0,
+            fn_end: 0,
         }
     }
 }

@@ -4,6 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::probes::{drops::DropBackend, ProbeOptions};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "dptrace",
@@ -57,6 +59,8 @@ pub struct TraceArgs {
     /// Ring buffer size in bytes: a power of two, at least 4096 (suffixes k/m allowed).
     #[arg(long, value_parser = parse_buffer_size, default_value = "4m")]
     pub buffer_size: u32,
+    #[command(flatten)]
+    pub backends: BackendArgs,
     /// Command to run while tracing (after `--`).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -78,7 +82,35 @@ pub enum LabAction {
         /// Also print every traced event.
         #[arg(long)]
         verbose: bool,
+        #[command(flatten)]
+        backends: BackendArgs,
     },
+}
+
+/// `--backend FAMILY=BACKEND`: force a backend instead of the automatic fallback chain.
+#[derive(Debug, Args, Clone, Default)]
+pub struct BackendArgs {
+    /// Force a hook family's backend instead of the best one this kernel offers, e.g.
+    /// `drops=kprobe`. Drops: tracepoint, tracepoint-noreason (as kernels before 5.17), fentry, kprobe.
+    #[arg(long = "backend", value_name = "FAMILY=BACKEND", value_delimiter = ',', value_parser = parse_backend)]
+    pub backend: Vec<DropBackend>,
+}
+
+impl BackendArgs {
+    pub fn probe_options(&self, buffer_bytes: u32) -> ProbeOptions {
+        ProbeOptions { buffer_bytes, drops_backend: self.backend.last().copied() }
+    }
+}
+
+pub fn parse_backend(text: &str) -> Result<DropBackend, String> {
+    let names = || DropBackend::ALL.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ");
+    let (family, backend) =
+        text.split_once('=').ok_or_else(|| "expected FAMILY=BACKEND, e.g. drops=kprobe".to_string())?;
+    if !HOOK_FAMILIES.contains(&family) {
+        return Err(format!("unknown hook family `{family}`; available: {}", HOOK_FAMILIES.join(", ")));
+    }
+    DropBackend::from_name(backend)
+        .ok_or_else(|| format!("unknown backend `{backend}` for {family}; available: {}", names()))
 }
 
 /// Known hook families.
@@ -154,6 +186,10 @@ mod tests {
         assert!(parse_ifname("this-name-is-too-long").is_err());
         assert_eq!(netns_path("1234"), PathBuf::from("/proc/1234/ns/net"));
         assert_eq!(netns_path("blue"), PathBuf::from("/run/netns/blue"));
+        assert_eq!(parse_backend("drops=kprobe"), Ok(DropBackend::Kprobe));
+        assert!(parse_backend("drops=magic").unwrap_err().contains("tracepoint-noreason"));
+        assert!(parse_backend("links=kprobe").unwrap_err().contains("unknown hook family"));
+        assert!(parse_backend("kprobe").is_err());
     }
 
     #[test]

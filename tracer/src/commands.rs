@@ -3,13 +3,11 @@
 use std::{collections::HashSet, time::Duration};
 
 use anyhow::{bail, Context};
-use serde_json::json;
 
 use crate::{
     cli::{self, TraceArgs},
-    kernel::{netns::inode_of, KernelFacts},
+    kernel::netns::inode_of,
     output,
-    probes::{error_chain, Probes, DEFAULT_BUFFER_BYTES},
     session::{EventFilter, Session, SessionOptions},
 };
 
@@ -29,58 +27,6 @@ pub fn require_root() -> anyhow::Result<()> {
         bail!("dptrace must run as root (it loads eBPF programs and reads tracefs): run it with sudo");
     }
     Ok(())
-}
-
-pub async fn check(json: bool) -> anyhow::Result<Outcome> {
-    require_root()?;
-    let facts = KernelFacts::probe()?;
-    let kernel = facts.summary();
-    let attached = Probes::attach(&facts, DEFAULT_BUFFER_BYTES);
-    let (hooks, problems) = match &attached {
-        Ok(probes) => (probes.hooks.clone(), vec![]),
-        Err(e) => (vec![], vec![format!("drops: {}", error_chain(e))]),
-    };
-    drop(attached);
-    let value = json!({
-        "kernel": kernel,
-        "tracefs": facts.tracefs.root(),
-        "btf_missing": facts.btf_missing,
-        "kfree_skb_fields": facts.kfree_skb.fields.iter().filter(|f| !f.name.starts_with("common_")).map(|f| json!({"name": f.name, "offset": f.offset, "size": f.size})).collect::<Vec<_>>(),
-        "hooks": hooks,
-        "problems": problems,
-    });
-    let mut sink = output::sink(json, false);
-    let mounted = if facts.tracefs.mounted_by_us { " (mounted by dptrace just now)" } else { "" };
-    let mut text = format!(
-        "kernel {}\n  tracefs:            {}{mounted}\n  BTF:                {}\n  drop reason names:  {}\n  kallsyms:           {}\n",
-        kernel.release,
-        facts.tracefs.root().display(),
-        facts.btf_missing.as_deref().map(|w| format!("missing ({w})")).unwrap_or_else(|| "yes".into()),
-        kernel.drop_reason_names,
-        if kernel.kallsyms { "yes" } else { "no (addresses shown raw)" },
-    );
-    let fields: Vec<String> = facts
-        .kfree_skb
-        .fields
-        .iter()
-        .filter(|f| !f.name.starts_with("common_"))
-        .map(|f| format!("{}@{}", f.name, f.offset))
-        .collect();
-    text.push_str(&format!("  skb:kfree_skb:      {}\n", fields.join(" ")));
-    text.push_str("hook families\n");
-    for hook in &hooks {
-        text.push_str(&format!("  {:<8} {}\n", hook.family, hook.backend));
-        if let Some(gaps) = hook.coverage.get("gaps").and_then(|g| g.as_array()) {
-            for gap in gaps {
-                text.push_str(&format!("           not covered: {}\n", gap.as_str().unwrap_or_default()));
-            }
-        }
-    }
-    for problem in &problems {
-        text.push_str(&format!("  PROBLEM  {problem}\n"));
-    }
-    sink.record("check", value, text.trim_end());
-    Ok(if problems.is_empty() { Outcome::Ok } else { Outcome::Problem })
 }
 
 fn event_filter(args: &TraceArgs) -> anyhow::Result<EventFilter> {
@@ -112,7 +58,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
     }
     let filter = event_filter(&args)?;
     require_root()?;
-    let mut session = Session::start(SessionOptions { buffer_bytes: args.buffer_size, filter })?;
+    let mut session = Session::start(SessionOptions { probes: args.backends.probe_options(args.buffer_size), filter })?;
     let mut sink = output::sink(args.json, !args.quiet);
     let mut child = match args.command.split_first() {
         Some((program, rest)) => {

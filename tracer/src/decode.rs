@@ -55,9 +55,13 @@ pub struct DropRecord {
     /// `ipv4`, `ipv6`, `arp` or the ethertype in hex.
     pub protocol: String,
     pub flow: Option<Flow>,
-    /// Drop reason name without the `SKB_DROP_REASON_` prefix; None before 5.17.
+    /// Drop reason name without the `SKB_DROP_REASON_` prefix. Without reasons (kernels
+    /// before 5.17) it is inferred from `function` where that is unambiguous enough.
     pub reason: Option<String>,
     pub reason_code: Option<u32>,
+    /// `reason` was inferred from the location, not reported by the kernel.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reason_inferred: bool,
     /// Where the packet was freed: `symbol+0xoff`, or the raw address without kallsyms.
     pub location: String,
     /// Function name part of `location`, for grouping.
@@ -167,8 +171,14 @@ impl Decoder {
             None => (format!("{:#x}", raw.location), None),
         };
         let reason_code = (raw.reason != ABSENT).then_some(raw.reason);
-        let reason = reason_code
+        let reported = reason_code
             .map(|code| self.reasons.name(code).map(str::to_string).unwrap_or_else(|| format!("reason-{code}")));
+        let inferred = match (&reported, &function) {
+            (None, Some(f)) => infer_reason(f),
+            _ => None,
+        };
+        let reason_inferred = inferred.is_some();
+        let reason = reported.or(inferred.map(str::to_string));
         let netns = (raw.netns != 0).then_some(raw.netns);
         DropRecord {
             time: humantime::format_rfc3339_micros(self.clock.to_system_time(raw.header.ts_ns)).to_string(),
@@ -182,11 +192,24 @@ impl Decoder {
             flow,
             reason,
             reason_code,
+            reason_inferred,
             location,
             function,
             skb: format!("{:#x}", raw.skb),
             task: task(&raw.header),
         }
+    }
+}
+
+/// The drop reason implied by the function that freed the packet, for kernels without
+/// reasons: netfilter verdicts are freed in the hook or table code, and a UDP/TCP packet
+/// freed at the end of its protocol's receive function found no socket (checksum errors end
+/// there too, which is why the result is marked as inferred).
+pub fn infer_reason(function: &str) -> Option<&'static str> {
+    match function {
+        "nf_hook_slow" | "nft_do_chain" | "ipt_do_table" | "ip6t_do_table" => Some("NETFILTER_DROP"),
+        "__udp4_lib_rcv" | "__udp6_lib_rcv" | "tcp_v4_rcv" | "tcp_v6_rcv" => Some("NO_SOCKET"),
+        _ => None,
     }
 }
 
@@ -277,7 +300,7 @@ mod tests {
     fn decoder() -> Decoder {
         let format = TracepointFormat::parse(include_str!("../tests/fixtures/6.18-kfree_skb.format")).unwrap();
         Decoder {
-            reasons: DropReasons::resolve(None, &format),
+            reasons: DropReasons::resolve(None, Some(&format)),
             kallsyms: Arc::new(Kallsyms::parse("ffffffff81a00000 T __udp4_lib_rcv\n")),
             netns: NetnsNames::new(),
             clock: WallClock::now(),
@@ -349,6 +372,10 @@ mod tests {
         unknown[0] = 99;
         assert_eq!(d.decode(&unknown).unwrap_err(), DecodeError::UnknownKind(99));
         let Event::Drop(arp) = d.decode(&raw_drop(ETH_P_ARP, &[1, 2, 3], ABSENT)).unwrap();
-        assert_eq!((arp.protocol.as_str(), arp.reason, arp.flow), ("arp", None, None));
+        // No reason field: inferred from the location (__udp4_lib_rcv in this test's kallsyms).
+        assert_eq!((arp.protocol.as_str(), arp.reason.as_deref(), arp.flow), ("arp", Some("NO_SOCKET"), None));
+        assert!(arp.reason_inferred);
+        assert_eq!(infer_reason("nf_hook_slow"), Some("NETFILTER_DROP"));
+        assert_eq!(infer_reason("ip_rcv_core"), None);
     }
 }

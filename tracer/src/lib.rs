@@ -5,6 +5,7 @@
 //! offers; `session` wires one tracing session; `lab` reproduces known failures.
 
 pub mod analyze;
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod decode;

@@ -5,6 +5,7 @@ use dptrace::{
     cli::{Cli, Command, LabAction},
     commands::{self, Outcome},
     lab,
+    probes::DEFAULT_BUFFER_BYTES,
 };
 
 fn main() -> ExitCode {
@@ -26,11 +27,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Check { json } => commands::check(json).await,
+            Command::Check { json } => dptrace::check::check(json).await,
             Command::Trace(args) => commands::trace(args).await,
             Command::Lab { action: LabAction::List } => lab::list(),
-            Command::Lab { action: LabAction::Run { names, all, json, verbose } } => {
-                lab::run(&names, all, json, verbose).await
+            Command::Lab { action: LabAction::Run { names, all, json, verbose, backends } } => {
+                lab::run(&names, all, json, verbose, backends.probe_options(DEFAULT_BUFFER_BYTES)).await
             }
         }
     });

@@ -11,7 +11,7 @@ use crate::{
     decode::{Decoder, Event, WallClock},
     kernel::{netns::NetnsNames, KernelFacts},
     output::{DropRow, Sink, Summary},
-    probes::{ProbeError, Probes},
+    probes::{ProbeError, ProbeOptions, Probes},
 };
 
 /// Which events a session keeps.
@@ -35,7 +35,7 @@ impl EventFilter {
 }
 
 pub struct SessionOptions {
-    pub buffer_bytes: u32,
+    pub probes: ProbeOptions,
     pub filter: EventFilter,
 }
 
@@ -61,7 +61,7 @@ impl Session {
     /// Reads the kernel's facts and attaches the probes. Must run inside a tokio runtime.
     pub fn start(options: SessionOptions) -> Result<Self, ProbeError> {
         let facts = KernelFacts::probe()?;
-        let mut probes = Probes::attach(&facts, options.buffer_bytes)?;
+        let mut probes = Probes::attach(&facts, &options.probes)?;
         let ring = probes.take_events().ok_or_else(|| ProbeError::Load("the EVENTS ring buffer is missing".into()))?;
         // SAFETY: the ring buffer owns its map fd and keeps it open and unchanged until the
         // AsyncFd (which owns the ring buffer) is dropped.

@@ -87,6 +87,19 @@ impl KernelBtf {
         Err(missing("no such enum in BTF".into()))
     }
 
+    /// Parameter names of kernel function `name` (BTF `FUNC` → `FUNC_PROTO`), or None when
+    /// BTF has no such function (not built in, renamed, or fully inlined).
+    pub fn function_params(&self, name: &str) -> Option<Vec<String>> {
+        let func = self.btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
+            Type::Func(f) => Some(f),
+            _ => None,
+        })?;
+        match self.btf.resolve_chained_type(&func).ok()? {
+            Type::FuncProto(proto) => proto.parameters.iter().map(|p| self.btf.resolve_name(p).ok()).collect(),
+            _ => None,
+        }
+    }
+
     /// Searches `container` for `name`, descending into anonymous members.
     /// Returns the member's bit offset relative to `container` and its type.
     fn find_member(&self, container: &Type, name: &str) -> anyhow::Result<Option<(u32, Type)>> {
@@ -161,6 +174,9 @@ mod tests {
         assert_eq!(nd_net.offset, nd_net_net.offset, "possible_net_t holds just the pointer");
         assert_eq!(btf.member("net", "ns.inum").unwrap().size, 4);
         assert!(btf.member("sk_buff", "no_such_member").is_err());
+        let params = btf.function_params("consume_skb").expect("consume_skb is a BTF function");
+        assert_eq!(params, ["skb"]);
+        assert!(btf.function_params("no_such_function_dptrace").is_none());
         let reasons = btf.enum_values("skb_drop_reason").unwrap();
         assert!(reasons.iter().any(|(n, _)| n == "SKB_DROP_REASON_NO_SOCKET"));
     }

@@ -22,8 +22,9 @@ pub struct DropReasons {
 }
 
 impl DropReasons {
-    pub fn resolve(btf: Option<&KernelBtf>, kfree_skb: &TracepointFormat) -> Self {
-        if kfree_skb.field("reason").is_none() {
+    /// `kfree_skb` is the tracepoint's format, None when the tracepoint is missing.
+    pub fn resolve(btf: Option<&KernelBtf>, kfree_skb: Option<&TracepointFormat>) -> Self {
+        if kfree_skb.is_some_and(|f| f.field("reason").is_none()) {
             return Self { names: BTreeMap::new(), source: ReasonSource::Unavailable };
         }
         if let Some(values) = btf.and_then(|b| b.enum_values("skb_drop_reason").ok()) {
@@ -37,8 +38,10 @@ impl DropReasons {
                 .collect();
             return Self { names, source: ReasonSource::Btf };
         }
-        let names = kfree_skb.symbolic_values("reason").unwrap_or_default();
-        Self { names, source: ReasonSource::TracefsFormat }
+        match kfree_skb.and_then(|f| f.symbolic_values("reason")) {
+            Some(names) => Self { names, source: ReasonSource::TracefsFormat },
+            None => Self { names: BTreeMap::new(), source: ReasonSource::Unavailable },
+        }
     }
 
     pub fn name(&self, value: u32) -> Option<&str> {
@@ -58,7 +61,7 @@ mod tests {
     #[test]
     fn names_from_the_format_file_without_btf() {
         let format = TracepointFormat::parse(include_str!("../../tests/fixtures/6.18-kfree_skb.format")).unwrap();
-        let reasons = DropReasons::resolve(None, &format);
+        let reasons = DropReasons::resolve(None, Some(&format));
         assert_eq!(reasons.source, ReasonSource::TracefsFormat);
         assert_eq!(reasons.name(3), Some("NO_SOCKET"));
         assert_eq!(reasons.value_of("NETFILTER_DROP"), Some(12));
@@ -68,7 +71,7 @@ mod tests {
     #[test]
     fn kernels_without_reason_field_say_so() {
         let text = "name: kfree_skb\nID: 1\nformat:\n\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:unsigned short protocol;\toffset:24;\tsize:2;\tsigned:0;\n\nprint fmt: \"x\"\n";
-        let reasons = DropReasons::resolve(None, &TracepointFormat::parse(text).unwrap());
+        let reasons = DropReasons::resolve(None, Some(&TracepointFormat::parse(text).unwrap()));
         assert_eq!(reasons.source, ReasonSource::Unavailable);
         assert_eq!(reasons.name(3), None);
     }

@@ -46,6 +46,15 @@ impl Kallsyms {
         self.symbols.is_empty()
     }
 
+    /// The text range `[start, end)` of function `name`: from its address to the next symbol's.
+    /// Static functions may exist under several addresses; the first is taken.
+    pub fn range(&self, name: &str) -> Option<(u64, u64)> {
+        let index = self.symbols.iter().position(|(_, n)| n == name)?;
+        let start = self.symbols[index].0;
+        let end = self.symbols[index + 1..].iter().map(|(a, _)| *a).find(|a| *a > start)?;
+        Some((start, end))
+    }
+
     /// The symbol containing `addr` (the closest one at or below it).
     pub fn resolve(&self, addr: u64) -> Option<Symbol<'_>> {
         let index = self.symbols.partition_point(|(a, _)| *a <= addr).checked_sub(1)?;
@@ -73,6 +82,8 @@ ffffffffc0000000 t veth_xmit\t[veth]
         assert_eq!(k.resolve(0xffffffff81a00800).unwrap().to_string(), "udp_queue_rcv_skb+0x0");
         assert_eq!(k.resolve(0xffffffffc0000010).unwrap().name, "veth_xmit");
         assert!(k.resolve(0x1000).is_none());
+        assert_eq!(k.range("__udp4_lib_rcv"), Some((0xffffffff81a00000, 0xffffffff81a00800)));
+        assert_eq!(k.range("missing"), None);
     }
 
     #[test]

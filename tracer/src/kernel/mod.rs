@@ -34,8 +34,9 @@ pub struct KernelFacts {
     /// Why BTF is missing, when it is.
     pub btf_missing: Option<String>,
     pub kallsyms: std::sync::Arc<Kallsyms>,
-    /// `skb:kfree_skb`'s format: its fields differ by version (reason 5.17+, rx_sk 6.11+).
-    pub kfree_skb: tracefs::TracepointFormat,
+    /// `skb:kfree_skb`'s format (its fields differ by version: reason 5.17+, rx_sk 6.11+),
+    /// or why it cannot be read.
+    pub kfree_skb: Result<tracefs::TracepointFormat, String>,
     pub drop_reasons: DropReasons,
 }
 
@@ -65,8 +66,8 @@ impl KernelFacts {
                 }
             }
         };
-        let kfree_skb = tracefs.format("skb", "kfree_skb")?;
-        let drop_reasons = DropReasons::resolve(btf.as_ref(), &kfree_skb);
+        let kfree_skb = tracefs.format("skb", "kfree_skb").map_err(|e| e.to_string());
+        let drop_reasons = DropReasons::resolve(btf.as_ref(), kfree_skb.as_ref().ok());
         let kallsyms = std::sync::Arc::new(Kallsyms::load().unwrap_or_default());
         Ok(Self { release, tracefs, btf, btf_missing, kallsyms, kfree_skb, drop_reasons })
     }

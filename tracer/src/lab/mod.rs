@@ -18,7 +18,7 @@ use crate::{
     commands::{require_root, Outcome},
     decode::Event,
     output::{self, Sink, Summary},
-    probes::DEFAULT_BUFFER_BYTES,
+    probes::ProbeOptions,
     session::{EventFilter, Session, SessionOptions},
 };
 
@@ -32,7 +32,13 @@ pub fn list() -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-pub async fn run(names: &[String], all: bool, json: bool, verbose: bool) -> anyhow::Result<Outcome> {
+pub async fn run(
+    names: &[String],
+    all: bool,
+    json: bool,
+    verbose: bool,
+    probes: ProbeOptions,
+) -> anyhow::Result<Outcome> {
     let available = scenarios::all();
     let chosen: Vec<&dyn Scenario> = if all {
         if !names.is_empty() {
@@ -63,7 +69,7 @@ pub async fn run(names: &[String], all: bool, json: bool, verbose: bool) -> anyh
         // On a signal the scenario's future is dropped, and with it the `Lab` guard that
         // removes its namespaces.
         let outcome = tokio::select! {
-            r = run_one(*scenario, sink.as_mut(), verbose) => r,
+            r = run_one(*scenario, sink.as_mut(), verbose, &probes) => r,
             _ = tokio::signal::ctrl_c() => bail!("interrupted by SIGINT; lab namespaces removed"),
             _ = sigterm.recv() => bail!("interrupted by SIGTERM; lab namespaces removed"),
         };
@@ -89,13 +95,18 @@ pub async fn run(names: &[String], all: bool, json: bool, verbose: bool) -> anyh
 
 /// Builds, traces, triggers and verifies one scenario. The `Lab` guard removes its
 /// namespaces when this returns, errors and cancellation included.
-async fn run_one(scenario: &'static dyn Scenario, sink: &mut dyn Sink, verbose: bool) -> anyhow::Result<Vec<String>> {
+async fn run_one(
+    scenario: &'static dyn Scenario,
+    sink: &mut dyn Sink,
+    verbose: bool,
+    probes: &ProbeOptions,
+) -> anyhow::Result<Vec<String>> {
     sink.note(&format!("== lab {}: {}", scenario.name(), scenario.about()));
     let mut lab = Lab::new()?;
     let topology = scenario.setup(&mut lab)?;
     let inodes: HashSet<u32> = lab.namespaces().iter().filter_map(|n| lab.inode(n)).collect();
     let mut session = Session::start(SessionOptions {
-        buffer_bytes: DEFAULT_BUFFER_BYTES,
+        probes: probes.clone(),
         filter: EventFilter { netns: Some(inodes), iface: None },
     })?;
     let mut scoped = LabSink { inner: sink, verbose };

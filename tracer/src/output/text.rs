@@ -27,7 +27,12 @@ fn print(text: &str) {
 /// `16:20:01.123456 drop NO_SOCKET netns server(4026532301) dev s0 udp 10.0.0.1:4000 > … at fn+0x1 [pid 7 bash]`
 pub fn drop_line(d: &DropRecord) -> String {
     let clock = d.time.get(11..26).unwrap_or(&d.time);
-    let mut line = format!("{clock} drop {:<14}", d.reason.as_deref().unwrap_or("-"));
+    let reason = match (&d.reason, d.reason_inferred) {
+        (Some(r), true) => format!("{r}?"),
+        (Some(r), false) => r.clone(),
+        (None, _) => "-".into(),
+    };
+    let mut line = format!("{clock} drop {reason:<14}");
     match (&d.netns_name, d.netns) {
         (Some(name), Some(inode)) => line.push_str(&format!(" netns {name}({inode})")),
         (None, Some(inode)) => line.push_str(&format!(" netns {inode}")),

@@ -6,16 +6,20 @@ pub mod drops;
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
-    Ebpf, EbpfLoader,
+    programs::{FEntry, KProbe, TracePoint},
+    Btf, Ebpf, EbpfLoader,
 };
 use serde::Serialize;
 use tracer_ebpf::names;
 
+use self::drops::{DropBackend, DropCoverage};
 use crate::kernel::KernelFacts;
 
 /// The kernel-side object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+
+/// Present when the kernel can create kprobes through perf (CONFIG_KPROBES + KPROBE_EVENTS).
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 /// Default ring buffer size: about 19,000 drop events in flight.
 pub const DEFAULT_BUFFER_BYTES: u32 = 4 << 20;
@@ -26,16 +30,54 @@ pub enum ProbeError {
     Kernel(#[from] crate::kernel::KernelError),
     #[error("loading the eBPF programs failed: {0}. dptrace needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)")]
     Load(String),
-    #[error("attaching {hook} failed: {why}")]
-    Attach { hook: String, why: String },
+    #[error("no backend could attach the {family} hooks: {tried}")]
+    NoBackend { family: &'static str, tried: String },
+}
+
+/// A backend that was tried and did not attach, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unavailable {
+    pub backend: String,
+    pub why: String,
 }
 
 /// Which backend a hook family got on this kernel, and what it cannot see.
 #[derive(Debug, Clone, Serialize)]
 pub struct HookStatus {
     pub family: &'static str,
+    /// Backend id, as `--backend FAMILY=ID` takes it.
+    pub backend_id: String,
+    /// What exactly was attached, e.g. `tracepoint skb:kfree_skb` or `kprobe kfree_skb_reason`.
     pub backend: String,
-    pub coverage: serde_json::Value,
+    pub coverage: DropCoverage,
+    /// Better backends that were tried first, and why they did not attach.
+    pub unavailable: Vec<Unavailable>,
+}
+
+/// One backend of one hook family, as probed by attaching it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendProbe {
+    pub family: &'static str,
+    pub backend: &'static str,
+    pub available: bool,
+    /// What attached (`kprobe kfree_skb_reason`) or why it did not.
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<DropCoverage>,
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    pub buffer_bytes: u32,
+    /// Forces one drops backend instead of the automatic chain.
+    pub drops_backend: Option<DropBackend>,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self { buffer_bytes: DEFAULT_BUFFER_BYTES, drops_backend: None }
+    }
 }
 
 /// The loaded, attached programs. Dropping this detaches everything.
@@ -45,31 +87,60 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn attach(facts: &KernelFacts, buffer_bytes: u32) -> Result<Self, ProbeError> {
-        let (drop_config, coverage) = drops::drop_config(facts)?;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::DROP_CONFIG, &drop_config, true)
-            .map_max_entries(names::EVENTS, buffer_bytes)
-            .load(EBPF_OBJECT)
-            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        let program: &mut TracePoint = ebpf
-            .program_mut(names::PROG_KFREE_SKB)
-            .ok_or_else(|| ProbeError::Load("program kfree_skb missing from the object".into()))?
-            .try_into()
-            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        program.load().map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        program
-            .attach("skb", "kfree_skb")
-            .map_err(|e| ProbeError::Attach { hook: "skb:kfree_skb".into(), why: error_chain(&e) })?;
-        let hooks = vec![HookStatus {
-            family: "drops",
-            backend: "tracepoint skb:kfree_skb".into(),
-            coverage: serde_json::to_value(&coverage).unwrap_or_default(),
-        }];
-        for gap in &coverage.gaps {
-            log::warn!("drops: {gap}");
+    /// Attaches each hook family with the first backend of its chain that works here (or
+    /// the one forced by `options`).
+    pub fn attach(facts: &KernelFacts, options: &ProbeOptions) -> Result<Self, ProbeError> {
+        let chain: Vec<DropBackend> = match options.drops_backend {
+            Some(forced) => vec![forced],
+            None => DropBackend::CHAIN.to_vec(),
+        };
+        let mut unavailable = Vec::new();
+        for backend in chain {
+            match attach_drops(facts, backend, options.buffer_bytes) {
+                Ok((ebpf, detail, coverage)) => {
+                    for gap in &coverage.gaps {
+                        log::info!("drops: {gap}");
+                    }
+                    let status = HookStatus {
+                        family: "drops",
+                        backend_id: backend.name().into(),
+                        backend: detail,
+                        coverage,
+                        unavailable,
+                    };
+                    return Ok(Self { ebpf, hooks: vec![status] });
+                }
+                Err(why) => {
+                    log::info!("drops: backend {backend} unavailable: {why}");
+                    unavailable.push(Unavailable { backend: backend.name().into(), why });
+                }
+            }
         }
-        Ok(Self { ebpf, hooks })
+        let tried = unavailable.iter().map(|u| format!("{}: {}", u.backend, u.why)).collect::<Vec<_>>().join("; ");
+        Err(ProbeError::NoBackend { family: "drops", tried })
+    }
+
+    /// Tries every backend of every family (attaching and detaching each): what `check` reports.
+    pub fn survey(facts: &KernelFacts) -> Vec<BackendProbe> {
+        DropBackend::ALL
+            .into_iter()
+            .map(|backend| match attach_drops(facts, backend, 4096) {
+                Ok((_detached_on_drop, detail, coverage)) => BackendProbe {
+                    family: "drops",
+                    backend: backend.name(),
+                    available: true,
+                    detail,
+                    coverage: Some(coverage),
+                },
+                Err(why) => BackendProbe {
+                    family: "drops",
+                    backend: backend.name(),
+                    available: false,
+                    detail: why,
+                    coverage: None,
+                },
+            })
+            .collect()
     }
 
     /// The event ring buffer; can be taken once.
@@ -79,18 +150,98 @@ impl Probes {
 
     /// Events the kernel side could not fit into the ring buffer, summed over CPUs.
     pub fn lost(&self) -> u64 {
-        let Some(map) = self.ebpf.map(names::LOST) else {
-            return 0;
-        };
-        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
-            return 0;
-        };
+        let Some(map) = self.ebpf.map(names::LOST) else { return 0 };
+        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
         array.get(&0, 0).map(|values| values.iter().sum()).unwrap_or(0)
     }
 }
 
+/// Loads the object configured for `backend` and attaches the drop program.
+/// Returns what was attached (`kprobe kfree_skb_reason`, …) and its coverage.
+fn attach_drops(
+    facts: &KernelFacts,
+    backend: DropBackend,
+    buffer_bytes: u32,
+) -> Result<(Ebpf, String, DropCoverage), String> {
+    let (config, coverage, function) = drops::drop_config(facts, backend).map_err(|e| e.to_string())?;
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::DROP_CONFIG, &config, true)
+        .map_max_entries(names::EVENTS, buffer_bytes)
+        .load(EBPF_OBJECT)
+        .map_err(|e| format!("loading the object: {}", error_chain(&e)))?;
+    let detail = match (backend, function) {
+        (DropBackend::Tracepoint | DropBackend::TracepointNoreason, _) => {
+            let program: &mut TracePoint = program(&mut ebpf, names::PROG_KFREE_SKB)?;
+            program.load().map_err(|e| error_chain(&e))?;
+            program.attach("skb", "kfree_skb").map_err(|e| error_chain(&e))?;
+            "tracepoint skb:kfree_skb".to_string()
+        }
+        (DropBackend::Fentry, Some(function)) => {
+            let btf = kernel_btf_for_aya().map_err(|e| format!("fentry needs BTF: {e}"))?;
+            let program: &mut FEntry = program(&mut ebpf, names::PROG_DROP_FENTRY)?;
+            program.load(function.name, &btf).map_err(|e| {
+                format!("the kernel refused a `tracing` (fentry) program on {}: {}", function.name, error_chain(&e))
+            })?;
+            program.attach().map_err(|e| error_chain(&e))?;
+            format!("fentry {}", function.name)
+        }
+        (DropBackend::Kprobe, Some(function)) => {
+            if !std::path::Path::new(KPROBE_PMU).exists() {
+                return Err(format!("this kernel has no kprobes (CONFIG_KPROBES off: no {KPROBE_PMU})"));
+            }
+            let program: &mut KProbe = program(&mut ebpf, names::PROG_DROP_KPROBE)?;
+            program.load().map_err(|e| error_chain(&e))?;
+            program
+                .attach(function.name, 0)
+                .map_err(|e| format!("kprobe on {}: {}", function.name, error_chain(&e)))?;
+            format!("kprobe {}", function.name)
+        }
+        (_, None) => return Err("no drop function found".into()),
+    };
+    Ok((ebpf, detail, coverage))
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| error_chain(&e))
+}
+
+/// The kernel's BTF as aya reads it, honouring the `DPTRACE_BTF` override.
+fn kernel_btf_for_aya() -> Result<Btf, String> {
+    match std::env::var("DPTRACE_BTF").ok().as_deref() {
+        Some("none") => Err("disabled by DPTRACE_BTF=none".into()),
+        Some(path) => Btf::parse_file(path, aya::Endianness::default()).map_err(|e| e.to_string()),
+        None => Btf::from_sys_fs().map_err(|e| e.to_string()),
+    }
+}
+
 /// An error and its sources on one line: aya's top-level messages alone rarely say why.
+/// A verifier log is reduced to its verdict (the line before the statistics).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let text = full_error_chain(e);
+    match text.split_once(" Verifier output:") {
+        Some((head, log)) => {
+            let verdict = log
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("verification time"))
+                .filter(|l| !l.is_empty())
+                .last();
+            match verdict {
+                Some(v) => format!("{head} (verifier: {v})"),
+                None => head.trim_end_matches('.').to_string(),
+            }
+        }
+        None => text,
+    }
+}
+
+fn full_error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

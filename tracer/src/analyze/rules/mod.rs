@@ -79,6 +79,15 @@ pub(crate) fn group_by<'a, K: Ord + Clone>(
     out
 }
 
+/// Said in summaries when the kernel reported no drop reason and it was inferred.
+pub(crate) fn inferred_note(groups: &[&DropGroup]) -> &'static str {
+    if groups.iter().any(|g| g.first.reason_inferred) {
+        " [reason inferred from where the packets were freed: this kernel or backend reports no drop reasons]"
+    } else {
+        ""
+    }
+}
+
 /// `netns NAME` or `netns INODE`, for remediation commands.
 pub(crate) fn netns_label(group: &DropGroup) -> String {
     match (&group.first.netns_name, group.first.netns) {

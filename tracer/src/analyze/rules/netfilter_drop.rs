@@ -6,7 +6,7 @@
 //! `nft_do_chain`/`ipt_do_table` where kprobes exist); until then the remediation says how
 //! to find the rule.
 
-use super::{finding_from_groups, group_by, in_netns, netns_label};
+use super::{finding_from_groups, group_by, in_netns, inferred_note, netns_label};
 use crate::{
     analyze::{correlate::Correlated, Finding, Rule, Severity},
     kernel::KernelSummary,
@@ -43,7 +43,7 @@ impl Rule for NetfilterDrop {
                 let remediation = format!(
                     "A DROP rule or a chain policy in this namespace matched. Find it by its packet counters: `{ns}iptables-save -c` (iptables-nft and legacy) or `{ns}nft list ruleset`, look for DROP rules and policies matching {what}, then remove or narrow the rule, or add an ACCEPT before it. Left-over rules from an earlier CNI or kubeadm install are a common cause (`kubeadm reset` does not flush them)."
                 );
-                finding_from_groups(self.id(), Severity::Error, summary, &groups, remediation)
+                finding_from_groups(self.id(), Severity::Error, summary + inferred_note(&groups), &groups, remediation)
             })
             .collect()
     }

@@ -4,7 +4,7 @@
 //!
 //! Evidence: `skb:kfree_skb` drops with reason NO_SOCKET, grouped by netns and destination.
 
-use super::{finding_from_groups, group_by, in_netns, netns_label};
+use super::{finding_from_groups, group_by, in_netns, inferred_note, netns_label};
 use crate::{
     analyze::{correlate::Correlated, Finding, Rule, Severity},
     kernel::KernelSummary,
@@ -43,7 +43,7 @@ impl Rule for NoListener {
                     "Start the service that should listen on {l4}/{port}, or point clients at the port it really uses. Check with `{}ss {ss_flag} 'sport = :{port}'`. For a Kubernetes Service, check that its endpoints exist and its targetPort matches the container port (`kubectl get endpointslices`).",
                     in_netns(g)
                 );
-                finding_from_groups(self.id(), Severity::Warning, summary, &groups, remediation)
+                finding_from_groups(self.id(), Severity::Warning, summary + inferred_note(&groups), &groups, remediation)
             })
             .collect()
     }

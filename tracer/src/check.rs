@@ -1,0 +1,120 @@
+//! `dptrace check`: what this kernel offers dptrace and the CNI. For every hook family,
+//! each backend is really attached and detached (probing, never version numbers), so the
+//! report says what a session would get and what it could not see.
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::{
+    commands::{require_root, Outcome},
+    kernel::KernelFacts,
+    output,
+    probes::{drops::DropBackend, BackendProbe, Probes},
+};
+
+/// Something the operator should know, with what to do about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// `error`, `warning` or `info`. Info items do not make `check` exit 1.
+    pub severity: &'static str,
+    pub feature: String,
+    pub summary: String,
+    pub remediation: String,
+}
+
+pub async fn check(json: bool) -> anyhow::Result<Outcome> {
+    require_root()?;
+    let facts = KernelFacts::probe()?;
+    let kernel = facts.summary();
+    let backends = Probes::survey(&facts);
+    // The backend a session gets: the first of the chain that attached.
+    let chosen: Vec<&BackendProbe> = DropBackend::CHAIN
+        .iter()
+        .filter_map(|b| backends.iter().find(|p| p.backend == b.name() && p.available))
+        .take(1)
+        .collect();
+    let mut problems = attach_method_notes(&backends);
+    if chosen.is_empty() {
+        problems.push(Problem {
+            severity: "error",
+            feature: "drops".into(),
+            summary: "no backend can observe packet drops on this kernel".into(),
+            remediation: "dptrace needs the skb:kfree_skb tracepoint (CONFIG_TRACEPOINTS), or kprobes/fentry on the drop function; run as root".into(),
+        });
+    }
+    let failing = problems.iter().any(|p| p.severity != "info");
+    let fields: Vec<_> = facts
+        .kfree_skb
+        .as_ref()
+        .map(|f| f.fields.iter().filter(|f| !f.name.starts_with("common_")).collect())
+        .unwrap_or_default();
+    let value = json!({
+        "kernel": kernel,
+        "tracefs": facts.tracefs.root(),
+        "tracefs_mounted_by_dptrace": facts.tracefs.mounted_by_us,
+        "btf_missing": facts.btf_missing,
+        "kfree_skb_fields": fields.iter().map(|f| json!({"name": f.name, "offset": f.offset, "size": f.size})).collect::<Vec<_>>(),
+        "hooks": chosen.iter().map(|c| json!({"family": c.family, "backend_id": c.backend, "backend": c.detail, "coverage": c.coverage})).collect::<Vec<_>>(),
+        "backends": backends,
+        "problems": problems,
+    });
+    let mut text = format!("kernel {}\n", kernel.release);
+    let mounted = if facts.tracefs.mounted_by_us { " (mounted by dptrace just now)" } else { "" };
+    text.push_str(&format!("  tracefs:            {}{mounted}\n", facts.tracefs.root().display()));
+    let btf = facts.btf_missing.as_deref().map(|w| format!("missing ({w})")).unwrap_or_else(|| "yes".into());
+    text.push_str(&format!("  BTF:                {btf}\n"));
+    text.push_str(&format!("  drop reason names:  {}\n", kernel.drop_reason_names));
+    text.push_str(&format!(
+        "  kallsyms:           {}\n",
+        if kernel.kallsyms { "yes" } else { "no (addresses shown raw)" }
+    ));
+    match &facts.kfree_skb {
+        Ok(_) => {
+            let layout: Vec<String> = fields.iter().map(|f| format!("{}@{}", f.name, f.offset)).collect();
+            text.push_str(&format!("  skb:kfree_skb:      {}\n", layout.join(" ")));
+        }
+        Err(why) => text.push_str(&format!("  skb:kfree_skb:      missing ({why})\n")),
+    }
+    text.push_str("hook families (backends best first; * = what a session uses)\n");
+    for probe in &backends {
+        let mark = if chosen.iter().any(|c| c.backend == probe.backend) { "*" } else { " " };
+        let state = if probe.available { "ok  " } else { "no  " };
+        text.push_str(&format!("  {mark} {:<6} {:<20} {state} {}\n", probe.family, probe.backend, probe.detail));
+        if let (true, Some(coverage)) = (mark == "*", &probe.coverage) {
+            for gap in &coverage.gaps {
+                text.push_str(&format!("             not covered: {gap}\n"));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        text.push_str("problems\n");
+        for p in &problems {
+            text.push_str(&format!("  [{}] {}: {}\n      fix: {}\n", p.severity, p.feature, p.summary, p.remediation));
+        }
+    }
+    output::sink(json, false).record("check", value, text.trim_end());
+    Ok(if failing { Outcome::Problem } else { Outcome::Ok })
+}
+
+/// What missing attach methods mean for the user (info: dptrace falls back, but sees less).
+fn attach_method_notes(backends: &[BackendProbe]) -> Vec<Problem> {
+    let unavailable = |name: &str| backends.iter().find(|b| b.backend == name && !b.available);
+    let mut notes = Vec::new();
+    if let Some(kprobe) = unavailable("kprobe") {
+        notes.push(Problem {
+            severity: "info",
+            feature: "kprobes".into(),
+            summary: format!("no kprobes ({}): dptrace works from tracepoints and userspace sources; function-level detail that only kprobes give (e.g. which iptables table and chain dropped a packet, where a link request failed) is not available", kprobe.detail),
+            remediation: "nothing needed for dptrace; for more detail use a kernel with CONFIG_KPROBES=y".into(),
+        });
+    }
+    if let Some(fentry) = unavailable("fentry") {
+        notes.push(Problem {
+            severity: "info",
+            feature: "fentry".into(),
+            summary: format!("no fentry/fexit ({}): the cheapest function hooks are unavailable; dptrace uses tracepoints (and kprobes where they exist) instead", fentry.detail),
+            remediation: "nothing needed for dptrace; fentry needs BTF (CONFIG_DEBUG_INFO_BTF) and BPF trampolines (x86_64/arm64, 5.5+)".into(),
+        });
+    }
+    notes
+}
