@@ -27,6 +27,7 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
     let facts = KernelFacts::probe()?;
     let kernel = facts.summary();
     let backends = Probes::survey(&facts);
+    let program_types = program_types();
     // The backend a session gets: the first of the chain that attached.
     let chosen: Vec<&BackendProbe> = DropBackend::CHAIN
         .iter()
@@ -56,6 +57,7 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         "kfree_skb_fields": fields.iter().map(|f| json!({"name": f.name, "offset": f.offset, "size": f.size})).collect::<Vec<_>>(),
         "hooks": chosen.iter().map(|c| json!({"family": c.family, "backend_id": c.backend, "backend": c.detail, "coverage": c.coverage})).collect::<Vec<_>>(),
         "backends": backends,
+        "program_types": program_types.iter().map(|(name, ok)| (name.to_string(), json!(ok))).collect::<serde_json::Map<_, _>>(),
         "problems": problems,
     });
     let mut text = format!("kernel {}\n", kernel.release);
@@ -75,6 +77,9 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         }
         Err(why) => text.push_str(&format!("  skb:kfree_skb:      missing ({why})\n")),
     }
+    let listed =
+        |want: bool| program_types.iter().filter(|(_, ok)| *ok == want).map(|(n, _)| *n).collect::<Vec<_>>().join(" ");
+    text.push_str(&format!("  BPF program types:  {} (not: {})\n", listed(true), listed(false)));
     text.push_str("hook families (backends best first; * = what a session uses)\n");
     for probe in &backends {
         let mark = if chosen.iter().any(|c| c.backend == probe.backend) { "*" } else { " " };
@@ -117,4 +122,27 @@ fn attach_method_notes(backends: &[BackendProbe]) -> Vec<Problem> {
         });
     }
     notes
+}
+
+/// Which BPF program and map types this kernel loads (aya loads a minimal program of each).
+fn program_types() -> Vec<(&'static str, bool)> {
+    use aya::{
+        maps::MapType,
+        programs::ProgramType,
+        sys::{is_map_supported, is_program_supported},
+    };
+    let programs = [
+        ("tracepoint", ProgramType::TracePoint),
+        ("raw_tracepoint", ProgramType::RawTracePoint),
+        ("kprobe", ProgramType::KProbe),
+        ("tracing(fentry)", ProgramType::Tracing),
+        ("xdp", ProgramType::Xdp),
+        ("sched_cls(tc)", ProgramType::SchedClassifier),
+        ("netfilter", ProgramType::Netfilter),
+        ("cgroup_skb", ProgramType::CgroupSkb),
+    ];
+    let mut result: Vec<(&'static str, bool)> =
+        programs.into_iter().map(|(name, t)| (name, is_program_supported(t).unwrap_or(false))).collect();
+    result.push(("ringbuf(map)", is_map_supported(MapType::RingBuf).unwrap_or(false)));
+    result
 }
