@@ -7,7 +7,10 @@ use serde_json::json;
 
 use crate::{
     commands::{require_root, Outcome},
-    kernel::KernelFacts,
+    kernel::{
+        features::{probe_features, FeatureReport, Support},
+        KernelFacts,
+    },
     output,
     probes::{drops::DropBackend, BackendProbe, Probes},
 };
@@ -27,6 +30,7 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
     let facts = KernelFacts::probe()?;
     let kernel = facts.summary();
     let backends = Probes::survey(&facts);
+    let features = probe_features();
     let program_types = program_types();
     // The backend a session gets: the first of the chain that attached.
     let chosen: Vec<&BackendProbe> = DropBackend::CHAIN
@@ -35,6 +39,12 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         .take(1)
         .collect();
     let mut problems = attach_method_notes(&backends);
+    problems.extend(features.problems.iter().map(|p| Problem {
+        severity: p.severity,
+        feature: p.feature.clone(),
+        summary: p.summary.clone(),
+        remediation: p.remediation.clone(),
+    }));
     if chosen.is_empty() {
         problems.push(Problem {
             severity: "error",
@@ -57,6 +67,7 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         "kfree_skb_fields": fields.iter().map(|f| json!({"name": f.name, "offset": f.offset, "size": f.size})).collect::<Vec<_>>(),
         "hooks": chosen.iter().map(|c| json!({"family": c.family, "backend_id": c.backend, "backend": c.detail, "coverage": c.coverage})).collect::<Vec<_>>(),
         "backends": backends,
+        "features": features,
         "program_types": program_types.iter().map(|(name, ok)| (name.to_string(), json!(ok))).collect::<serde_json::Map<_, _>>(),
         "problems": problems,
     });
@@ -91,6 +102,7 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
             }
         }
     }
+    text.push_str(&features_text(&features));
     if !problems.is_empty() {
         text.push_str("problems\n");
         for p in &problems {
@@ -109,7 +121,7 @@ fn attach_method_notes(backends: &[BackendProbe]) -> Vec<Problem> {
         notes.push(Problem {
             severity: "info",
             feature: "kprobes".into(),
-            summary: format!("no kprobes ({}): dptrace works from tracepoints and userspace sources; function-level detail that only kprobes give (e.g. which iptables table and chain dropped a packet, where a link request failed) is not available", kprobe.detail),
+            summary: format!("kprobes unavailable ({}): dptrace works from tracepoints and userspace sources; function-level detail that only kprobes give (e.g. which iptables table and chain dropped a packet, where a link request failed) is not available", kprobe.detail),
             remediation: "nothing needed for dptrace; for more detail use a kernel with CONFIG_KPROBES=y".into(),
         });
     }
@@ -117,7 +129,7 @@ fn attach_method_notes(backends: &[BackendProbe]) -> Vec<Problem> {
         notes.push(Problem {
             severity: "info",
             feature: "fentry".into(),
-            summary: format!("no fentry/fexit ({}): the cheapest function hooks are unavailable; dptrace uses tracepoints (and kprobes where they exist) instead", fentry.detail),
+            summary: format!("fentry/fexit unavailable ({}): the cheapest function hooks are unavailable; dptrace uses tracepoints (and kprobes where they exist) instead", fentry.detail),
             remediation: "nothing needed for dptrace; fentry needs BTF (CONFIG_DEBUG_INFO_BTF) and BPF trampolines (x86_64/arm64, 5.5+)".into(),
         });
     }
@@ -145,4 +157,51 @@ fn program_types() -> Vec<(&'static str, bool)> {
         programs.into_iter().map(|(name, t)| (name, is_program_supported(t).unwrap_or(false))).collect();
     result.push(("ringbuf(map)", is_map_supported(MapType::RingBuf).unwrap_or(false)));
     result
+}
+
+/// The CNI-relevant features, one line each.
+fn features_text(f: &FeatureReport) -> String {
+    let yes_no = |s: &Support| match s {
+        Support::Yes => "yes",
+        Support::No => "NO",
+        Support::Unknown => "unknown",
+    };
+    let mut text = String::from("CNI features\n");
+    for kind in &f.link_kinds {
+        let why = kind.kernel_message.as_deref().or(kind.errno.as_deref()).unwrap_or("");
+        text.push_str(&format!("  link kind {:<10} {:<8} {why}\n", kind.kind, yes_no(&kind.supported)));
+    }
+    let sysctl = |s: &crate::kernel::features::Sysctl| s.value.clone().unwrap_or_else(|| "absent".into());
+    text.push_str(&format!(
+        "  br_netfilter         {:<8} bridge-nf-call-iptables={} ip6tables={}\n",
+        yes_no(&f.br_netfilter.active),
+        sysctl(&f.br_netfilter.call_iptables),
+        sysctl(&f.br_netfilter.call_ip6tables)
+    ));
+    text.push_str(&format!(
+        "  ip_forward           ipv4={} ipv6={}\n",
+        sysctl(&f.ip_forward.ipv4),
+        sysctl(&f.ip_forward.ipv6)
+    ));
+    text.push_str(&format!("  iptables backend     {} ({})\n", f.iptables_backend.backend, f.iptables_backend.how));
+    for xdp in &f.xdp {
+        let attached = match &xdp.attached {
+            Some(progs) if !progs.is_empty() => progs
+                .iter()
+                .map(|p| format!("{} prog {}", p.mode, p.prog_id.map_or("?".into(), |i| i.to_string())))
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => "none attached".into(),
+        };
+        text.push_str(&format!(
+            "  xdp {:<16} native {:<8} {attached} (driver {})\n",
+            xdp.name,
+            yes_no(&xdp.native),
+            xdp.driver
+        ));
+    }
+    let mounted = |m: &[String]| if m.is_empty() { "not mounted".to_string() } else { m.join(", ") };
+    text.push_str(&format!("  tracefs              {}\n", mounted(&f.mounts.tracefs)));
+    text.push_str(&format!("  bpffs                {}\n", mounted(&f.mounts.bpffs)));
+    text
 }

@@ -14,8 +14,8 @@ use anyhow::{bail, Context};
 use crate::{run_cmd, step};
 
 const DEBIAN_TOOLCHAIN: [&str; 4] = ["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
-/// Used by the lab and the end-to-end tests.
-const RUNTIME_TOOLS: [&str; 2] = ["iproute2", "iptables"];
+/// Used by the lab, `dptrace check` and the end-to-end tests.
+const RUNTIME_TOOLS: [&str; 3] = ["iproute2", "iptables", "nftables"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "~0.13";
 

@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod drop_reasons;
+pub mod features;
 pub mod kallsyms;
 pub mod netns;
 pub mod tracefs;
