@@ -171,11 +171,12 @@ fn parse_field(line: &str) -> Result<FormatField, String> {
         }
     }
     let decl = decl.ok_or_else(|| format!("no declaration in {line:?}"))?;
-    // Arrays are declared as `char name[16]`: the name is the last word before any `[`.
-    let without_array = decl.split('[').next().unwrap_or(decl).trim_end();
-    let split = without_array.rfind([' ', '*']).ok_or_else(|| format!("cannot split type and name in {decl:?}"))?;
-    let name = without_array[split + 1..].trim().to_string();
-    let c_type = without_array[..=split].trim().to_string();
+    // The name is the last word; arrays put their size after it (`char name[16]`), while
+    // dynamic strings put `[]` in the type (`__data_loc char[] msg`).
+    let decl = decl.trim();
+    let split = decl.rfind([' ', '*']).ok_or_else(|| format!("cannot split type and name in {decl:?}"))?;
+    let name = decl[split + 1..].split('[').next().unwrap_or_default().trim().to_string();
+    let c_type = decl[..=split].trim().to_string();
     if name.is_empty() {
         return Err(format!("empty field name in {decl:?}"));
     }
@@ -228,6 +229,9 @@ mod tests {
         let f = TracepointFormat::parse(text).unwrap();
         assert_eq!(f.fields[0].name, "name");
         assert_eq!(f.fields[0].size, 16);
+        let text = "name: netlink_extack\nID: 9\nformat:\n\tfield:__data_loc char[] msg;\toffset:8;\tsize:4;\tsigned:0;\n";
+        let f = TracepointFormat::parse(text).unwrap();
+        assert_eq!((f.fields[0].name.as_str(), f.fields[0].c_type.as_str()), ("msg", "__data_loc char[]"));
         assert!(TracepointFormat::parse("garbage").is_err());
         assert!(TracepointFormat::parse("name: x\nID: 1\n\tfield:int;\toffset:1;\n").is_err());
     }
