@@ -7,7 +7,7 @@ fn lab_list_names_every_scenario() {
     let out = dptrace(&["lab", "list"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for name in ["udp-closed-port", "iptables-drop"] {
+    for name in ["udp-closed-port", "iptables-drop", "wireguard-unsupported"] {
         assert!(text.contains(name), "{text}");
     }
 }
@@ -22,9 +22,10 @@ fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
     assert!(out.status.success(), "exit {:?}: {}\n{}", out.status, stderr(&out), String::from_utf8_lossy(&out.stdout));
     let lines = json_lines(&out);
     let results = of_type(&lines, "lab-result");
-    assert_eq!(results.len(), 2, "{lines:#?}");
+    assert_eq!(results.len(), 3, "{lines:#?}");
     for r in &results {
-        assert_eq!(r["diagnosed"], true, "{r}");
+        // A scenario may only be skipped when this kernel cannot show its failure.
+        assert!(r["diagnosed"] == true || r["skipped"] == true, "{r}");
     }
     let findings = of_type(&lines, "finding");
     let no_listener: Vec<_> = findings.iter().filter(|f| f["rule"] == "no-listener").collect();

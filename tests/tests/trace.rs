@@ -197,3 +197,60 @@ fn each_backend_that_check_offers_reports_the_drop() {
         }
     }
 }
+
+/// Field report 1: `ip link add X type <kind the kernel lacks>` names the kind, the errno,
+/// the kernel's message, the actor and the fix. Kinds this kernel has are skipped.
+#[test]
+fn creating_a_link_kind_the_kernel_lacks_is_explained() {
+    require_root!();
+    let pair = NodePair::new();
+    let check = json_lines(&dptrace(&["check", "--json"]));
+    let kinds = check[0]["features"]["link_kinds"].as_array().expect("link kinds").clone();
+    let missing: Vec<String> = kinds
+        .iter()
+        .filter(|k| k["supported"] == "no" && ["wireguard", "geneve", "ipip"].contains(&k["kind"].as_str().unwrap()))
+        .map(|k| k["kind"].as_str().unwrap().to_string())
+        .collect();
+    if missing.is_empty() {
+        eprintln!("SKIPPED: this kernel has wireguard, geneve and ipip");
+        return;
+    }
+    for kind in missing {
+        let script = format!("ip link add dpt-{kind} type {kind} 2>/dev/null; true");
+        let lines = trace_json(&["--netns", &pair.client], &pair.client, &script);
+        let finding = of_type(&lines, "finding")
+            .into_iter()
+            .find(|f| f["rule"] == "link-kind-unsupported")
+            .unwrap_or_else(|| panic!("{kind}: no link-kind-unsupported finding in {lines:#?}"));
+        let summary = finding["summary"].as_str().unwrap();
+        assert!(summary.contains(&format!("`{kind}`")) && summary.contains("EOPNOTSUPP"), "{summary}");
+        assert_eq!(finding["place"]["device"], format!("dpt-{kind}"));
+        assert_eq!(finding["place"]["netns"], NodePair::inode(&pair.client));
+        assert_eq!(finding["actor"]["comm"], "ip");
+        assert_eq!(finding["actor"]["netns_name"], pair.client.as_str());
+        assert!(finding["remediation"].as_str().unwrap().len() > 40, "{finding}");
+        let evidence = finding["evidence"].as_array().unwrap();
+        assert!(evidence
+            .iter()
+            .any(|e| e["kind"] == "link-request" && e["link_kind"] == kind.as_str() && e["op"] == "create"));
+        assert!(evidence.iter().any(|e| e["kind"] == "netlink-ack" && e["error"] == "EOPNOTSUPP"), "{evidence:#?}");
+    }
+}
+
+#[test]
+fn other_link_creation_failures_carry_the_errno() {
+    require_root!();
+    let pair = NodePair::new();
+    // c0 exists in the client namespace: creating it again fails with EEXIST.
+    let lines = trace_json(
+        &["--netns", &pair.client],
+        &pair.client,
+        "ip link add c0 type dummy 2>/dev/null; ip link add c0 type veth peer name c9 2>/dev/null; true",
+    );
+    let finding = of_type(&lines, "finding")
+        .into_iter()
+        .find(|f| f["rule"] == "link-create-failed")
+        .unwrap_or_else(|| panic!("no link-create-failed finding: {lines:#?}"));
+    assert!(finding["summary"].as_str().unwrap().contains("EEXIST"), "{finding}");
+    assert_eq!(finding["place"]["device"], "c0");
+}

@@ -21,6 +21,13 @@ pub mod names {
     pub const PROG_KFREE_SKB: &str = "kfree_skb";
     pub const PROG_DROP_KPROBE: &str = "drop_kprobe";
     pub const PROG_DROP_FENTRY: &str = "drop_fentry";
+    pub const LINK_CONFIG: &str = "LINK_CONFIG";
+    pub const PROG_SENDMSG: &str = "nl_sendmsg";
+    pub const PROG_SENDTO: &str = "nl_sendto";
+    pub const PROG_RECVMSG_ENTER: &str = "nl_recvmsg_enter";
+    pub const PROG_RECVFROM_ENTER: &str = "nl_recvfrom_enter";
+    pub const PROG_RECV_EXIT: &str = "nl_recv_exit";
+    pub const PROG_EXTACK: &str = "nl_extack";
 }
 
 /// Discriminates the records in the `EVENTS` ring buffer: each record starts with an
@@ -29,7 +36,16 @@ pub mod names {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     Drop = 1,
+    /// An rtnetlink link request leaving a process (`sendmsg`/`sendto`).
+    NetlinkRequest = 2,
+    /// The kernel's answer to it (`NLMSG_ERROR`, read at `recvmsg`/`recvfrom` exit).
+    NetlinkAck = 3,
+    /// The kernel's extended-ack message (`netlink:netlink_extack`).
+    NetlinkExtack = 4,
 }
+
+/// Bytes of a netlink message (request, ack or extack text) carried by a [`NetlinkEvent`].
+pub const NETLINK_BYTES: usize = 512;
 
 /// Common prefix of every ring-buffer record.
 #[repr(C)]
@@ -69,6 +85,80 @@ pub struct DropEvent {
     pub header_len: u16,
     pub ifname: [u8; 16],
     pub headers: [u8; HEADER_BYTES],
+}
+
+/// Who did something: the task's network namespace and parent, beyond the common header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Actor {
+    /// Inode of the task's network namespace (0 if unknown).
+    pub netns: u32,
+    pub parent_pid: u32,
+    pub parent_comm: [u8; 16],
+}
+
+/// A netlink request, ack or extack message, raw: userspace parses it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NetlinkEvent {
+    pub header: EventHeader,
+    pub actor: Actor,
+    /// Bytes of `data` that are valid.
+    pub len: u32,
+    pub _pad: u32,
+    pub data: [u8; NETLINK_BYTES],
+}
+
+/// Offsets the link-control-plane programs need: tracepoint fields from tracefs, struct
+/// members from BTF ([`ABSENT`] disables the read).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkConfig {
+    /// `sys_enter_sendmsg`/`sys_enter_recvmsg`: the `msg` field.
+    pub tp_msghdr: u32,
+    /// `sys_enter_sendto`: `buff` and `len`; `sys_enter_recvfrom`: `ubuf`.
+    pub tp_sendto_buff: u32,
+    pub tp_sendto_len: u32,
+    pub tp_recvfrom_buf: u32,
+    /// `sys_exit_*`: `ret`.
+    pub tp_exit_ret: u32,
+    /// `netlink:netlink_extack`: the `msg` data_loc field.
+    pub tp_extack_msg: u32,
+    /// `struct user_msghdr.msg_iov`, `struct iovec.iov_base` / `.iov_len` (user ABI).
+    pub msghdr_iov: u32,
+    pub iov_base: u32,
+    pub iov_len: u32,
+    /// task_struct → nsproxy → net_ns → ns.inum, and task_struct.real_parent / tgid / comm.
+    pub task_nsproxy: u32,
+    pub nsproxy_net: u32,
+    pub net_inum: u32,
+    pub task_parent: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub _pad: u32,
+}
+
+impl LinkConfig {
+    pub const fn absent() -> Self {
+        Self {
+            tp_msghdr: ABSENT,
+            tp_sendto_buff: ABSENT,
+            tp_sendto_len: ABSENT,
+            tp_recvfrom_buf: ABSENT,
+            tp_exit_ret: ABSENT,
+            tp_extack_msg: ABSENT,
+            msghdr_iov: ABSENT,
+            iov_base: ABSENT,
+            iov_len: ABSENT,
+            task_nsproxy: ABSENT,
+            nsproxy_net: ABSENT,
+            net_inum: ABSENT,
+            task_parent: ABSENT,
+            task_tgid: ABSENT,
+            task_comm: ABSENT,
+            _pad: 0,
+        }
+    }
 }
 
 /// Where the fields the drop program reads live on the running kernel.
@@ -150,4 +240,6 @@ impl DropConfig {
 mod user {
     // SAFETY: plain `repr(C)` integers and byte arrays, no padding-dependent invariants.
     unsafe impl aya::Pod for super::DropConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LinkConfig {}
 }

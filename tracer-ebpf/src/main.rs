@@ -7,6 +7,8 @@
 mod drops;
 #[cfg(target_arch = "bpf")]
 mod events;
+#[cfg(target_arch = "bpf")]
+mod links;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -33,11 +33,12 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
     let features = probe_features();
     let program_types = program_types();
     // The backend a session gets: the first of the chain that attached.
-    let chosen: Vec<&BackendProbe> = DropBackend::CHAIN
+    let mut chosen: Vec<&BackendProbe> = DropBackend::CHAIN
         .iter()
-        .filter_map(|b| backends.iter().find(|p| p.backend == b.name() && p.available))
+        .filter_map(|b| backends.iter().find(|p| p.family == "drops" && p.backend == b.name() && p.available))
         .take(1)
         .collect();
+    chosen.extend(backends.iter().filter(|p| p.family == "links" && p.available));
     let mut problems = attach_method_notes(&backends);
     problems.extend(features.problems.iter().map(|p| Problem {
         severity: p.severity,
@@ -93,11 +94,13 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
     text.push_str(&format!("  BPF program types:  {} (not: {})\n", listed(true), listed(false)));
     text.push_str("hook families (backends best first; * = what a session uses)\n");
     for probe in &backends {
-        let mark = if chosen.iter().any(|c| c.backend == probe.backend) { "*" } else { " " };
+        let mark =
+            if chosen.iter().any(|c| c.family == probe.family && c.backend == probe.backend) { "*" } else { " " };
         let state = if probe.available { "ok  " } else { "no  " };
         text.push_str(&format!("  {mark} {:<6} {:<20} {state} {}\n", probe.family, probe.backend, probe.detail));
-        if let (true, Some(coverage)) = (mark == "*", &probe.coverage) {
-            for gap in &coverage.gaps {
+        let gaps = probe.coverage.as_ref().and_then(|c| c["gaps"].as_array().cloned()).unwrap_or_default();
+        if mark == "*" || probe.family != "drops" {
+            for gap in gaps.iter().filter_map(|g| g.as_str()) {
                 text.push_str(&format!("             not covered: {gap}\n"));
             }
         }

@@ -43,8 +43,9 @@ pub struct TraceArgs {
     /// JSON Lines on stdout: `event`, `finding` and `summary` objects.
     #[arg(long)]
     pub json: bool,
-    /// Comma-separated hook families to attach. Available: drops.
-    #[arg(long, value_delimiter = ',', default_value = "drops")]
+    /// Comma-separated hook families to attach: drops (always on) and links (rtnetlink link
+    /// requests, their errors and kernel messages).
+    #[arg(long, value_delimiter = ',', default_value = "drops,links")]
     pub hooks: Vec<String>,
     /// Keep only events on this network device (by name).
     #[arg(long, value_parser = parse_ifname)]
@@ -98,7 +99,7 @@ pub struct BackendArgs {
 
 impl BackendArgs {
     pub fn probe_options(&self, buffer_bytes: u32) -> ProbeOptions {
-        ProbeOptions { buffer_bytes, drops_backend: self.backend.last().copied() }
+        ProbeOptions { buffer_bytes, drops_backend: self.backend.last().copied(), links: true }
     }
 }
 
@@ -109,12 +110,15 @@ pub fn parse_backend(text: &str) -> Result<DropBackend, String> {
     if !HOOK_FAMILIES.contains(&family) {
         return Err(format!("unknown hook family `{family}`; available: {}", HOOK_FAMILIES.join(", ")));
     }
+    if family != "drops" {
+        return Err(format!("hook family `{family}` has a single backend (tracepoints); only drops can be forced"));
+    }
     DropBackend::from_name(backend)
         .ok_or_else(|| format!("unknown backend `{backend}` for {family}; available: {}", names()))
 }
 
 /// Known hook families.
-pub const HOOK_FAMILIES: [&str; 1] = ["drops"];
+pub const HOOK_FAMILIES: [&str; 2] = ["drops", "links"];
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| format!("{e}; use a duration such as 500ms, 10s, 2m"))?;
@@ -188,7 +192,8 @@ mod tests {
         assert_eq!(netns_path("blue"), PathBuf::from("/run/netns/blue"));
         assert_eq!(parse_backend("drops=kprobe"), Ok(DropBackend::Kprobe));
         assert!(parse_backend("drops=magic").unwrap_err().contains("tracepoint-noreason"));
-        assert!(parse_backend("links=kprobe").unwrap_err().contains("unknown hook family"));
+        assert!(parse_backend("links=kprobe").unwrap_err().contains("single backend"));
+        assert!(parse_backend("xdp=kprobe").unwrap_err().contains("unknown hook family"));
         assert!(parse_backend("kprobe").is_err());
     }
 

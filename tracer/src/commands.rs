@@ -40,7 +40,7 @@ fn event_filter(args: &TraceArgs) -> anyhow::Result<EventFilter> {
         }
         None => None,
     };
-    Ok(EventFilter { netns, iface: args.iface.clone() })
+    Ok(EventFilter::new(netns, args.iface.clone()))
 }
 
 enum StopCause {
@@ -58,7 +58,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
     }
     let filter = event_filter(&args)?;
     require_root()?;
-    let mut session = Session::start(SessionOptions { probes: args.backends.probe_options(args.buffer_size), filter })?;
+    let mut probes = args.backends.probe_options(args.buffer_size);
+    probes.links = args.hooks.iter().any(|h| h == "links");
+    let mut session = Session::start(SessionOptions { probes, filter })?;
     let mut sink = output::sink(args.json, !args.quiet);
     let mut child = match args.command.split_first() {
         Some((program, rest)) => {

@@ -21,16 +21,45 @@ pub struct EventFilter {
     pub netns: Option<HashSet<u32>>,
     /// Keep only events on this device name.
     pub iface: Option<String>,
+    /// Threads whose link request was kept: their acks and kernel messages are kept too.
+    kept_tids: HashSet<u32>,
 }
 
 impl EventFilter {
-    fn keeps(&self, event: &Event) -> bool {
+    pub fn new(netns: Option<HashSet<u32>>, iface: Option<String>) -> Self {
+        Self { netns, iface, kept_tids: HashSet::new() }
+    }
+}
+
+impl EventFilter {
+    fn keeps(&mut self, event: &Event) -> bool {
         match event {
-            Event::Drop(d) => {
-                self.netns.as_ref().is_none_or(|set| d.netns.is_some_and(|n| set.contains(&n)))
-                    && self.iface.as_ref().is_none_or(|name| d.device.as_deref() == Some(name))
+            Event::Drop(d) => self.in_netns(d.netns) && self.on_iface(d.device.as_deref()),
+            Event::LinkRequest(r) => {
+                let keep = self.in_netns(r.actor.netns) && self.on_iface(r.ifname.as_deref());
+                if keep {
+                    // Bounded: a thread's answer follows its request within the same syscall pair.
+                    if self.kept_tids.len() > 4096 {
+                        self.kept_tids.clear();
+                    }
+                    self.kept_tids.insert(r.actor.tid);
+                } else {
+                    self.kept_tids.remove(&r.actor.tid);
+                }
+                keep
             }
+            // Acks and messages follow their request (the correlation joins them by thread).
+            Event::NetlinkAck(a) => self.kept_tids.contains(&a.actor.tid),
+            Event::KernelMessage(m) => self.kept_tids.contains(&m.actor.tid),
         }
+    }
+
+    fn in_netns(&self, netns: Option<u32>) -> bool {
+        self.netns.as_ref().is_none_or(|set| netns.is_some_and(|n| set.contains(&n)))
+    }
+
+    fn on_iface(&self, device: Option<&str>) -> bool {
+        self.iface.as_ref().is_none_or(|name| device == Some(name.as_str()))
     }
 }
 
@@ -102,7 +131,7 @@ impl Session {
             tokio::select! {
                 guard = self.events.readable_mut() => {
                     let mut guard = guard?;
-                    Self::drain_ring(guard.get_inner_mut(), &mut self.decoder, &mut self.analyzer, &self.filter, &mut self.filtered, &mut self.decode_errors, sink);
+                    Self::drain_ring(guard.get_inner_mut(), &mut self.decoder, &mut self.analyzer, &mut self.filter, &mut self.filtered, &mut self.decode_errors, sink);
                     guard.clear_ready();
                 }
                 result = &mut stop => break result,
@@ -118,7 +147,7 @@ impl Session {
             self.events.get_mut(),
             &mut self.decoder,
             &mut self.analyzer,
-            &self.filter,
+            &mut self.filter,
             &mut self.filtered,
             &mut self.decode_errors,
             sink,
@@ -129,7 +158,7 @@ impl Session {
         ring: &mut RingBuf<MapData>,
         decoder: &mut Decoder,
         analyzer: &mut Analyzer,
-        filter: &EventFilter,
+        filter: &mut EventFilter,
         filtered: &mut u64,
         decode_errors: &mut u64,
         sink: &mut dyn Sink,

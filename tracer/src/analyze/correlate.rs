@@ -2,7 +2,29 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use crate::decode::{DropRecord, Event};
+use crate::decode::{
+    links::{KernelMessage, LinkRequest, NetlinkAck},
+    DropRecord, Event,
+};
+
+/// At most this many link requests are kept per session.
+pub const MAX_LINK_REQUESTS: usize = 4096;
+
+/// A link request joined with what the kernel answered (same thread, same sequence number).
+#[derive(Debug, Clone)]
+pub struct LinkOutcome {
+    pub request: LinkRequest,
+    /// The kernel's answer: `Some(0)` success, `Some(errno)` failure, `None` not seen.
+    pub ack: Option<NetlinkAck>,
+    /// The extended-ack text the kernel produced while handling the request.
+    pub message: Option<KernelMessage>,
+}
+
+impl LinkOutcome {
+    pub fn errno(&self) -> Option<i32> {
+        self.ack.as_ref().map(|a| a.errno)
+    }
+}
 
 /// At most this many distinct drop groups are kept; further groups are only counted.
 pub const MAX_GROUPS: usize = 4096;
@@ -35,6 +57,12 @@ pub struct DropGroup {
 #[derive(Debug, Default)]
 pub struct Correlated {
     groups: HashMap<DropKey, DropGroup>,
+    links: Vec<LinkOutcome>,
+    /// Thread → index in `links` of its latest request: acks and messages of that thread
+    /// belong to it (netlink requests are handled synchronously in the sender's context).
+    pending_by_tid: HashMap<u32, usize>,
+    /// Link requests beyond `MAX_LINK_REQUESTS`, only counted.
+    pub unkept_link_requests: u64,
     /// Drops that arrived after `MAX_GROUPS` groups existed.
     pub ungrouped_drops: u64,
     pub events: u64,
@@ -45,7 +73,40 @@ impl Correlated {
         self.events += 1;
         match event {
             Event::Drop(drop) => self.observe_drop(drop),
+            Event::LinkRequest(request) => {
+                if self.links.len() >= MAX_LINK_REQUESTS {
+                    self.unkept_link_requests += 1;
+                    return;
+                }
+                self.pending_by_tid.insert(request.actor.tid, self.links.len());
+                self.links.push(LinkOutcome { request: request.clone(), ack: None, message: None });
+            }
+            Event::NetlinkAck(ack) => {
+                // Peeking receives (MSG_PEEK) report the same ack twice: the first one wins.
+                if let Some(outcome) = self.pending_outcome(ack.actor.tid) {
+                    if outcome.request.seq == ack.seq && outcome.ack.is_none() {
+                        outcome.ack = Some(ack.clone());
+                    }
+                }
+            }
+            Event::KernelMessage(message) => {
+                if let Some(outcome) = self.pending_outcome(message.actor.tid) {
+                    if outcome.ack.is_none() && outcome.message.is_none() {
+                        outcome.message = Some(message.clone());
+                    }
+                }
+            }
         }
+    }
+
+    fn pending_outcome(&mut self, tid: u32) -> Option<&mut LinkOutcome> {
+        let index = *self.pending_by_tid.get(&tid)?;
+        self.links.get_mut(index)
+    }
+
+    /// Link requests in the order they were made, with their outcomes.
+    pub fn link_outcomes(&self) -> &[LinkOutcome] {
+        &self.links
     }
 
     fn observe_drop(&mut self, drop: &DropRecord) {

@@ -71,6 +71,9 @@ pub struct Finding {
     pub count: u64,
     pub first_time: String,
     pub last_time: String,
+    /// The process behind it, when the finding is about a request someone made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<crate::decode::links::Actor>,
     /// A few of the events behind the finding (the first ones seen).
     pub evidence: Vec<Event>,
     pub remediation: String,

@@ -267,19 +267,32 @@ pub fn probe_features() -> FeatureReport {
 // Link kinds
 
 /// A link kind worth probing: who needs it and what to tell the operator when it is missing.
-struct KindSpec {
-    kind: &'static str,
+pub struct KindSpec {
+    pub kind: &'static str,
     /// Its name in problems ("WireGuard").
-    title: &'static str,
-    module: &'static str,
-    config: &'static str,
+    pub title: &'static str,
+    pub module: &'static str,
+    pub config: &'static str,
     /// What the kernel needs, in operator terms.
-    requirement: &'static str,
-    severity: &'static str,
+    pub requirement: &'static str,
+    pub severity: &'static str,
     /// What breaks without it, and for whom.
-    consequence: &'static str,
+    pub consequence: &'static str,
     /// Ways around it without changing the kernel ("" when there is none).
-    alternatives: &'static str,
+    pub alternatives: &'static str,
+}
+
+/// What dptrace knows about link kind `kind` (module, config option, who needs it, fixes):
+/// shared with the rules that explain failed link creations.
+pub fn link_kind_spec(kind: &str) -> Option<&'static KindSpec> {
+    KINDS.iter().find(|k| k.kind == kind)
+}
+
+/// The state of the module providing `module` on the running kernel (loaded, built-in,
+/// available but not loaded, or absent and why), given whether the feature works.
+pub fn module_state(module: &str, works: Support) -> String {
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    settle(ModuleIndex::load(&release).state(module, None), works)
 }
 
 const KINDS: &[KindSpec] = &[

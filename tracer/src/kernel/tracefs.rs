@@ -229,7 +229,8 @@ mod tests {
         let f = TracepointFormat::parse(text).unwrap();
         assert_eq!(f.fields[0].name, "name");
         assert_eq!(f.fields[0].size, 16);
-        let text = "name: netlink_extack\nID: 9\nformat:\n\tfield:__data_loc char[] msg;\toffset:8;\tsize:4;\tsigned:0;\n";
+        let text =
+            "name: netlink_extack\nID: 9\nformat:\n\tfield:__data_loc char[] msg;\toffset:8;\tsize:4;\tsigned:0;\n";
         let f = TracepointFormat::parse(text).unwrap();
         assert_eq!((f.fields[0].name.as_str(), f.fields[0].c_type.as_str()), ("msg", "__data_loc char[]"));
         assert!(TracepointFormat::parse("garbage").is_err());

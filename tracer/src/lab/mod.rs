@@ -73,6 +73,14 @@ pub async fn run(
             _ = tokio::signal::ctrl_c() => bail!("interrupted by SIGINT; lab namespaces removed"),
             _ = sigterm.recv() => bail!("interrupted by SIGTERM; lab namespaces removed"),
         };
+        if let Err(Some(skip)) = outcome.as_ref().map_err(|e| e.downcast_ref::<netns::Unreproducible>()) {
+            {
+                let text = format!("=> {}: skipped, {skip}\n", scenario.name());
+                let value = json!({"scenario": scenario.name(), "expected_rule": scenario.expected_rule(), "diagnosed": false, "skipped": true, "problems": [skip.to_string()]});
+                sink.record("lab-result", value, &text);
+                continue;
+            }
+        }
         let problems = match outcome {
             Ok(problems) => problems,
             Err(e) => vec![format!("the scenario could not run: {}", crate::probes::error_chain(e.as_ref()))],
@@ -105,10 +113,8 @@ async fn run_one(
     let mut lab = Lab::new()?;
     let topology = scenario.setup(&mut lab)?;
     let inodes: HashSet<u32> = lab.namespaces().iter().filter_map(|n| lab.inode(n)).collect();
-    let mut session = Session::start(SessionOptions {
-        probes: probes.clone(),
-        filter: EventFilter { netns: Some(inodes), iface: None },
-    })?;
+    let mut session =
+        Session::start(SessionOptions { probes: probes.clone(), filter: EventFilter::new(Some(inodes), None) })?;
     let mut scoped = LabSink { inner: sink, verbose };
     let trigger_topology = topology.clone();
     let triggered = session

@@ -18,14 +18,21 @@ const NETNS_DIR: &str = "/run/netns";
 pub struct Lab {
     prefix: String,
     namespaces: Vec<String>,
+    /// Scratch directory for actor binaries (`/tmp/dptlab-<pid>`), created on demand.
+    scratch: Option<PathBuf>,
 }
+
+/// A scenario that cannot show its failure on this kernel (the feature it lacks exists here).
+#[derive(Debug, thiserror::Error)]
+#[error("not reproducible on this kernel: {0}")]
+pub struct Unreproducible(pub String);
 
 impl Lab {
     pub fn new() -> anyhow::Result<Self> {
         for stale in cleanup_leftovers() {
             log::warn!("removed namespace {stale} left behind by an earlier lab run");
         }
-        Ok(Self { prefix: format!("{PREFIX}{}-", std::process::id()), namespaces: Vec::new() })
+        Ok(Self { prefix: format!("{PREFIX}{}-", std::process::id()), namespaces: Vec::new(), scratch: None })
     }
 
     /// Creates namespace `dptlab-<pid>-<role>` with loopback up; returns its name.
@@ -41,6 +48,29 @@ impl Lab {
         &self.namespaces
     }
 
+    /// A copy of `program` (found on PATH) named `name`, so that the kernel sees the process
+    /// as `name` (its comm): how the lab plays agents such as `flanneld` with real tools.
+    pub fn actor_binary(&mut self, program: &str, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = match &self.scratch {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = std::env::temp_dir().join(self.prefix.trim_end_matches('-'));
+                std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+                self.scratch = Some(dir.clone());
+                dir
+            }
+        };
+        let source = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+            .with_context(|| format!("`{program}` not found"))?;
+        let target = dir.join(name);
+        std::fs::copy(&source, &target)
+            .with_context(|| format!("copy {} to {}", source.display(), target.display()))?;
+        Ok(target)
+    }
+
     pub fn inode(&self, netns: &str) -> Option<u32> {
         inode_of(&netns_path(netns))
     }
@@ -48,6 +78,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if let Some(dir) = self.scratch.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         for name in self.namespaces.drain(..).rev() {
             // Deleting the namespace deletes the veths and rules inside it too.
             if let Err(e) = ip(&["netns", "del", &name]) {

@@ -15,6 +15,8 @@ use super::netns::{ip, Lab};
 pub struct NodePair {
     pub client: Node,
     pub server: Node,
+    /// Actor binaries a scenario prepared (see `Lab::actor_binary`), by role.
+    pub actors: std::collections::BTreeMap<&'static str, std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +35,7 @@ impl NodePair {
         let pair = Self {
             client: Node { netns: client, dev: "c0".into(), v4: "10.250.0.1".parse()?, v6: "fd00:250::1".parse()? },
             server: Node { netns: server, dev: "s0".into(), v4: "10.250.0.2".parse()?, v6: "fd00:250::2".parse()? },
+            actors: Default::default(),
         };
         for node in [&pair.client, &pair.server] {
             ip(&["-n", &node.netns, "addr", "add", &format!("{}/24", node.v4), "dev", &node.dev])?;

@@ -50,12 +50,36 @@ pub fn drop_line(d: &DropRecord) -> String {
     line
 }
 
+/// One line for any event.
+pub fn event_line(event: &Event) -> String {
+    let clock = |t: &str| t.get(11..26).unwrap_or(t).to_string();
+    match event {
+        Event::Drop(d) => drop_line(d),
+        Event::LinkRequest(r) => {
+            let mut line = format!("{} link {:<6} {}", clock(&r.time), r.op, r.ifname.as_deref().unwrap_or("?"));
+            for (label, value) in [("kind", &r.link_kind), ("mac", &r.mac), ("peer", &r.peer)] {
+                if let Some(v) = value {
+                    line.push_str(&format!(" {label} {v}"));
+                }
+            }
+            if let Some(admin) = r.admin {
+                line.push_str(&format!(" {admin}"));
+            }
+            line.push_str(&format!(" seq {} by {}", r.seq, r.actor));
+            line
+        }
+        Event::NetlinkAck(a) => {
+            let result = a.error.clone().unwrap_or_else(|| "ok".into());
+            format!("{} link answer seq {} {result} to {}", clock(&a.time), a.seq, a.actor)
+        }
+        Event::KernelMessage(m) => format!("{} link kernel says \"{}\" to {}", clock(&m.time), m.message, m.actor),
+    }
+}
+
 impl Sink for TextSink {
     fn event(&mut self, event: &Event) {
         if self.live_events {
-            match event {
-                Event::Drop(d) => print(&drop_line(d)),
-            }
+            print(&event_line(event));
         }
     }
 
@@ -65,11 +89,13 @@ impl Sink for TextSink {
         for flow in &f.flows {
             text.push_str(&format!("  flow:    {flow}\n"));
         }
-        text.push_str(&format!("  when:    {} .. {} ({} packets)\n", f.first_time, f.last_time, f.count));
+        let unit = if f.actor.is_some() { "requests" } else { "packets" };
+        text.push_str(&format!("  when:    {} .. {} ({} {unit})\n", f.first_time, f.last_time, f.count));
+        if let Some(actor) = &f.actor {
+            text.push_str(&format!("  who:     {actor}\n"));
+        }
         for event in &f.evidence {
-            match event {
-                Event::Drop(d) => text.push_str(&format!("  evidence: {}\n", drop_line(d))),
-            }
+            text.push_str(&format!("  evidence: {}\n", event_line(event)));
         }
         text.push_str(&format!("  fix:     {}", f.remediation));
         print(&text);

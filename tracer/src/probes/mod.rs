@@ -3,6 +3,7 @@
 //! process exits, however it exits, the kernel detaches it all. Nothing is pinned.
 
 pub mod drops;
+pub mod links;
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
@@ -10,10 +11,11 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use serde::Serialize;
-use tracer_ebpf::names;
+use tracer_ebpf::{names, DropConfig};
 
 use self::drops::{DropBackend, DropCoverage};
 use crate::kernel::KernelFacts;
+use tracer_ebpf::LinkConfig;
 
 /// The kernel-side object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -49,7 +51,8 @@ pub struct HookStatus {
     pub backend_id: String,
     /// What exactly was attached, e.g. `tracepoint skb:kfree_skb` or `kprobe kfree_skb_reason`.
     pub backend: String,
-    pub coverage: DropCoverage,
+    /// What the backend can and cannot see (`gaps`).
+    pub coverage: serde_json::Value,
     /// Better backends that were tried first, and why they did not attach.
     pub unavailable: Vec<Unavailable>,
 }
@@ -63,7 +66,7 @@ pub struct BackendProbe {
     /// What attached (`kprobe kfree_skb_reason`) or why it did not.
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub coverage: Option<DropCoverage>,
+    pub coverage: Option<serde_json::Value>,
 }
 
 /// What the user asked for.
@@ -72,11 +75,13 @@ pub struct ProbeOptions {
     pub buffer_bytes: u32,
     /// Forces one drops backend instead of the automatic chain.
     pub drops_backend: Option<DropBackend>,
+    /// Attach the link control-plane family too.
+    pub links: bool,
 }
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        Self { buffer_bytes: DEFAULT_BUFFER_BYTES, drops_backend: None }
+        Self { buffer_bytes: DEFAULT_BUFFER_BYTES, drops_backend: None, links: true }
     }
 }
 
@@ -94,21 +99,25 @@ impl Probes {
             Some(forced) => vec![forced],
             None => DropBackend::CHAIN.to_vec(),
         };
+        let (link_config, link_coverage) = links::link_config(facts);
         let mut unavailable = Vec::new();
         for backend in chain {
-            match attach_drops(facts, backend, options.buffer_bytes) {
-                Ok((ebpf, detail, coverage)) => {
+            match attach_drops(facts, backend, options.buffer_bytes, &link_config) {
+                Ok((mut ebpf, detail, coverage)) => {
                     for gap in &coverage.gaps {
                         log::info!("drops: {gap}");
                     }
-                    let status = HookStatus {
+                    let mut hooks = vec![HookStatus {
                         family: "drops",
                         backend_id: backend.name().into(),
                         backend: detail,
-                        coverage,
+                        coverage: serde_json::to_value(&coverage).unwrap_or_default(),
                         unavailable,
-                    };
-                    return Ok(Self { ebpf, hooks: vec![status] });
+                    }];
+                    if options.links {
+                        hooks.push(attach_links(&mut ebpf, &link_coverage)?);
+                    }
+                    return Ok(Self { ebpf, hooks });
                 }
                 Err(why) => {
                     log::info!("drops: backend {backend} unavailable: {why}");
@@ -122,25 +131,31 @@ impl Probes {
 
     /// Tries every backend of every family (attaching and detaching each): what `check` reports.
     pub fn survey(facts: &KernelFacts) -> Vec<BackendProbe> {
-        DropBackend::ALL
+        let (link_config, link_coverage) = links::link_config(facts);
+        let probe =
+            |family: &'static str, backend: &'static str, result: Result<(String, serde_json::Value), String>| {
+                match result {
+                    Ok((detail, coverage)) => {
+                        BackendProbe { family, backend, available: true, detail, coverage: Some(coverage) }
+                    }
+                    Err(why) => BackendProbe { family, backend, available: false, detail: why, coverage: None },
+                }
+            };
+        let mut probes: Vec<BackendProbe> = DropBackend::ALL
             .into_iter()
-            .map(|backend| match attach_drops(facts, backend, 4096) {
-                Ok((_detached_on_drop, detail, coverage)) => BackendProbe {
-                    family: "drops",
-                    backend: backend.name(),
-                    available: true,
-                    detail,
-                    coverage: Some(coverage),
-                },
-                Err(why) => BackendProbe {
-                    family: "drops",
-                    backend: backend.name(),
-                    available: false,
-                    detail: why,
-                    coverage: None,
-                },
+            .map(|backend| {
+                let result =
+                    attach_drops(facts, backend, 4096, &link_config).map(|(_detached_on_drop, detail, coverage)| {
+                        (detail, serde_json::to_value(coverage).unwrap_or_default())
+                    });
+                probe("drops", backend.name(), result)
             })
-            .collect()
+            .collect();
+        let links = load_object(&DropConfig::absent(), &link_config, 4096)
+            .and_then(|mut ebpf| links::attach(&mut ebpf, &link_coverage))
+            .map(|detail| (detail, serde_json::to_value(&link_coverage).unwrap_or_default()));
+        probes.push(probe("links", "tracepoints", links));
+        probes
     }
 
     /// The event ring buffer; can be taken once.
@@ -156,19 +171,42 @@ impl Probes {
     }
 }
 
+/// The links family's status, or an error when it was asked for and cannot attach.
+fn attach_links(ebpf: &mut Ebpf, coverage: &links::LinkCoverage) -> Result<HookStatus, ProbeError> {
+    let detail = links::attach(ebpf, coverage)
+        .map_err(|why| ProbeError::NoBackend { family: "links", tried: format!("tracepoints: {why}") })?;
+    for gap in &coverage.gaps {
+        log::info!("links: {gap}");
+    }
+    Ok(HookStatus {
+        family: "links",
+        backend_id: "tracepoints".into(),
+        backend: detail,
+        coverage: serde_json::to_value(coverage).unwrap_or_default(),
+        unavailable: vec![],
+    })
+}
+
+/// Loads the object with this kernel's configuration (nothing attached yet).
+fn load_object(drop_config: &DropConfig, link_config: &LinkConfig, buffer_bytes: u32) -> Result<Ebpf, String> {
+    EbpfLoader::new()
+        .override_global(names::DROP_CONFIG, drop_config, true)
+        .override_global(names::LINK_CONFIG, link_config, true)
+        .map_max_entries(names::EVENTS, buffer_bytes)
+        .load(EBPF_OBJECT)
+        .map_err(|e| format!("loading the object: {}", error_chain(&e)))
+}
+
 /// Loads the object configured for `backend` and attaches the drop program.
 /// Returns what was attached (`kprobe kfree_skb_reason`, …) and its coverage.
 fn attach_drops(
     facts: &KernelFacts,
     backend: DropBackend,
     buffer_bytes: u32,
+    link_config: &LinkConfig,
 ) -> Result<(Ebpf, String, DropCoverage), String> {
     let (config, coverage, function) = drops::drop_config(facts, backend).map_err(|e| e.to_string())?;
-    let mut ebpf = EbpfLoader::new()
-        .override_global(names::DROP_CONFIG, &config, true)
-        .map_max_entries(names::EVENTS, buffer_bytes)
-        .load(EBPF_OBJECT)
-        .map_err(|e| format!("loading the object: {}", error_chain(&e)))?;
+    let mut ebpf = load_object(&config, link_config, buffer_bytes)?;
     let detail = match (backend, function) {
         (DropBackend::Tracepoint | DropBackend::TracepointNoreason, _) => {
             let program: &mut TracePoint = program(&mut ebpf, names::PROG_KFREE_SKB)?;
@@ -201,7 +239,7 @@ fn attach_drops(
     Ok((ebpf, detail, coverage))
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {

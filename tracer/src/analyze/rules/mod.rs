@@ -1,18 +1,29 @@
 //! One file per diagnosis rule. Each says in its first lines what it detects and from
 //! which evidence.
 
+mod link_create_failed;
+mod link_kind_unsupported;
 mod netfilter_drop;
 mod no_listener;
 mod packet_drop;
 
 use std::collections::BTreeMap;
 
-use super::{correlate::DropGroup, Finding, Place, Rule, Severity};
+use super::{
+    correlate::{DropGroup, LinkOutcome},
+    Finding, Place, Rule, Severity,
+};
 use crate::decode::Event;
 
 /// Every rule, in the order their findings are computed.
 pub fn all() -> Vec<Box<dyn Rule + Send>> {
-    vec![Box::new(no_listener::NoListener), Box::new(netfilter_drop::NetfilterDrop), Box::new(packet_drop::PacketDrop)]
+    vec![
+        Box::new(link_kind_unsupported::LinkKindUnsupported),
+        Box::new(link_create_failed::LinkCreateFailed),
+        Box::new(no_listener::NoListener),
+        Box::new(netfilter_drop::NetfilterDrop),
+        Box::new(packet_drop::PacketDrop),
+    ]
 }
 
 /// Reasons that have a rule of their own; `packet-drop` leaves them alone.
@@ -33,9 +44,7 @@ pub(crate) fn finding_from_groups(
     flows.sort();
     flows.dedup();
     let mut evidence: Vec<Event> = groups.iter().flat_map(|g| g.samples.iter().cloned().map(Event::Drop)).collect();
-    evidence.sort_by_key(|e| match e {
-        Event::Drop(d) => d.ts_ns,
-    });
+    evidence.sort_by_key(Event::ts_ns);
     evidence.truncate(super::correlate::EVIDENCE_PER_GROUP * 2);
     Finding {
         rule,
@@ -52,6 +61,7 @@ pub(crate) fn finding_from_groups(
         count,
         first_time: first.first.time.clone(),
         last_time,
+        actor: None,
         evidence,
         remediation,
     }
@@ -102,5 +112,50 @@ pub(crate) fn in_netns(group: &DropGroup) -> String {
     match group.first.netns_name.as_deref() {
         Some("host") | None => String::new(),
         Some(name) => format!("ip netns exec {name} "),
+    }
+}
+
+/// Builds one finding from link requests of one actor (the first is the example).
+pub(crate) fn finding_from_links(
+    rule: &'static str,
+    severity: Severity,
+    summary: String,
+    outcomes: &[&LinkOutcome],
+    remediation: String,
+) -> Finding {
+    let first = outcomes[0];
+    let request = &first.request;
+    let mut evidence = vec![Event::LinkRequest(request.clone())];
+    evidence.extend(first.message.clone().map(Event::KernelMessage));
+    evidence.extend(first.ack.clone().map(Event::NetlinkAck));
+    Finding {
+        rule,
+        severity,
+        summary,
+        place: Place {
+            netns: request.actor.netns,
+            netns_name: request.actor.netns_name.clone(),
+            device: request.ifname.clone(),
+            location: None,
+        },
+        flows: vec![],
+        destination: None,
+        count: outcomes.len() as u64,
+        first_time: request.time.clone(),
+        last_time: outcomes.last().map(|o| o.request.time.clone()).unwrap_or_default(),
+        actor: Some(request.actor.clone()),
+        evidence,
+        remediation,
+    }
+}
+
+/// "3 attempts in 22.1 s (every 11.0 s)": the retry pattern of a crash-looping agent.
+pub(crate) fn attempts(outcomes: &[&LinkOutcome]) -> String {
+    let n = outcomes.len();
+    let span = outcomes.last().map(|l| l.request.ts_ns.saturating_sub(outcomes[0].request.ts_ns)).unwrap_or(0);
+    let secs = span as f64 / 1e9;
+    match n {
+        1 => "1 attempt".into(),
+        _ => format!("{n} attempts in {secs:.1} s (every {:.1} s)", secs / (n - 1) as f64),
     }
 }

@@ -3,9 +3,11 @@
 
 mod iptables_drop;
 mod udp_closed_port;
+mod wireguard_unsupported;
 
 use crate::analyze::Finding;
 
+pub(crate) use super::netns::Unreproducible;
 use super::{netns::Lab, topology::NodePair};
 
 pub trait Scenario: Sync {
@@ -16,14 +18,14 @@ pub trait Scenario: Sync {
     fn expected_rule(&self) -> &'static str;
     /// Builds the topology and the faulty configuration.
     fn setup(&self, lab: &mut Lab) -> anyhow::Result<NodePair>;
-    /// Sends the traffic that hits the fault (inside lab namespaces only).
+    /// Sends the traffic or makes the requests that hit the fault (inside lab namespaces only).
     fn trigger(&self, topology: &NodePair) -> anyhow::Result<()>;
     /// Why the findings do not explain the failure, or an empty list when they do.
     fn verify(&self, lab: &Lab, topology: &NodePair, findings: &[Finding]) -> Vec<String>;
 }
 
 pub fn all() -> Vec<&'static dyn Scenario> {
-    vec![&udp_closed_port::UdpClosedPort, &iptables_drop::IptablesDrop]
+    vec![&udp_closed_port::UdpClosedPort, &iptables_drop::IptablesDrop, &wireguard_unsupported::WireguardUnsupported]
 }
 
 /// Checks that a finding of `rule` exists in namespace `netns` whose destination is each of `dsts`.

@@ -1,5 +1,8 @@
 //! Ring-buffer records → typed events: raw reason numbers become names, addresses become
-//! `symbol+0xoff`, header bytes become a flow, netns inodes get their names.
+//! `symbol+0xoff`, header bytes become a flow, netns inodes get their names, netlink bytes
+//! become link requests (`links`).
+
+pub mod links;
 
 use std::{
     fmt,
@@ -10,7 +13,7 @@ use std::{
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use serde::Serialize;
-use tracer_ebpf::{DropEvent, EventHeader, EventKind, ABSENT};
+use tracer_ebpf::{DropEvent, EventHeader, EventKind, NetlinkEvent, ABSENT};
 
 use crate::kernel::{drop_reasons::DropReasons, kallsyms::Kallsyms, netns::NetnsNames};
 
@@ -24,6 +27,8 @@ pub enum DecodeError {
     Short(usize),
     #[error("unknown event kind {0}")]
     UnknownKind(u16),
+    #[error("netlink record that is not a link request, ack or message")]
+    NotALinkEvent,
 }
 
 /// A decoded event.
@@ -31,6 +36,21 @@ pub enum DecodeError {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Event {
     Drop(DropRecord),
+    LinkRequest(links::LinkRequest),
+    NetlinkAck(links::NetlinkAck),
+    KernelMessage(links::KernelMessage),
+}
+
+impl Event {
+    /// Monotonic timestamp, for ordering.
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Drop(e) => e.ts_ns,
+            Event::LinkRequest(e) => e.ts_ns,
+            Event::NetlinkAck(e) => e.ts_ns,
+            Event::KernelMessage(e) => e.ts_ns,
+        }
+    }
 }
 
 /// The task that was running when an event fired.
@@ -149,8 +169,24 @@ impl Decoder {
                 let raw: DropEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
                 Ok(Event::Drop(self.decode_drop(&raw)))
             }
+            k if k == EventKind::NetlinkRequest as u16
+                || k == EventKind::NetlinkAck as u16
+                || k == EventKind::NetlinkExtack as u16 =>
+            {
+                let raw: NetlinkEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+                match self.decode_netlink(&raw).ok_or(DecodeError::NotALinkEvent)? {
+                    links::LinkEvent::Request(r) => Ok(Event::LinkRequest(r)),
+                    links::LinkEvent::Ack(a) => Ok(Event::NetlinkAck(a)),
+                    links::LinkEvent::Message(m) => Ok(Event::KernelMessage(m)),
+                }
+            }
             other => Err(DecodeError::UnknownKind(other)),
         }
+    }
+
+    /// RFC 3339 wall-clock time of a monotonic timestamp.
+    fn time(&self, ts_ns: u64) -> String {
+        humantime::format_rfc3339_micros(self.clock.to_system_time(ts_ns)).to_string()
     }
 
     fn decode_drop(&mut self, raw: &DropEvent) -> DropRecord {
@@ -298,7 +334,7 @@ mod tests {
     use tracer_ebpf::HEADER_BYTES;
 
     fn decoder() -> Decoder {
-        let format = TracepointFormat::parse(include_str!("../tests/fixtures/6.18-kfree_skb.format")).unwrap();
+        let format = TracepointFormat::parse(include_str!("../../tests/fixtures/6.18-kfree_skb.format")).unwrap();
         Decoder {
             reasons: DropReasons::resolve(None, Some(&format)),
             kallsyms: Arc::new(Kallsyms::parse("ffffffff81a00000 T __udp4_lib_rcv\n")),
@@ -338,7 +374,7 @@ mod tests {
     fn decodes_an_ipv4_udp_drop() {
         let mut packet = Vec::new();
         PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(40000, 9999).write(&mut packet, b"hi").unwrap();
-        let Event::Drop(d) = decoder().decode(&raw_drop(ETH_P_IP, &packet, 3)).unwrap();
+        let Event::Drop(d) = decoder().decode(&raw_drop(ETH_P_IP, &packet, 3)).unwrap() else { panic!("not a drop") };
         assert_eq!(d.reason.as_deref(), Some("NO_SOCKET"));
         assert_eq!(d.location, "__udp4_lib_rcv+0x4bc");
         assert_eq!(d.function.as_deref(), Some("__udp4_lib_rcv"));
@@ -355,11 +391,15 @@ mod tests {
         let (src, dst) =
             ([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
         PacketBuilder::ipv6(src, dst, 64).tcp(50000, 6443, 1, 1024).syn().write(&mut packet, &[]).unwrap();
-        let Event::Drop(d) = decoder().decode(&raw_drop(ETH_P_IPV6, &packet, 12)).unwrap();
+        let Event::Drop(d) = decoder().decode(&raw_drop(ETH_P_IPV6, &packet, 12)).unwrap() else {
+            panic!("not a drop")
+        };
         assert_eq!(d.reason.as_deref(), Some("NETFILTER_DROP"));
         assert_eq!(d.flow.as_ref().unwrap().to_string(), "tcp [fd00::1]:50000 > [fd00::2]:6443 [SYN]");
         // Only the IPv6 header captured: addresses and protocol still come out.
-        let Event::Drop(d) = decoder().decode(&raw_drop(ETH_P_IPV6, &packet[..40], 12)).unwrap();
+        let Event::Drop(d) = decoder().decode(&raw_drop(ETH_P_IPV6, &packet[..40], 12)).unwrap() else {
+            panic!("not a drop")
+        };
         let flow = d.flow.unwrap();
         assert_eq!((flow.l4.as_str(), flow.dport), ("tcp", None));
     }
@@ -371,7 +411,9 @@ mod tests {
         let mut unknown = raw_drop(ETH_P_IP, &[], 3);
         unknown[0] = 99;
         assert_eq!(d.decode(&unknown).unwrap_err(), DecodeError::UnknownKind(99));
-        let Event::Drop(arp) = d.decode(&raw_drop(ETH_P_ARP, &[1, 2, 3], ABSENT)).unwrap();
+        let Event::Drop(arp) = d.decode(&raw_drop(ETH_P_ARP, &[1, 2, 3], ABSENT)).unwrap() else {
+            panic!("not a drop")
+        };
         // No reason field: inferred from the location (__udp4_lib_rcv in this test's kallsyms).
         assert_eq!((arp.protocol.as_str(), arp.reason.as_deref(), arp.flow), ("arp", Some("NO_SOCKET"), None));
         assert!(arp.reason_inferred);

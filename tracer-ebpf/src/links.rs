@@ -1,0 +1,237 @@
+//! Link control plane, tracepoints only (userspace twin: tracer/src/probes/links.rs): the
+//! rtnetlink link requests processes send (`sendmsg`/`sendto` syscall tracepoints), the
+//! kernel's answers (`NLMSG_ERROR`, read when the same task receives) and its extended-ack
+//! messages (`netlink:netlink_extack`), each with the acting task. Userspace parses the
+//! messages; offsets come from tracefs and BTF through `LINK_CONFIG`.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap},
+    programs::TracePointContext,
+    EbpfContext,
+};
+use tracer_ebpf::{Actor, EventKind, LinkConfig, NetlinkEvent, ABSENT, NETLINK_BYTES};
+
+use crate::events::{count_lost, fill_header, EVENTS};
+
+#[no_mangle]
+static LINK_CONFIG: LinkConfig = LinkConfig::absent();
+
+// Netlink message constants from the user ABI (include/uapi/linux/netlink.h, rtnetlink.h).
+const NLMSG_ERROR: u16 = 2;
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_SETLINK: u16 = 19;
+const NLM_F_REQUEST: u16 = 1;
+const NLMSG_HDRLEN: u32 = 16;
+
+/// Threads that sent a link request recently: only their receives are looked at, so
+/// ordinary socket traffic costs one map lookup.
+#[map(name = "NL_TIDS")]
+static NL_TIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// Receive buffer of a thread between syscall entry and exit.
+#[map(name = "NL_RECV")]
+static NL_RECV: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+fn config() -> LinkConfig {
+    // Volatile: patched at load time (see drops.rs).
+    unsafe { core::ptr::read_volatile(&LINK_CONFIG) }
+}
+
+#[inline(always)]
+fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+#[inline(always)]
+fn kread<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 || offset == ABSENT {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
+
+#[inline(always)]
+fn uread<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 || offset == ABSENT {
+        return None;
+    }
+    unsafe { bpf_probe_read_user((base + offset as u64) as *const T).ok() }
+}
+
+/// The first iovec's base and length of a `struct user_msghdr` in user memory.
+#[inline(always)]
+fn first_iov(cfg: &LinkConfig, msghdr: u64) -> Option<(u64, u64)> {
+    let iov: u64 = uread(msghdr, cfg.msghdr_iov)?;
+    Some((uread(iov, cfg.iov_base)?, uread(iov, cfg.iov_len)?))
+}
+
+#[inline(always)]
+fn fill_actor(cfg: &LinkConfig, actor: &mut Actor) {
+    let task = unsafe { bpf_get_current_task() };
+    let nsproxy: u64 = kread(task, cfg.task_nsproxy).unwrap_or(0);
+    let net: u64 = kread(nsproxy, cfg.nsproxy_net).unwrap_or(0);
+    actor.netns = kread(net, cfg.net_inum).unwrap_or(0);
+    let parent: u64 = kread(task, cfg.task_parent).unwrap_or(0);
+    actor.parent_pid = kread(parent, cfg.task_tgid).unwrap_or(0);
+    actor.parent_comm = kread(parent, cfg.task_comm).unwrap_or([0; 16]);
+}
+
+/// Copies up to [`NETLINK_BYTES`] of user memory; fixed sizes keep the verifier simple, and
+/// a shorter read is tried when the long one crosses into an unmapped page.
+#[inline(always)]
+fn copy_user(src: u64, dst: &mut [u8; NETLINK_BYTES]) -> u32 {
+    let src = src as *const u8;
+    if unsafe { bpf_probe_read_user_buf(src, dst) }.is_ok() {
+        NETLINK_BYTES as u32
+    } else if unsafe { bpf_probe_read_user_buf(src, &mut dst[..128]) }.is_ok() {
+        128
+    } else if unsafe { bpf_probe_read_user_buf(src, &mut dst[..32]) }.is_ok() {
+        32
+    } else {
+        0
+    }
+}
+
+/// `(nlmsg_len, nlmsg_type, nlmsg_flags)` of the netlink header at `buf`.
+#[inline(always)]
+fn nl_header(buf: u64) -> Option<(u32, u16, u16)> {
+    Some((uread(buf, 0)?, uread(buf, 4)?, uread(buf, 6)?))
+}
+
+/// Emits a request event when `buf` holds an rtnetlink link request.
+#[inline(always)]
+fn maybe_request(cfg: &LinkConfig, buf: u64, len: u64) {
+    let Some((nl_len, nl_type, flags)) = nl_header(buf) else { return };
+    let is_link_request = matches!(nl_type, RTM_NEWLINK | RTM_DELLINK | RTM_SETLINK)
+        && flags & NLM_F_REQUEST != 0
+        && nl_len >= NLMSG_HDRLEN
+        && (nl_len as u64) <= len;
+    if !is_link_request {
+        return;
+    }
+    let _ = NL_TIDS.insert(&tid(), &1, 0);
+    emit(
+        cfg,
+        EventKind::NetlinkRequest,
+        buf,
+        if nl_len as usize > NETLINK_BYTES { NETLINK_BYTES as u32 } else { nl_len },
+    );
+}
+
+#[inline(always)]
+fn emit(cfg: &LinkConfig, kind: EventKind, user_buf: u64, valid: u32) {
+    let Some(mut entry) = EVENTS.reserve::<NetlinkEvent>(0) else {
+        count_lost();
+        return;
+    };
+    // SAFETY: we own the reserved entry until submit.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut ev.header, kind);
+    fill_actor(cfg, &mut ev.actor);
+    ev._pad = 0;
+    let copied = copy_user(user_buf, &mut ev.data);
+    ev.len = if valid < copied { valid } else { copied };
+    entry.submit(0);
+}
+
+#[tracepoint]
+pub fn nl_sendmsg(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    let Ok(msghdr) = (unsafe { ctx.read_at::<u64>(cfg.tp_msghdr as usize) }) else { return 0 };
+    if let Some((base, len)) = first_iov(&cfg, msghdr) {
+        maybe_request(&cfg, base, len);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn nl_sendto(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    let buf: u64 = unsafe { ctx.read_at(cfg.tp_sendto_buff as usize) }.unwrap_or(0);
+    let len: u64 = unsafe { ctx.read_at(cfg.tp_sendto_len as usize) }.unwrap_or(0);
+    maybe_request(&cfg, buf, len);
+    0
+}
+
+#[tracepoint]
+pub fn nl_recvmsg_enter(ctx: TracePointContext) -> u32 {
+    let tid = tid();
+    if unsafe { NL_TIDS.get(&tid) }.is_none() {
+        return 0;
+    }
+    let cfg = config();
+    let Ok(msghdr) = (unsafe { ctx.read_at::<u64>(cfg.tp_msghdr as usize) }) else { return 0 };
+    if let Some((base, _)) = first_iov(&cfg, msghdr) {
+        let _ = NL_RECV.insert(&tid, &base, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn nl_recvfrom_enter(ctx: TracePointContext) -> u32 {
+    let tid = tid();
+    if unsafe { NL_TIDS.get(&tid) }.is_none() {
+        return 0;
+    }
+    let cfg = config();
+    if let Ok(buf) = unsafe { ctx.read_at::<u64>(cfg.tp_recvfrom_buf as usize) } {
+        let _ = NL_RECV.insert(&tid, &buf, 0);
+    }
+    0
+}
+
+/// Shared by `sys_exit_recvmsg` and `sys_exit_recvfrom`.
+#[tracepoint]
+pub fn nl_recv_exit(ctx: TracePointContext) -> u32 {
+    let tid = tid();
+    let Some(&buf) = (unsafe { NL_RECV.get(&tid) }) else { return 0 };
+    let _ = NL_RECV.remove(&tid);
+    let cfg = config();
+    let ret: i64 = unsafe { ctx.read_at(cfg.tp_exit_ret as usize) }.unwrap_or(-1);
+    // An NLMSG_ERROR carries the error code and the request's own header: 16 + 4 + 16 bytes.
+    if ret < (NLMSG_HDRLEN as i64) * 2 + 4 {
+        return 0;
+    }
+    if let Some((_, NLMSG_ERROR, _)) = nl_header(buf) {
+        emit(
+            &cfg,
+            EventKind::NetlinkAck,
+            buf,
+            if ret as usize > NETLINK_BYTES { NETLINK_BYTES as u32 } else { ret as u32 },
+        );
+    }
+    0
+}
+
+#[tracepoint]
+pub fn nl_extack(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    if cfg.tp_extack_msg == ABSENT {
+        return 0;
+    }
+    // `__data_loc`: the low 16 bits are the string's offset in the record, the high its length.
+    let Ok(loc) = (unsafe { ctx.read_at::<u32>(cfg.tp_extack_msg as usize) }) else { return 0 };
+    let Some(mut entry) = EVENTS.reserve::<NetlinkEvent>(0) else {
+        count_lost();
+        return 0;
+    };
+    // SAFETY: we own the reserved entry until submit.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut ev.header, EventKind::NetlinkExtack);
+    fill_actor(&cfg, &mut ev.actor);
+    ev._pad = 0;
+    let src = (ctx.as_ptr() as u64 + (loc & 0xffff) as u64) as *const u8;
+    ev.len = match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.data) } {
+        Ok(text) => text.len() as u32,
+        Err(_) => 0,
+    };
+    entry.submit(0);
+    0
+}

@@ -1,0 +1,275 @@
+//! Link control-plane records → events: rtnetlink requests parsed with netlink-packet-route,
+//! the kernel's acks (errno) and extended-ack messages, each with its actor.
+
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    RouteNetlinkMessage,
+};
+use serde::Serialize;
+use tracer_ebpf::{EventKind, NetlinkEvent};
+
+use super::{c_string, Decoder};
+
+/// Who made a request: the process, its parent and its network namespace.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Actor {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub parent_pid: Option<u32>,
+    pub parent_comm: Option<String>,
+    pub netns: Option<u32>,
+    pub netns_name: Option<String>,
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (pid {}", self.comm, self.pid)?;
+        if let (Some(ppid), Some(pcomm)) = (self.parent_pid, &self.parent_comm) {
+            write!(f, ", parent {pcomm} {ppid}")?;
+        }
+        match (&self.netns_name, self.netns) {
+            (Some(name), _) => write!(f, ", netns {name})"),
+            (None, Some(inode)) => write!(f, ", netns {inode})"),
+            _ => f.write_str(")"),
+        }
+    }
+}
+
+/// An rtnetlink link request (`ip link add/set/del`, a CNI plugin, udev, ...).
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkRequest {
+    pub time: String,
+    pub ts_ns: u64,
+    /// `create`, `change` or `delete`.
+    pub op: &'static str,
+    pub seq: u32,
+    pub ifname: Option<String>,
+    pub ifindex: Option<u32>,
+    /// The link kind asked for (`IFLA_INFO_KIND`): wireguard, vxlan, veth, ... (not `kind`:
+    /// that key names the event type in JSON).
+    pub link_kind: Option<String>,
+    /// The MAC address being set, if any.
+    pub mac: Option<String>,
+    /// For veth: the peer's name.
+    pub peer: Option<String>,
+    /// `up` or `down` when the request changes the administrative state.
+    pub admin: Option<&'static str>,
+    /// The request did not fit the captured bytes and could not be parsed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    pub actor: Actor,
+}
+
+/// The kernel's answer to a request of the same thread.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetlinkAck {
+    pub time: String,
+    pub ts_ns: u64,
+    pub seq: u32,
+    /// 0 for success, else the positive errno.
+    pub errno: i32,
+    /// `EOPNOTSUPP`, `EEXIST`, ...
+    pub error: Option<String>,
+    pub actor: Actor,
+}
+
+/// The kernel's extended-ack text for the current request of a thread.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelMessage {
+    pub time: String,
+    pub ts_ns: u64,
+    pub message: String,
+    pub actor: Actor,
+}
+
+/// One link event, decoded.
+pub enum LinkEvent {
+    Request(LinkRequest),
+    Ack(NetlinkAck),
+    Message(KernelMessage),
+}
+
+impl Decoder {
+    pub(super) fn decode_netlink(&mut self, raw: &NetlinkEvent) -> Option<LinkEvent> {
+        let h = &raw.header;
+        let time = self.time(h.ts_ns);
+        let actor = Actor {
+            pid: h.pid,
+            tid: h.tid,
+            comm: c_string(&h.comm),
+            parent_pid: (raw.actor.parent_pid != 0).then_some(raw.actor.parent_pid),
+            parent_comm: (raw.actor.parent_pid != 0).then(|| c_string(&raw.actor.parent_comm)),
+            netns: (raw.actor.netns != 0).then_some(raw.actor.netns),
+            netns_name: self.netns.name(raw.actor.netns).map(str::to_string),
+        };
+        let data = &raw.data[..(raw.len as usize).min(raw.data.len())];
+        match h.kind {
+            k if k == EventKind::NetlinkRequest as u16 => {
+                Some(LinkEvent::Request(parse_request(data, time, h.ts_ns, actor)?))
+            }
+            k if k == EventKind::NetlinkAck as u16 => {
+                let (seq, errno) = parse_ack(data)?;
+                let error = (errno != 0).then(|| format!("{:?}", nix::errno::Errno::from_raw(errno)));
+                Some(LinkEvent::Ack(NetlinkAck { time, ts_ns: h.ts_ns, seq, errno, error, actor }))
+            }
+            k if k == EventKind::NetlinkExtack as u16 => {
+                let message = String::from_utf8_lossy(data).trim_end_matches('\0').to_string();
+                Some(LinkEvent::Message(KernelMessage { time, ts_ns: h.ts_ns, message, actor }))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Parses a captured link request. A request longer than the capture is parsed as far as
+/// its header; its attributes are then unknown (`truncated`).
+pub fn parse_request(data: &[u8], time: String, ts_ns: u64, actor: Actor) -> Option<LinkRequest> {
+    if data.len() < 16 {
+        return None;
+    }
+    let seq = u32::from_ne_bytes(data[8..12].try_into().ok()?);
+    let mut request = LinkRequest {
+        time,
+        ts_ns,
+        op: "change",
+        seq,
+        ifname: None,
+        ifindex: None,
+        link_kind: None,
+        mac: None,
+        peer: None,
+        admin: None,
+        truncated: false,
+        actor,
+    };
+    let message = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(data) {
+        Ok(m) => m,
+        Err(_) => {
+            request.truncated = true;
+            request.op = match u16::from_ne_bytes(data[4..6].try_into().ok()?) {
+                16 => "create",
+                17 => "delete",
+                _ => "change",
+            };
+            return Some(request);
+        }
+    };
+    let (op, link) = match message.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+            // RTM_NEWLINK creates only with NLM_F_CREATE; otherwise it modifies.
+            let create = message.header.flags & 0x400 != 0;
+            (if create { "create" } else { "change" }, l)
+        }
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::SetLink(l)) => ("change", l),
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => ("delete", l),
+        _ => return None,
+    };
+    request.op = op;
+    fill_from_link(&mut request, &link);
+    Some(request)
+}
+
+fn fill_from_link(request: &mut LinkRequest, link: &LinkMessage) {
+    request.ifindex = (link.header.index != 0).then_some(link.header.index);
+    if link.header.change_mask.contains(LinkFlags::Up) {
+        request.admin = Some(if link.header.flags.contains(LinkFlags::Up) { "up" } else { "down" });
+    }
+    for attr in &link.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => request.ifname = Some(name.clone()),
+            LinkAttribute::Address(mac) => request.mac = Some(format_mac(mac)),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => request.link_kind = Some(kind.to_string()),
+                        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))) => {
+                            request.peer = peer.attributes.iter().find_map(|a| match a {
+                                LinkAttribute::IfName(n) => Some(n.clone()),
+                                _ => None,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `(seq of the answered request, errno)` from an NLMSG_ERROR message.
+pub fn parse_ack(data: &[u8]) -> Option<(u32, i32)> {
+    // nlmsghdr (16) | error code (i32) | the request's nlmsghdr (16): seq at 8..12 of it.
+    if data.len() < 36 {
+        return None;
+    }
+    let code = i32::from_ne_bytes(data[16..20].try_into().ok()?);
+    let seq = u32::from_ne_bytes(data[28..32].try_into().ok()?);
+    Some((seq, -code))
+}
+
+pub fn format_mac(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::{NetlinkHeader, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+    use netlink_packet_route::link::InfoKind;
+
+    fn actor() -> Actor {
+        Actor { pid: 1, tid: 1, comm: "ip".into(), parent_pid: None, parent_comm: None, netns: None, netns_name: None }
+    }
+
+    fn bytes(msg: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        m.finalize();
+        let mut buf = vec![0; m.buffer_len()];
+        m.serialize(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn parses_a_wireguard_create_like_ip_link_add() {
+        let mut link = LinkMessage::default();
+        link.attributes.push(LinkAttribute::IfName("flannel-wg".into()));
+        link.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Wireguard)]));
+        let data = bytes(RouteNetlinkMessage::NewLink(link), NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, 77);
+        let r = parse_request(&data, "t".into(), 1, actor()).unwrap();
+        assert_eq!(
+            (r.op, r.seq, r.ifname.as_deref(), r.link_kind.as_deref()),
+            ("create", 77, Some("flannel-wg"), Some("wireguard"))
+        );
+    }
+
+    #[test]
+    fn parses_a_mac_change_and_an_ack() {
+        let mut link = LinkMessage::default();
+        link.header.index = 5;
+        link.attributes.push(LinkAttribute::Address(vec![0x02, 0, 0, 0, 0, 0x42]));
+        let data = bytes(RouteNetlinkMessage::SetLink(link), NLM_F_REQUEST | NLM_F_ACK, 9);
+        let r = parse_request(&data, "t".into(), 1, actor()).unwrap();
+        assert_eq!((r.op, r.ifindex, r.mac.as_deref()), ("change", Some(5), Some("02:00:00:00:00:42")));
+        let mut ack = vec![0u8; 36];
+        ack[16..20].copy_from_slice(&(-95i32).to_ne_bytes());
+        ack[28..32].copy_from_slice(&9u32.to_ne_bytes());
+        assert_eq!(parse_ack(&ack), Some((9, 95)));
+        assert_eq!(parse_ack(&ack[..20]), None);
+    }
+
+    #[test]
+    fn truncated_requests_keep_their_operation() {
+        let mut link = LinkMessage::default();
+        link.attributes.push(LinkAttribute::IfName("x".into()));
+        let data = bytes(RouteNetlinkMessage::NewLink(link), NLM_F_REQUEST | NLM_F_CREATE, 3);
+        let r = parse_request(&data[..20], "t".into(), 1, actor()).unwrap();
+        assert!(r.truncated);
+        assert_eq!(r.op, "create");
+    }
+}

@@ -1,0 +1,113 @@
+//! Link control plane (kernel side: tracer-ebpf/src/links.rs): rtnetlink link requests
+//! seen at the syscall tracepoints, the kernel's acks and extended-ack messages. Works
+//! where there are no kprobes; fills `LINK_CONFIG` from tracefs formats and BTF.
+
+use aya::{programs::TracePoint, Ebpf};
+use serde::Serialize;
+use tracer_ebpf::{names, LinkConfig, ABSENT};
+
+use super::{error_chain, program};
+use crate::kernel::{btf::KernelBtf, tracefs::Tracefs, KernelFacts};
+
+/// What the links family sees on this kernel.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LinkCoverage {
+    pub requests: bool,
+    pub acks: bool,
+    pub extack_messages: bool,
+    pub actor_netns_and_parent: bool,
+    pub gaps: Vec<String>,
+}
+
+/// The tracepoints the programs attach to: (program, category, event).
+const ATTACHMENTS: [(&str, &str, &str); 7] = [
+    (names::PROG_SENDMSG, "syscalls", "sys_enter_sendmsg"),
+    (names::PROG_SENDTO, "syscalls", "sys_enter_sendto"),
+    (names::PROG_RECVMSG_ENTER, "syscalls", "sys_enter_recvmsg"),
+    (names::PROG_RECVFROM_ENTER, "syscalls", "sys_enter_recvfrom"),
+    (names::PROG_RECV_EXIT, "syscalls", "sys_exit_recvmsg"),
+    (names::PROG_RECV_EXIT, "syscalls", "sys_exit_recvfrom"),
+    (names::PROG_EXTACK, "netlink", "netlink_extack"),
+];
+
+/// Offsets for this kernel. Missing pieces disable what needs them and are listed as gaps.
+pub fn link_config(facts: &KernelFacts) -> (LinkConfig, LinkCoverage) {
+    let mut cfg = LinkConfig::absent();
+    let mut cov = LinkCoverage::default();
+    let field = |tracefs: &Tracefs, event: (&str, &str), name: &str, cov: &mut LinkCoverage| -> u32 {
+        match tracefs.format(event.0, event.1) {
+            Ok(f) => f.field(name).map(|f| f.offset).unwrap_or_else(|| {
+                cov.gaps.push(format!("{}:{} has no `{name}` field", event.0, event.1));
+                ABSENT
+            }),
+            Err(e) => {
+                cov.gaps.push(e.to_string());
+                ABSENT
+            }
+        }
+    };
+    let tracefs = &facts.tracefs;
+    cfg.tp_msghdr = field(tracefs, ("syscalls", "sys_enter_sendmsg"), "msg", &mut cov);
+    cfg.tp_sendto_buff = field(tracefs, ("syscalls", "sys_enter_sendto"), "buff", &mut cov);
+    cfg.tp_sendto_len = field(tracefs, ("syscalls", "sys_enter_sendto"), "len", &mut cov);
+    cfg.tp_recvfrom_buf = field(tracefs, ("syscalls", "sys_enter_recvfrom"), "ubuf", &mut cov);
+    cfg.tp_exit_ret = field(tracefs, ("syscalls", "sys_exit_recvmsg"), "ret", &mut cov);
+    cov.requests = cfg.tp_msghdr != ABSENT && cfg.tp_sendto_buff != ABSENT;
+    cov.acks = cov.requests && cfg.tp_exit_ret != ABSENT && cfg.tp_recvfrom_buf != ABSENT;
+    if tracefs.has_event("netlink", "netlink_extack") {
+        cfg.tp_extack_msg = field(tracefs, ("netlink", "netlink_extack"), "msg", &mut cov);
+        cov.extack_messages = cfg.tp_extack_msg != ABSENT;
+    } else {
+        cov.gaps.push("kernel messages: no netlink:netlink_extack tracepoint (added in 4.16)".into());
+    }
+    fill_user_abi(facts.btf.as_ref(), &mut cfg);
+    match &facts.btf {
+        Some(btf) => {
+            let mut member = |strct: &str, path: &str| {
+                btf.member(strct, path).map(|m| m.offset).unwrap_or_else(|e| {
+                    cov.gaps.push(e.to_string());
+                    ABSENT
+                })
+            };
+            cfg.task_nsproxy = member("task_struct", "nsproxy");
+            cfg.nsproxy_net = member("nsproxy", "net_ns");
+            cfg.net_inum = member("net", "ns.inum");
+            cfg.task_parent = member("task_struct", "real_parent");
+            cfg.task_tgid = member("task_struct", "tgid");
+            cfg.task_comm = member("task_struct", "comm");
+            cov.actor_netns_and_parent = cfg.task_nsproxy != ABSENT && cfg.task_parent != ABSENT;
+        }
+        None => cov.gaps.push("actor's netns and parent: no kernel BTF".into()),
+    }
+    (cfg, cov)
+}
+
+/// `struct user_msghdr` and `struct iovec` are user ABI; BTF confirms their layout where it
+/// exists, otherwise the 64-bit ABI applies (msg_iov after msg_name and msg_namelen).
+fn fill_user_abi(btf: Option<&KernelBtf>, cfg: &mut LinkConfig) {
+    let from_btf = |strct: &str, member: &str| btf.and_then(|b| b.member(strct, member).ok()).map(|m| m.offset);
+    let ptr = std::mem::size_of::<usize>() as u32;
+    cfg.msghdr_iov = from_btf("user_msghdr", "msg_iov").unwrap_or(2 * ptr);
+    cfg.iov_base = from_btf("iovec", "iov_base").unwrap_or(0);
+    cfg.iov_len = from_btf("iovec", "iov_len").unwrap_or(ptr);
+}
+
+/// Loads and attaches the programs; `Err` says why the family is unavailable.
+pub fn attach(ebpf: &mut Ebpf, coverage: &LinkCoverage) -> Result<String, String> {
+    if !coverage.requests {
+        return Err(format!("no syscall tracepoints for sendmsg/sendto: {}", coverage.gaps.join("; ")));
+    }
+    let mut attached = Vec::new();
+    for (prog, category, event) in ATTACHMENTS {
+        if event == "netlink_extack" && !coverage.extack_messages {
+            continue;
+        }
+        let program: &mut TracePoint = program(ebpf, prog)?;
+        if program.fd().is_err() {
+            program.load().map_err(|e| format!("{prog}: {}", error_chain(&e)))?;
+        }
+        program.attach(category, event).map_err(|e| format!("{category}:{event}: {}", error_chain(&e)))?;
+        attached.push(event);
+    }
+    Ok(format!("tracepoints {}", attached.join(" ")))
+}
