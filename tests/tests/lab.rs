@@ -7,7 +7,7 @@ fn lab_list_names_every_scenario() {
     let out = dptrace(&["lab", "list"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for name in ["udp-closed-port", "iptables-drop", "wireguard-unsupported"] {
+    for name in ["udp-closed-port", "iptables-drop", "wireguard-unsupported", "veth-mac-rewrite", "link-flap"] {
         assert!(text.contains(name), "{text}");
     }
 }
@@ -22,7 +22,7 @@ fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
     assert!(out.status.success(), "exit {:?}: {}\n{}", out.status, stderr(&out), String::from_utf8_lossy(&out.stdout));
     let lines = json_lines(&out);
     let results = of_type(&lines, "lab-result");
-    assert_eq!(results.len(), 3, "{lines:#?}");
+    assert_eq!(results.len(), 5, "{lines:#?}");
     for r in &results {
         // A scenario may only be skipped when this kernel cannot show its failure.
         assert!(r["diagnosed"] == true || r["skipped"] == true, "{r}");
@@ -34,6 +34,20 @@ fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
     let netfilter: Vec<_> = findings.iter().filter(|f| f["rule"] == "netfilter-drop").collect();
     assert_eq!(netfilter.len(), 2, "IPv4 and IPv6: {findings:#?}");
     assert!(netfilter.iter().any(|f| f["flows"][0].as_str().unwrap().starts_with("icmpv6 ")));
+    // Field report 5: the creator and the rewriting actor are both named.
+    let mac = findings.iter().find(|f| f["rule"] == "veth-mac-changed").expect("veth-mac-changed");
+    assert_eq!(mac["actor"]["comm"], "systemd-udevd");
+    assert!(mac["summary"].as_str().unwrap().contains("created by bridge"), "{mac}");
+    assert!(mac["evidence"].as_array().unwrap().iter().any(|e| e["kind"] == "link-state"), "{mac}");
+    let flap = findings.iter().find(|f| f["rule"] == "link-flapping").expect("link-flapping");
+    assert_eq!(flap["actor"]["comm"], "crio-cni");
+    // Field report 1, where this kernel lacks WireGuard.
+    let wg = results.iter().find(|r| r["scenario"] == "wireguard-unsupported").unwrap();
+    if wg["diagnosed"] == true {
+        let f = findings.iter().find(|f| f["rule"] == "link-kind-unsupported").expect("link-kind-unsupported");
+        assert_eq!(f["actor"]["comm"], "flanneld");
+        assert_eq!(f["place"]["device"], "flannel-wg");
+    }
     assert!(stderr(&out).contains("left behind") || namespaces_with_prefix(stale).is_empty());
     assert!(
         namespaces_with_prefix(&format!("dptlab-{}", "")).iter().all(|n| !n.starts_with("dptlab-4999999")),

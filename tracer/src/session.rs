@@ -1,17 +1,20 @@
 //! A tracing session: attach the probes, stream ring-buffer records through
 //! decode → correlate → sinks until told to stop, then run the rules and summarise.
 
-use std::{collections::HashSet, future::Future, time::Instant};
+use std::{collections::HashSet, future::Future, path::PathBuf, time::Instant};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
     analyze::{Analyzer, Finding},
-    decode::{Decoder, Event, WallClock},
+    decode::{DecodeError, Decoder, Event, WallClock},
     kernel::{netns::NetnsNames, KernelFacts},
     output::{DropRow, Sink, Summary},
-    probes::{ProbeError, ProbeOptions, Probes},
+    probes::{
+        link_monitor::{LinkMonitor, MonitorRecord},
+        ProbeError, ProbeOptions, Probes,
+    },
 };
 
 /// Which events a session keeps.
@@ -51,6 +54,7 @@ impl EventFilter {
             // Acks and messages follow their request (the correlation joins them by thread).
             Event::NetlinkAck(a) => self.kept_tids.contains(&a.actor.tid),
             Event::KernelMessage(m) => self.kept_tids.contains(&m.actor.tid),
+            Event::LinkState(l) => self.in_netns(Some(l.netns)) && self.on_iface(l.ifname.as_deref()),
         }
     }
 
@@ -66,6 +70,8 @@ impl EventFilter {
 pub struct SessionOptions {
     pub probes: ProbeOptions,
     pub filter: EventFilter,
+    /// Namespaces the link monitor watches; None: this one and every named one.
+    pub monitor_netns: Option<Vec<PathBuf>>,
 }
 
 /// What a finished session found.
@@ -74,16 +80,52 @@ pub struct SessionReport {
     pub summary: Summary,
 }
 
+/// decode → filter → correlate → sink, for records from any source.
+struct Pipeline {
+    decoder: Decoder,
+    analyzer: Analyzer,
+    filter: EventFilter,
+    filtered: u64,
+    decode_errors: u64,
+}
+
+impl Pipeline {
+    fn process(&mut self, decoded: Result<Event, DecodeError>, sink: &mut dyn Sink) {
+        match decoded {
+            Ok(event) if self.filter.keeps(&event) => {
+                self.analyzer.observe(&event);
+                sink.event(&event);
+            }
+            Ok(_) => self.filtered += 1,
+            Err(e) => {
+                self.decode_errors += 1;
+                log::debug!("undecodable record: {e}");
+            }
+        }
+    }
+
+    fn drain_ring(&mut self, ring: &mut RingBuf<MapData>, sink: &mut dyn Sink) {
+        while let Some(record) = ring.next() {
+            let decoded = self.decoder.decode(&record);
+            self.process(decoded, sink);
+        }
+    }
+
+    fn monitor_record(&mut self, record: &MonitorRecord, sink: &mut dyn Sink) {
+        // Notifications other than link changes (none are subscribed) are ignored.
+        if let Some(state) = self.decoder.decode_monitor(record) {
+            self.process(Ok(Event::LinkState(state)), sink);
+        }
+    }
+}
+
 pub struct Session {
     facts: KernelFacts,
     probes: Probes,
     events: AsyncFd<RingBuf<MapData>>,
-    decoder: Decoder,
-    analyzer: Analyzer,
-    filter: EventFilter,
+    monitor: Option<LinkMonitor>,
+    pipeline: Pipeline,
     started: Instant,
-    filtered: u64,
-    decode_errors: u64,
 }
 
 impl Session {
@@ -102,17 +144,10 @@ impl Session {
             netns: NetnsNames::new(),
             clock: WallClock::now(),
         };
-        Ok(Self {
-            facts,
-            probes,
-            events,
-            decoder,
-            analyzer: Analyzer::new(),
-            filter: options.filter,
-            started: Instant::now(),
-            filtered: 0,
-            decode_errors: 0,
-        })
+        let monitor = options.probes.links.then(|| LinkMonitor::start(options.monitor_netns));
+        let pipeline =
+            Pipeline { decoder, analyzer: Analyzer::new(), filter: options.filter, filtered: 0, decode_errors: 0 };
+        Ok(Self { facts, probes, events, monitor, pipeline, started: Instant::now() })
     }
 
     pub fn facts(&self) -> &KernelFacts {
@@ -128,12 +163,19 @@ impl Session {
     pub async fn run_until<T>(&mut self, stop: impl Future<Output = T>, sink: &mut dyn Sink) -> std::io::Result<T> {
         tokio::pin!(stop);
         let result = loop {
+            let monitor = async {
+                match self.monitor.as_mut() {
+                    Some(m) => m.receiver.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 guard = self.events.readable_mut() => {
                     let mut guard = guard?;
-                    Self::drain_ring(guard.get_inner_mut(), &mut self.decoder, &mut self.analyzer, &mut self.filter, &mut self.filtered, &mut self.decode_errors, sink);
+                    self.pipeline.drain_ring(guard.get_inner_mut(), sink);
                     guard.clear_ready();
                 }
+                Some(record) = monitor => self.pipeline.monitor_record(&record, sink),
                 result = &mut stop => break result,
             }
         };
@@ -141,51 +183,27 @@ impl Session {
         Ok(result)
     }
 
-    /// Processes whatever is in the ring buffer now, without waiting.
+    /// Processes whatever has arrived, without waiting.
     pub fn drain(&mut self, sink: &mut dyn Sink) {
-        Self::drain_ring(
-            self.events.get_mut(),
-            &mut self.decoder,
-            &mut self.analyzer,
-            &mut self.filter,
-            &mut self.filtered,
-            &mut self.decode_errors,
-            sink,
-        );
-    }
-
-    fn drain_ring(
-        ring: &mut RingBuf<MapData>,
-        decoder: &mut Decoder,
-        analyzer: &mut Analyzer,
-        filter: &mut EventFilter,
-        filtered: &mut u64,
-        decode_errors: &mut u64,
-        sink: &mut dyn Sink,
-    ) {
-        while let Some(record) = ring.next() {
-            match decoder.decode(&record) {
-                Ok(event) if filter.keeps(&event) => {
-                    analyzer.observe(&event);
-                    sink.event(&event);
-                }
-                Ok(_) => *filtered += 1,
-                Err(e) => {
-                    *decode_errors += 1;
-                    log::debug!("undecodable record: {e}");
-                }
+        self.pipeline.drain_ring(self.events.get_mut(), sink);
+        if let Some(monitor) = self.monitor.as_mut() {
+            while let Ok(record) = monitor.receiver.try_recv() {
+                self.pipeline.monitor_record(&record, sink);
             }
         }
     }
 
     /// Runs the rules, writes findings and the summary to `sink`, and detaches everything.
-    pub fn finish(self, sink: &mut dyn Sink, command_status: Option<String>) -> SessionReport {
+    pub fn finish(mut self, sink: &mut dyn Sink, command_status: Option<String>) -> SessionReport {
+        // Stop the monitor first: its sockets hold the namespaces they watch.
+        self.monitor.take();
         let kernel = self.facts.summary();
-        let findings = self.analyzer.findings(&kernel);
+        let analyzer = &self.pipeline.analyzer;
+        let findings = analyzer.findings(&kernel);
         for f in &findings {
             sink.finding(f);
         }
-        let state = self.analyzer.state();
+        let state = analyzer.state();
         let summary = Summary {
             duration_secs: self.started.elapsed().as_secs_f64(),
             events: state.events,
@@ -196,8 +214,8 @@ impl Session {
                 .map(|(reason, location, count)| DropRow { reason, location, count })
                 .collect(),
             lost_events: self.probes.lost(),
-            filtered_events: self.filtered,
-            decode_errors: self.decode_errors,
+            filtered_events: self.pipeline.filtered,
+            decode_errors: self.pipeline.decode_errors,
             findings: findings.len(),
             kernel,
             hooks: self.probes.hooks.clone(),

@@ -3,9 +3,15 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use crate::decode::{
-    links::{KernelMessage, LinkRequest, NetlinkAck},
+    links::{Actor, KernelMessage, LinkRequest, LinkState, NetlinkAck},
     DropRecord, Event,
 };
+
+/// Links whose states are kept, and states kept per link.
+pub const MAX_LINKS: usize = 4096;
+pub const MAX_STATES_PER_LINK: usize = 256;
+/// How long before a state change the request that caused it may have been made.
+const ATTRIBUTION_WINDOW_NS: u64 = 2_000_000_000;
 
 /// At most this many link requests are kept per session.
 pub const MAX_LINK_REQUESTS: usize = 4096;
@@ -18,6 +24,47 @@ pub struct LinkOutcome {
     pub ack: Option<NetlinkAck>,
     /// The extended-ack text the kernel produced while handling the request.
     pub message: Option<KernelMessage>,
+}
+
+/// A link's life during the session, from the monitor joined with the requests.
+#[derive(Debug, Clone)]
+pub struct LinkHistory {
+    pub netns: u32,
+    pub netns_name: Option<String>,
+    pub ifindex: u32,
+    pub ifname: Option<String>,
+    pub link_kind: Option<String>,
+    pub first_ts_ns: u64,
+    pub first_time: String,
+    /// Created during the session (a create request matched its first appearance).
+    pub created_here: bool,
+    pub creator: Option<Actor>,
+    pub mac_changes: Vec<MacChange>,
+    /// Administrative down, carrier loss or deletion.
+    pub downs: Vec<Transition>,
+    /// The states and requests behind the above (creation, changes), time-ordered, capped.
+    pub evidence: Vec<Event>,
+}
+
+/// Evidence kept per link history.
+const EVIDENCE_PER_LINK: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct MacChange {
+    pub ts_ns: u64,
+    pub time: String,
+    pub old: String,
+    pub new: String,
+    /// The process whose request set the new address; None when no request was seen
+    /// (an ioctl, the kernel itself, or a request outside the traced namespaces).
+    pub by: Option<Actor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub ts_ns: u64,
+    pub time: String,
+    pub by: Option<Actor>,
 }
 
 impl LinkOutcome {
@@ -63,6 +110,9 @@ pub struct Correlated {
     pending_by_tid: HashMap<u32, usize>,
     /// Link requests beyond `MAX_LINK_REQUESTS`, only counted.
     pub unkept_link_requests: u64,
+    /// Monitor states per link, keyed by (netns inode, ifindex), in arrival order.
+    link_states: HashMap<(u32, u32), Vec<LinkState>>,
+    pub unkept_link_states: u64,
     /// Drops that arrived after `MAX_GROUPS` groups existed.
     pub ungrouped_drops: u64,
     pub events: u64,
@@ -89,6 +139,19 @@ impl Correlated {
                     }
                 }
             }
+            Event::LinkState(state) => {
+                let key = (state.netns, state.ifindex);
+                if !self.link_states.contains_key(&key) && self.link_states.len() >= MAX_LINKS {
+                    self.unkept_link_states += 1;
+                    return;
+                }
+                let states = self.link_states.entry(key).or_default();
+                if states.len() >= MAX_STATES_PER_LINK {
+                    self.unkept_link_states += 1;
+                    return;
+                }
+                states.push(state.clone());
+            }
             Event::KernelMessage(message) => {
                 if let Some(outcome) = self.pending_outcome(message.actor.tid) {
                     if outcome.ack.is_none() && outcome.message.is_none() {
@@ -107,6 +170,93 @@ impl Correlated {
     /// Link requests in the order they were made, with their outcomes.
     pub fn link_outcomes(&self) -> &[LinkOutcome] {
         &self.links
+    }
+
+    /// What happened to each link seen by the monitor, joined with the requests that
+    /// caused it. Computed at the end: monitor states and traced requests arrive on
+    /// different paths and are ordered here by their timestamps.
+    pub fn link_histories(&self) -> Vec<LinkHistory> {
+        let mut histories: Vec<LinkHistory> =
+            self.link_states.values().filter_map(|states| self.history(states)).collect();
+        histories.sort_by_key(|h| h.first_ts_ns);
+        histories
+    }
+
+    fn history(&self, states: &[LinkState]) -> Option<LinkHistory> {
+        let mut states: Vec<&LinkState> = states.iter().collect();
+        states.sort_by_key(|s| s.ts_ns);
+        let first = *states.first()?;
+        let name = states.iter().rev().find_map(|s| s.ifname.clone());
+        let creation = self.find_request(first.ts_ns, |r| {
+            r.op == "create" && (r.ifname == first.ifname || (r.peer.is_some() && r.peer == first.ifname))
+        });
+        let mut h = LinkHistory {
+            netns: first.netns,
+            netns_name: first.netns_name.clone(),
+            ifindex: first.ifindex,
+            ifname: name,
+            link_kind: states
+                .iter()
+                .find_map(|s| s.link_kind.clone())
+                .or_else(|| creation.and_then(|c| c.link_kind.clone())),
+            first_ts_ns: first.ts_ns,
+            first_time: first.time.clone(),
+            created_here: creation.is_some(),
+            creator: creation.map(|c| c.actor.clone()),
+            mac_changes: vec![],
+            downs: vec![],
+            evidence: vec![],
+        };
+        let mut evidence: Vec<Event> = creation.iter().map(|r| Event::LinkRequest((*r).clone())).collect();
+        evidence.push(Event::LinkState(first.clone()));
+        for pair in states.windows(2) {
+            let (before, after) = (pair[0], pair[1]);
+            if let (Some(old), Some(new)) = (&before.mac, &after.mac) {
+                if old != new {
+                    let by = self.find_request(after.ts_ns, |r| {
+                        r.mac.as_deref() == Some(new.as_str()) && (r.ifname == h.ifname || r.ifindex == Some(h.ifindex))
+                    });
+                    evidence.extend(by.map(|r| Event::LinkRequest(r.clone())));
+                    evidence.push(Event::LinkState(after.clone()));
+                    h.mac_changes.push(MacChange {
+                        ts_ns: after.ts_ns,
+                        time: after.time.clone(),
+                        old: old.clone(),
+                        new: new.clone(),
+                        by: by.map(|r| r.actor.clone()),
+                    });
+                }
+            }
+            let went_down = (before.up && !after.up) || (before.carrier && !after.carrier) || after.change == "deleted";
+            if went_down {
+                let by = self.find_request(after.ts_ns, |r| {
+                    (r.admin == Some("down") || r.op == "delete")
+                        && (r.ifname == h.ifname || r.ifindex == Some(h.ifindex))
+                });
+                evidence.extend(by.map(|r| Event::LinkRequest(r.clone())));
+                evidence.push(Event::LinkState(after.clone()));
+                h.downs.push(Transition {
+                    ts_ns: after.ts_ns,
+                    time: after.time.clone(),
+                    by: by.map(|r| r.actor.clone()),
+                });
+            }
+        }
+        evidence.sort_by_key(Event::ts_ns);
+        evidence.truncate(EVIDENCE_PER_LINK);
+        h.evidence = evidence;
+        Some(h)
+    }
+
+    /// The latest successful (or unanswered) request matching `what`, made shortly before `ts_ns`.
+    fn find_request(&self, ts_ns: u64, what: impl Fn(&LinkRequest) -> bool) -> Option<&LinkRequest> {
+        self.links
+            .iter()
+            .rev()
+            .filter(|o| o.request.ts_ns <= ts_ns && ts_ns - o.request.ts_ns <= ATTRIBUTION_WINDOW_NS)
+            .filter(|o| matches!(o.errno(), None | Some(0)))
+            .map(|o| &o.request)
+            .find(|r| what(r))
     }
 
     fn observe_drop(&mut self, drop: &DropRecord) {

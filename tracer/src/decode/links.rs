@@ -84,6 +84,26 @@ pub struct KernelMessage {
     pub actor: Actor,
 }
 
+/// The state of a link after a change, from the rtnetlink monitor: whoever changed it and
+/// however (netlink, ioctl, the kernel itself).
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkState {
+    pub time: String,
+    pub ts_ns: u64,
+    /// `new` (created or changed) or `deleted`.
+    pub change: &'static str,
+    pub netns: u32,
+    pub netns_name: Option<String>,
+    pub ifindex: u32,
+    pub ifname: Option<String>,
+    pub link_kind: Option<String>,
+    pub mac: Option<String>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    /// Carrier (IFF_LOWER_UP).
+    pub carrier: bool,
+}
+
 /// One link event, decoded.
 pub enum LinkEvent {
     Request(LinkRequest),
@@ -123,18 +143,39 @@ impl Decoder {
     }
 }
 
-/// Parses a captured link request. A request longer than the capture is parsed as far as
-/// its header; its attributes are then unknown (`truncated`).
-pub fn parse_request(data: &[u8], time: String, ts_ns: u64, actor: Actor) -> Option<LinkRequest> {
-    if data.len() < 16 {
-        return None;
+impl Decoder {
+    /// Decodes one notification of the rtnetlink monitor.
+    pub fn decode_monitor(&mut self, record: &crate::probes::link_monitor::MonitorRecord) -> Option<LinkState> {
+        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&record.bytes).ok()?;
+        let (change, link) = match message.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => ("new", l),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => ("deleted", l),
+            _ => return None,
+        };
+        let mut request = empty_request();
+        fill_from_link(&mut request, &link);
+        Some(LinkState {
+            time: self.time(record.ts_ns),
+            ts_ns: record.ts_ns,
+            change,
+            netns: record.netns,
+            netns_name: self.netns.name(record.netns).map(str::to_string),
+            ifindex: link.header.index,
+            ifname: request.ifname,
+            link_kind: request.link_kind,
+            mac: request.mac,
+            up: link.header.flags.contains(LinkFlags::Up),
+            carrier: link.header.flags.contains(LinkFlags::LowerUp),
+        })
     }
-    let seq = u32::from_ne_bytes(data[8..12].try_into().ok()?);
-    let mut request = LinkRequest {
-        time,
-        ts_ns,
+}
+
+fn empty_request() -> LinkRequest {
+    LinkRequest {
+        time: String::new(),
+        ts_ns: 0,
         op: "change",
-        seq,
+        seq: 0,
         ifname: None,
         ifindex: None,
         link_kind: None,
@@ -142,8 +183,26 @@ pub fn parse_request(data: &[u8], time: String, ts_ns: u64, actor: Actor) -> Opt
         peer: None,
         admin: None,
         truncated: false,
-        actor,
-    };
+        actor: Actor {
+            pid: 0,
+            tid: 0,
+            comm: String::new(),
+            parent_pid: None,
+            parent_comm: None,
+            netns: None,
+            netns_name: None,
+        },
+    }
+}
+
+/// Parses a captured link request. A request longer than the capture is parsed as far as
+/// its header; its attributes are then unknown (`truncated`).
+pub fn parse_request(data: &[u8], time: String, ts_ns: u64, actor: Actor) -> Option<LinkRequest> {
+    if data.len() < 16 {
+        return None;
+    }
+    let seq = u32::from_ne_bytes(data[8..12].try_into().ok()?);
+    let mut request = LinkRequest { time, ts_ns, seq, actor, ..empty_request() };
     let message = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(data) {
         Ok(m) => m,
         Err(_) => {

@@ -39,6 +39,7 @@ pub enum Event {
     LinkRequest(links::LinkRequest),
     NetlinkAck(links::NetlinkAck),
     KernelMessage(links::KernelMessage),
+    LinkState(links::LinkState),
 }
 
 impl Event {
@@ -49,6 +50,7 @@ impl Event {
             Event::LinkRequest(e) => e.ts_ns,
             Event::NetlinkAck(e) => e.ts_ns,
             Event::KernelMessage(e) => e.ts_ns,
+            Event::LinkState(e) => e.ts_ns,
         }
     }
 }

@@ -113,8 +113,11 @@ async fn run_one(
     let mut lab = Lab::new()?;
     let topology = scenario.setup(&mut lab)?;
     let inodes: HashSet<u32> = lab.namespaces().iter().filter_map(|n| lab.inode(n)).collect();
-    let mut session =
-        Session::start(SessionOptions { probes: probes.clone(), filter: EventFilter::new(Some(inodes), None) })?;
+    let mut session = Session::start(SessionOptions {
+        probes: probes.clone(),
+        filter: EventFilter::new(Some(inodes), None),
+        monitor_netns: Some(lab.namespaces().iter().map(|n| netns::netns_path(n)).collect()),
+    })?;
     let mut scoped = LabSink { inner: sink, verbose };
     let trigger_topology = topology.clone();
     let triggered = session
@@ -127,7 +130,9 @@ async fn run_one(
             &mut scoped,
         )
         .await?;
-    triggered.map_err(|e| anyhow::anyhow!("traffic task failed: {e}"))??;
+    for line in triggered.map_err(|e| anyhow::anyhow!("traffic task failed: {e}"))?? {
+        scoped.note(&format!("   {line}"));
+    }
     let report = session.finish(&mut scoped, None);
     Ok(scenario.verify(&lab, &topology, &report.findings))
 }

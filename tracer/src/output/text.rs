@@ -56,7 +56,8 @@ pub fn event_line(event: &Event) -> String {
     match event {
         Event::Drop(d) => drop_line(d),
         Event::LinkRequest(r) => {
-            let mut line = format!("{} link {:<6} {}", clock(&r.time), r.op, r.ifname.as_deref().unwrap_or("?"));
+            let name = r.ifname.clone().or_else(|| r.ifindex.map(|i| format!("#{i}"))).unwrap_or_else(|| "?".into());
+            let mut line = format!("{} link {:<6} {name}", clock(&r.time), r.op);
             for (label, value) in [("kind", &r.link_kind), ("mac", &r.mac), ("peer", &r.peer)] {
                 if let Some(v) = value {
                     line.push_str(&format!(" {label} {v}"));
@@ -73,6 +74,25 @@ pub fn event_line(event: &Event) -> String {
             format!("{} link answer seq {} {result} to {}", clock(&a.time), a.seq, a.actor)
         }
         Event::KernelMessage(m) => format!("{} link kernel says \"{}\" to {}", clock(&m.time), m.message, m.actor),
+        Event::LinkState(l) => {
+            let netns = l.netns_name.clone().unwrap_or_else(|| l.netns.to_string());
+            let mut line = format!(
+                "{} link state  {} #{} {} in netns {netns}",
+                clock(&l.time),
+                l.ifname.as_deref().unwrap_or("?"),
+                l.ifindex,
+                l.change
+            );
+            if let Some(kind) = &l.link_kind {
+                line.push_str(&format!(" kind {kind}"));
+            }
+            if let Some(mac) = &l.mac {
+                line.push_str(&format!(" mac {mac}"));
+            }
+            line.push_str(if l.up { " up" } else { " down" });
+            line.push_str(if l.carrier { " carrier" } else { " no-carrier" });
+            line
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! process exits, however it exits, the kernel detaches it all. Nothing is pinned.
 
 pub mod drops;
+pub mod link_monitor;
 pub mod links;
 
 use aya::{

@@ -2,15 +2,17 @@
 //! which evidence.
 
 mod link_create_failed;
+mod link_flapping;
 mod link_kind_unsupported;
 mod netfilter_drop;
 mod no_listener;
 mod packet_drop;
+mod veth_mac_changed;
 
 use std::collections::BTreeMap;
 
 use super::{
-    correlate::{DropGroup, LinkOutcome},
+    correlate::{DropGroup, LinkHistory, LinkOutcome},
     Finding, Place, Rule, Severity,
 };
 use crate::decode::Event;
@@ -20,11 +22,15 @@ pub fn all() -> Vec<Box<dyn Rule + Send>> {
     vec![
         Box::new(link_kind_unsupported::LinkKindUnsupported),
         Box::new(link_create_failed::LinkCreateFailed),
+        Box::new(veth_mac_changed::VethMacChanged),
+        Box::new(link_flapping::LinkFlapping),
         Box::new(no_listener::NoListener),
         Box::new(netfilter_drop::NetfilterDrop),
         Box::new(packet_drop::PacketDrop),
     ]
 }
+
+pub use link_flapping::MIN_DOWNS as MIN_FLAP_DOWNS;
 
 /// Reasons that have a rule of their own; `packet-drop` leaves them alone.
 pub(crate) const EXPLAINED_REASONS: [&str; 2] = [no_listener::REASON, netfilter_drop::REASON];
@@ -157,5 +163,42 @@ pub(crate) fn attempts(outcomes: &[&LinkOutcome]) -> String {
     match n {
         1 => "1 attempt".into(),
         _ => format!("{n} attempts in {secs:.1} s (every {:.1} s)", secs / (n - 1) as f64),
+    }
+}
+
+/// Builds a finding about one link's history (monitor states joined with requests).
+pub(crate) fn finding_from_history(
+    rule: &'static str,
+    severity: Severity,
+    summary: String,
+    history: &LinkHistory,
+    actor: Option<crate::decode::links::Actor>,
+    remediation: String,
+) -> Finding {
+    Finding {
+        rule,
+        severity,
+        summary,
+        place: Place {
+            netns: Some(history.netns),
+            netns_name: history.netns_name.clone(),
+            device: history.ifname.clone(),
+            location: None,
+        },
+        flows: vec![],
+        destination: None,
+        count: (history.mac_changes.len() + history.downs.len()) as u64,
+        first_time: history.first_time.clone(),
+        last_time: history
+            .downs
+            .iter()
+            .map(|d| &d.time)
+            .chain(history.mac_changes.iter().map(|c| &c.time))
+            .max()
+            .cloned()
+            .unwrap_or_else(|| history.first_time.clone()),
+        actor,
+        evidence: history.evidence.clone(),
+        remediation,
     }
 }

@@ -39,9 +39,10 @@ impl Scenario for IptablesDrop {
         Ok(t)
     }
 
-    fn trigger(&self, t: &NodePair) -> anyhow::Result<()> {
+    fn trigger(&self, t: &NodePair) -> anyhow::Result<Vec<String>> {
         traffic::ping(&t.client.netns, t.server.v4, 3)?;
-        traffic::ping(&t.client.netns, t.server.v6, 3)
+        traffic::ping(&t.client.netns, t.server.v6, 3)?;
+        Ok(vec![])
     }
 
     fn verify(&self, lab: &Lab, t: &NodePair, findings: &[Finding]) -> Vec<String> {

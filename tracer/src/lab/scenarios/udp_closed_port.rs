@@ -28,9 +28,10 @@ impl Scenario for UdpClosedPort {
         NodePair::build(lab)
     }
 
-    fn trigger(&self, t: &NodePair) -> anyhow::Result<()> {
+    fn trigger(&self, t: &NodePair) -> anyhow::Result<Vec<String>> {
         traffic::udp(&t.client.netns, t.server.v4, PORT, 3)?;
-        traffic::udp(&t.client.netns, t.server.v6, PORT, 3)
+        traffic::udp(&t.client.netns, t.server.v6, PORT, 3)?;
+        Ok(vec![])
     }
 
     fn verify(&self, lab: &Lab, t: &NodePair, findings: &[Finding]) -> Vec<String> {

@@ -43,13 +43,14 @@ impl Scenario for WireguardUnsupported {
         Ok(t)
     }
 
-    fn trigger(&self, t: &NodePair) -> anyhow::Result<()> {
+    fn trigger(&self, t: &NodePair) -> anyhow::Result<Vec<String>> {
         // Fails on purpose (exit status 2, "Unknown device type"); what matters is the trace.
         let agent = t.actors[AGENT].to_string_lossy().into_owned();
-        Command::new("ip")
+        let out = Command::new("ip")
             .args(["netns", "exec", &t.client.netns, &agent, "link", "add", LINK, "type", "wireguard"])
             .output()?;
-        Ok(())
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Ok(vec![format!("{AGENT}: could not create encrypted tunnel interface: {said}")])
     }
 
     fn verify(&self, lab: &Lab, t: &NodePair, findings: &[Finding]) -> Vec<String> {
