@@ -28,6 +28,7 @@ pub mod names {
     pub const PROG_RECVFROM_ENTER: &str = "nl_recvfrom_enter";
     pub const PROG_RECV_EXIT: &str = "nl_recv_exit";
     pub const PROG_EXTACK: &str = "nl_extack";
+    pub const PROG_IOCTL: &str = "link_ioctl";
 }
 
 /// Discriminates the records in the `EVENTS` ring buffer: each record starts with an
@@ -42,6 +43,8 @@ pub enum EventKind {
     NetlinkAck = 3,
     /// The kernel's extended-ack message (`netlink:netlink_extack`).
     NetlinkExtack = 4,
+    /// A link-changing ioctl (SIOCSIFHWADDR, SIOCSIFFLAGS, SIOCSIFNAME): `data` is the `ifreq`.
+    IoctlRequest = 5,
 }
 
 /// Bytes of a netlink message (request, ack or extack text) carried by a [`NetlinkEvent`].
@@ -105,7 +108,8 @@ pub struct NetlinkEvent {
     pub actor: Actor,
     /// Bytes of `data` that are valid.
     pub len: u32,
-    pub _pad: u32,
+    /// The ioctl command of an [`EventKind::IoctlRequest`]; 0 otherwise.
+    pub aux: u32,
     pub data: [u8; NETLINK_BYTES],
 }
 
@@ -135,7 +139,9 @@ pub struct LinkConfig {
     pub task_parent: u32,
     pub task_tgid: u32,
     pub task_comm: u32,
-    pub _pad: u32,
+    /// `sys_enter_ioctl`: `cmd` and `arg`.
+    pub tp_ioctl_cmd: u32,
+    pub tp_ioctl_arg: u32,
 }
 
 impl LinkConfig {
@@ -156,7 +162,8 @@ impl LinkConfig {
             task_parent: ABSENT,
             task_tgid: ABSENT,
             task_comm: ABSENT,
-            _pad: 0,
+            tp_ioctl_cmd: ABSENT,
+            tp_ioctl_arg: ABSENT,
         }
     }
 }

@@ -28,6 +28,11 @@ const RTM_DELLINK: u16 = 17;
 const RTM_SETLINK: u16 = 19;
 const NLM_F_REQUEST: u16 = 1;
 const NLMSG_HDRLEN: u32 = 16;
+// Link-changing ioctls (include/uapi/linux/sockios.h) and the size of `struct ifreq` on 64-bit.
+const SIOCSIFFLAGS: u32 = 0x8914;
+const SIOCSIFNAME: u32 = 0x8923;
+const SIOCSIFHWADDR: u32 = 0x8924;
+const IFREQ_BYTES: u32 = 40;
 
 /// Threads that sent a link request recently: only their receives are looked at, so
 /// ordinary socket traffic costs one map lookup.
@@ -127,6 +132,11 @@ fn maybe_request(cfg: &LinkConfig, buf: u64, len: u64) {
 
 #[inline(always)]
 fn emit(cfg: &LinkConfig, kind: EventKind, user_buf: u64, valid: u32) {
+    emit_with(cfg, kind, user_buf, valid, 0);
+}
+
+#[inline(always)]
+fn emit_with(cfg: &LinkConfig, kind: EventKind, user_buf: u64, valid: u32, aux: u32) {
     let Some(mut entry) = EVENTS.reserve::<NetlinkEvent>(0) else {
         count_lost();
         return;
@@ -135,7 +145,7 @@ fn emit(cfg: &LinkConfig, kind: EventKind, user_buf: u64, valid: u32) {
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut ev.header, kind);
     fill_actor(cfg, &mut ev.actor);
-    ev._pad = 0;
+    ev.aux = aux;
     let copied = copy_user(user_buf, &mut ev.data);
     ev.len = if valid < copied { valid } else { copied };
     entry.submit(0);
@@ -226,12 +236,29 @@ pub fn nl_extack(ctx: TracePointContext) -> u32 {
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut ev.header, EventKind::NetlinkExtack);
     fill_actor(&cfg, &mut ev.actor);
-    ev._pad = 0;
+    ev.aux = 0;
     let src = (ctx.as_ptr() as u64 + (loc & 0xffff) as u64) as *const u8;
     ev.len = match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.data) } {
         Ok(text) => text.len() as u32,
         Err(_) => 0,
     };
     entry.submit(0);
+    0
+}
+
+/// Link changes made with the old ioctls (ifconfig, some agents): MAC, flags (up/down), name.
+#[tracepoint]
+pub fn link_ioctl(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    if cfg.tp_ioctl_cmd == ABSENT {
+        return 0;
+    }
+    let Ok(cmd) = (unsafe { ctx.read_at::<u64>(cfg.tp_ioctl_cmd as usize) }) else { return 0 };
+    let cmd = cmd as u32;
+    if cmd != SIOCSIFHWADDR && cmd != SIOCSIFFLAGS && cmd != SIOCSIFNAME {
+        return 0;
+    }
+    let Ok(arg) = (unsafe { ctx.read_at::<u64>(cfg.tp_ioctl_arg as usize) }) else { return 0 };
+    emit_with(&cfg, EventKind::IoctlRequest, arg, IFREQ_BYTES, cmd);
     0
 }

@@ -56,6 +56,12 @@ pub struct LinkRequest {
     pub peer: Option<String>,
     /// `up` or `down` when the request changes the administrative state.
     pub admin: Option<&'static str>,
+    /// The new name, for a rename.
+    pub new_name: Option<String>,
+    /// Where the link is moved to (`IFLA_NET_NS_PID`/`_FD`), as `pid N` or `fd N`.
+    pub to_netns: Option<String>,
+    /// `netlink` or `ioctl`.
+    pub via: &'static str,
     /// The request did not fit the captured bytes and could not be parsed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
@@ -134,6 +140,9 @@ impl Decoder {
                 let error = (errno != 0).then(|| format!("{:?}", nix::errno::Errno::from_raw(errno)));
                 Some(LinkEvent::Ack(NetlinkAck { time, ts_ns: h.ts_ns, seq, errno, error, actor }))
             }
+            k if k == EventKind::IoctlRequest as u16 => {
+                Some(LinkEvent::Request(parse_ioctl(raw.aux, data, time, h.ts_ns, actor)?))
+            }
             k if k == EventKind::NetlinkExtack as u16 => {
                 let message = String::from_utf8_lossy(data).trim_end_matches('\0').to_string();
                 Some(LinkEvent::Message(KernelMessage { time, ts_ns: h.ts_ns, message, actor }))
@@ -182,6 +191,9 @@ fn empty_request() -> LinkRequest {
         mac: None,
         peer: None,
         admin: None,
+        new_name: None,
+        to_netns: None,
+        via: "netlink",
         truncated: false,
         actor: Actor {
             pid: 0,
@@ -238,6 +250,8 @@ fn fill_from_link(request: &mut LinkRequest, link: &LinkMessage) {
     for attr in &link.attributes {
         match attr {
             LinkAttribute::IfName(name) => request.ifname = Some(name.clone()),
+            LinkAttribute::NetNsPid(pid) => request.to_netns = Some(format!("pid {pid}")),
+            LinkAttribute::NetNsFd(fd) => request.to_netns = Some(format!("fd {fd}")),
             LinkAttribute::Address(mac) => request.mac = Some(format_mac(mac)),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
@@ -256,6 +270,30 @@ fn fill_from_link(request: &mut LinkRequest, link: &LinkMessage) {
             _ => {}
         }
     }
+}
+
+/// A link-changing ioctl's `struct ifreq`: the name, then the union (hwaddr sockaddr, flags
+/// or new name).
+pub fn parse_ioctl(cmd: u32, ifreq: &[u8], time: String, ts_ns: u64, actor: Actor) -> Option<LinkRequest> {
+    const IFNAMSIZ: usize = 16;
+    if ifreq.len() < IFNAMSIZ + 16 {
+        return None;
+    }
+    let name = |bytes: &[u8]| super::c_string(bytes);
+    let mut request =
+        LinkRequest { time, ts_ns, ifname: Some(name(&ifreq[..IFNAMSIZ])), via: "ioctl", actor, ..empty_request() };
+    let union = &ifreq[IFNAMSIZ..];
+    match cmd {
+        // struct sockaddr: sa_family (2 bytes), then the address.
+        0x8924 => request.mac = Some(format_mac(&union[2..8])),
+        0x8914 => {
+            let flags = i16::from_ne_bytes([union[0], union[1]]);
+            request.admin = Some(if flags & nix::libc::IFF_UP as i16 != 0 { "up" } else { "down" });
+        }
+        0x8923 => request.new_name = Some(name(&union[..16])),
+        _ => return None,
+    }
+    Some(request)
 }
 
 /// `(seq of the answered request, errno)` from an NLMSG_ERROR message.
@@ -320,6 +358,20 @@ mod tests {
         ack[28..32].copy_from_slice(&9u32.to_ne_bytes());
         assert_eq!(parse_ack(&ack), Some((9, 95)));
         assert_eq!(parse_ack(&ack[..20]), None);
+    }
+
+    #[test]
+    fn parses_link_ioctls() {
+        let mut ifreq = [0u8; 40];
+        ifreq[..5].copy_from_slice(b"veth0");
+        ifreq[16..18].copy_from_slice(&1u16.to_ne_bytes());
+        ifreq[18..24].copy_from_slice(&[2, 0, 0, 0, 0, 7]);
+        let r = parse_ioctl(0x8924, &ifreq, "t".into(), 1, actor()).unwrap();
+        assert_eq!((r.ifname.as_deref(), r.mac.as_deref(), r.via), (Some("veth0"), Some("02:00:00:00:00:07"), "ioctl"));
+        ifreq[16..18].copy_from_slice(&0i16.to_ne_bytes());
+        assert_eq!(parse_ioctl(0x8914, &ifreq, "t".into(), 1, actor()).unwrap().admin, Some("down"));
+        assert!(parse_ioctl(0x1234, &ifreq, "t".into(), 1, actor()).is_none());
+        assert!(parse_ioctl(0x8924, &ifreq[..20], "t".into(), 1, actor()).is_none());
     }
 
     #[test]

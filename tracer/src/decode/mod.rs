@@ -173,7 +173,8 @@ impl Decoder {
             }
             k if k == EventKind::NetlinkRequest as u16
                 || k == EventKind::NetlinkAck as u16
-                || k == EventKind::NetlinkExtack as u16 =>
+                || k == EventKind::NetlinkExtack as u16
+                || k == EventKind::IoctlRequest as u16 =>
             {
                 let raw: NetlinkEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
                 match self.decode_netlink(&raw).ok_or(DecodeError::NotALinkEvent)? {

@@ -66,6 +66,15 @@ pub fn event_line(event: &Event) -> String {
             if let Some(admin) = r.admin {
                 line.push_str(&format!(" {admin}"));
             }
+            if let Some(new_name) = &r.new_name {
+                line.push_str(&format!(" rename to {new_name}"));
+            }
+            if let Some(to) = &r.to_netns {
+                line.push_str(&format!(" move to netns ({to})"));
+            }
+            if r.via != "netlink" {
+                line.push_str(&format!(" via {}", r.via));
+            }
             line.push_str(&format!(" seq {} by {}", r.seq, r.actor));
             line
         }

@@ -15,12 +15,14 @@ pub struct LinkCoverage {
     pub requests: bool,
     pub acks: bool,
     pub extack_messages: bool,
+    /// SIOCSIFHWADDR / SIOCSIFFLAGS / SIOCSIFNAME requests.
+    pub ioctls: bool,
     pub actor_netns_and_parent: bool,
     pub gaps: Vec<String>,
 }
 
 /// The tracepoints the programs attach to: (program, category, event).
-const ATTACHMENTS: [(&str, &str, &str); 7] = [
+const ATTACHMENTS: [(&str, &str, &str); 8] = [
     (names::PROG_SENDMSG, "syscalls", "sys_enter_sendmsg"),
     (names::PROG_SENDTO, "syscalls", "sys_enter_sendto"),
     (names::PROG_RECVMSG_ENTER, "syscalls", "sys_enter_recvmsg"),
@@ -28,6 +30,7 @@ const ATTACHMENTS: [(&str, &str, &str); 7] = [
     (names::PROG_RECV_EXIT, "syscalls", "sys_exit_recvmsg"),
     (names::PROG_RECV_EXIT, "syscalls", "sys_exit_recvfrom"),
     (names::PROG_EXTACK, "netlink", "netlink_extack"),
+    (names::PROG_IOCTL, "syscalls", "sys_enter_ioctl"),
 ];
 
 /// Offsets for this kernel. Missing pieces disable what needs them and are listed as gaps.
@@ -52,6 +55,9 @@ pub fn link_config(facts: &KernelFacts) -> (LinkConfig, LinkCoverage) {
     cfg.tp_sendto_len = field(tracefs, ("syscalls", "sys_enter_sendto"), "len", &mut cov);
     cfg.tp_recvfrom_buf = field(tracefs, ("syscalls", "sys_enter_recvfrom"), "ubuf", &mut cov);
     cfg.tp_exit_ret = field(tracefs, ("syscalls", "sys_exit_recvmsg"), "ret", &mut cov);
+    cfg.tp_ioctl_cmd = field(tracefs, ("syscalls", "sys_enter_ioctl"), "cmd", &mut cov);
+    cfg.tp_ioctl_arg = field(tracefs, ("syscalls", "sys_enter_ioctl"), "arg", &mut cov);
+    cov.ioctls = cfg.tp_ioctl_cmd != ABSENT && cfg.tp_ioctl_arg != ABSENT;
     cov.requests = cfg.tp_msghdr != ABSENT && cfg.tp_sendto_buff != ABSENT;
     cov.acks = cov.requests && cfg.tp_exit_ret != ABSENT && cfg.tp_recvfrom_buf != ABSENT;
     if tracefs.has_event("netlink", "netlink_extack") {
@@ -99,7 +105,8 @@ pub fn attach(ebpf: &mut Ebpf, coverage: &LinkCoverage) -> Result<String, String
     }
     let mut attached = Vec::new();
     for (prog, category, event) in ATTACHMENTS {
-        if event == "netlink_extack" && !coverage.extack_messages {
+        if (event == "netlink_extack" && !coverage.extack_messages) || (event == "sys_enter_ioctl" && !coverage.ioctls)
+        {
             continue;
         }
         let program: &mut TracePoint = program(ebpf, prog)?;
