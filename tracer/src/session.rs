@@ -26,11 +26,14 @@ pub struct EventFilter {
     pub iface: Option<String>,
     /// Threads whose link request was kept: their acks and kernel messages are kept too.
     kept_tids: HashSet<u32>,
+    /// Keep events whose namespace the kernel cannot tell (no BTF): without this, a netns
+    /// filter would hide everything on such kernels.
+    pub keep_unknown_netns: bool,
 }
 
 impl EventFilter {
     pub fn new(netns: Option<HashSet<u32>>, iface: Option<String>) -> Self {
-        Self { netns, iface, kept_tids: HashSet::new() }
+        Self { netns, iface, kept_tids: HashSet::new(), keep_unknown_netns: false }
     }
 }
 
@@ -59,7 +62,11 @@ impl EventFilter {
     }
 
     fn in_netns(&self, netns: Option<u32>) -> bool {
-        self.netns.as_ref().is_none_or(|set| netns.is_some_and(|n| set.contains(&n)))
+        match (&self.netns, netns) {
+            (None, _) => true,
+            (Some(set), Some(n)) => set.contains(&n),
+            (Some(_), None) => self.keep_unknown_netns,
+        }
     }
 
     fn on_iface(&self, device: Option<&str>) -> bool {
@@ -145,8 +152,21 @@ impl Session {
             clock: WallClock::now(),
         };
         let monitor = options.probes.links.then(|| LinkMonitor::start(options.monitor_netns));
-        let pipeline =
-            Pipeline { decoder, analyzer: Analyzer::new(), filter: options.filter, filtered: 0, decode_errors: 0 };
+        let mut filter = options.filter;
+        let blind: Vec<&str> = probes
+            .hooks
+            .iter()
+            .filter(|h| h.coverage["device_and_netns"] == false || h.coverage["actor_netns_and_parent"] == false)
+            .map(|h| h.family)
+            .collect();
+        if filter.netns.is_some() && !blind.is_empty() {
+            filter.keep_unknown_netns = true;
+            log::warn!(
+                "this kernel does not tell the network namespace of {} events (no BTF): the namespace filter keeps them all",
+                blind.join(" and ")
+            );
+        }
+        let pipeline = Pipeline { decoder, analyzer: Analyzer::new(), filter, filtered: 0, decode_errors: 0 };
         Ok(Self { facts, probes, events, monitor, pipeline, started: Instant::now() })
     }
 

@@ -35,7 +35,7 @@ impl Rule for NetfilterDrop {
                         f.tcp_flags = None;
                         f.to_string()
                     }
-                    None => format!("{} packets", g.first.protocol),
+                    None => format!("{} traffic", g.first.protocol),
                 };
                 let dev = g.key.device.as_deref().map(|d| format!(" on {d}")).unwrap_or_default();
                 let summary = format!("netfilter dropped {count} packet(s) of {what}{dev} in netns {}", netns_label(g));

@@ -6,7 +6,10 @@
 
 use super::{finding_from_groups, group_by, in_netns, inferred_note, netns_label};
 use crate::{
-    analyze::{correlate::Correlated, Finding, Rule, Severity},
+    analyze::{
+        correlate::{Correlated, DropGroup},
+        Finding, Rule, Severity,
+    },
     kernel::KernelSummary,
 };
 
@@ -20,29 +23,48 @@ impl Rule for NoListener {
     }
 
     fn evaluate(&self, state: &Correlated, _kernel: &KernelSummary) -> Vec<Finding> {
-        let candidates = state.drop_groups().into_iter().filter(|g| {
-            g.key.reason.as_deref() == Some(REASON)
-                && matches!(g.key.l4.as_deref(), Some("tcp" | "udp"))
-                && g.key.dport.is_some()
-        });
-        group_by(candidates, |g| (g.key.netns, g.key.l4.clone(), g.key.dst, g.key.dport))
+        // Without packet headers (no BTF) the protocol still shows in where the packet died.
+        let l4 = |g: &DropGroup| -> Option<&'static str> {
+            match g.key.l4.as_deref() {
+                Some("tcp") => Some("tcp"),
+                Some("udp") => Some("udp"),
+                Some(_) => None,
+                None if g.key.function.contains("udp") => Some("udp"),
+                None if g.key.function.contains("tcp") => Some("tcp"),
+                None => None,
+            }
+        };
+        let candidates =
+            state.drop_groups().into_iter().filter(|g| g.key.reason.as_deref() == Some(REASON) && l4(g).is_some());
+        group_by(candidates, |g| (g.key.netns, l4(g), g.key.dst, g.key.dport))
             .into_iter()
             .map(|groups| {
                 let g = groups[0];
-                let l4 = g.key.l4.as_deref().unwrap_or("?");
-                let dst = g.key.dst.map(|a| a.to_string()).unwrap_or_default();
-                let port = g.key.dport.unwrap_or(0);
+                let l4 = l4(g).unwrap_or("?");
                 let count: u64 = groups.iter().map(|g| g.count).sum();
                 let answer = if l4 == "tcp" { "a TCP RST" } else { "an ICMP port unreachable" };
-                let summary = format!(
-                    "nothing listens on {l4} port {port} at {dst} in netns {}: {count} packet(s) dropped (NO_SOCKET); the kernel answers {answer}, clients see \"connection refused\"",
-                    netns_label(g)
-                );
                 let ss_flag = if l4 == "tcp" { "-ltnp" } else { "-lunp" };
-                let remediation = format!(
-                    "Start the service that should listen on {l4}/{port}, or point clients at the port it really uses. Check with `{}ss {ss_flag} 'sport = :{port}'`. For a Kubernetes Service, check that its endpoints exist and its targetPort matches the container port (`kubectl get endpointslices`).",
-                    in_netns(g)
-                );
+                let (summary, remediation) = match (g.key.dst, g.key.dport) {
+                    (Some(dst), Some(port)) => (
+                        format!(
+                            "nothing listens on {l4} port {port} at {dst} in netns {}: {count} packet(s) dropped (NO_SOCKET); the kernel answers {answer}, clients see \"connection refused\"",
+                            netns_label(g)
+                        ),
+                        format!(
+                            "Start the service that should listen on {l4}/{port}, or point clients at the port it really uses. Check with `{}ss {ss_flag} 'sport = :{port}'`. For a Kubernetes Service, check that its endpoints exist and its targetPort matches the container port (`kubectl get endpointslices`).",
+                            in_netns(g)
+                        ),
+                    ),
+                    _ => (
+                        format!(
+                            "nothing listens on the {l4} port {count} packet(s) were sent to (NO_SOCKET at {}); the kernel answers {answer}, clients see \"connection refused\" (addresses and ports are not visible on this kernel: no BTF)",
+                            g.key.function
+                        ),
+                        format!(
+                            "Find the service clients expect with `ss {ss_flag}` in each namespace, or trace on a kernel with BTF to see the destination. For a Kubernetes Service, check its endpoints and targetPort."
+                        ),
+                    ),
+                };
                 finding_from_groups(self.id(), Severity::Warning, summary + inferred_note(&groups), &groups, remediation)
             })
             .collect()
