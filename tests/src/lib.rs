@@ -45,6 +45,11 @@ pub fn dptrace(args: &[&str]) -> Output {
     Command::new(dptrace_bin()).args(args).output().expect("run dptrace")
 }
 
+/// Runs dptrace with extra environment variables (e.g. `DPTRACE_BTF=none`).
+pub fn dptrace_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(dptrace_bin()).args(args).envs(env.iter().copied()).output().expect("run dptrace")
+}
+
 /// Parses JSON Lines output, failing the test on any non-JSON line.
 pub fn json_lines(output: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&output.stdout)

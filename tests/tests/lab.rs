@@ -83,3 +83,23 @@ fn lab_interrupted_by_sigterm_removes_its_namespaces() {
     assert!(stderr(&out).contains("SIGTERM"), "{}", stderr(&out));
     assert!(namespaces_with_prefix(&prefix).is_empty(), "left behind: {:?}", namespaces_with_prefix(&prefix));
 }
+
+/// Without BTF (pretended with DPTRACE_BTF=none; the VM matrix has a real no-BTF kernel) the
+/// drop scenario is still diagnosed, with an honest note on what is missing.
+#[test]
+fn without_btf_the_drop_scenario_is_still_diagnosed() {
+    require_root!();
+    let out = dptrace_e2e::dptrace_env(&[("DPTRACE_BTF", "none")], &["lab", "run", "udp-closed-port", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    assert_eq!(of_type(&lines, "lab-result")[0]["diagnosed"], true);
+    let finding = of_type(&lines, "finding").into_iter().find(|f| f["rule"] == "no-listener").expect("no-listener");
+    assert!(finding["summary"].as_str().unwrap().contains("no BTF"), "{finding}");
+    assert!(stderr(&out).contains("no BTF"), "the degraded mode must be said: {}", stderr(&out));
+
+    let check = dptrace_e2e::dptrace_env(&[("DPTRACE_BTF", "none")], &["check", "--json"]);
+    let report = json_lines(&check).into_iter().find(|v| v["type"] == "check").unwrap();
+    assert_eq!(report["kernel"]["btf"], false);
+    let gaps = report["hooks"][0]["coverage"]["gaps"].as_array().unwrap();
+    assert!(gaps.iter().any(|g| g.as_str().unwrap().contains("no kernel BTF")), "{gaps:?}");
+}
