@@ -29,6 +29,8 @@ pub mod names {
     pub const PROG_RECV_EXIT: &str = "nl_recv_exit";
     pub const PROG_EXTACK: &str = "nl_extack";
     pub const PROG_IOCTL: &str = "link_ioctl";
+    pub const PROG_MODULE_REQUEST: &str = "module_request";
+    pub const PROG_MODULE_LOAD: &str = "module_load";
 }
 
 /// Discriminates the records in the `EVENTS` ring buffer: each record starts with an
@@ -45,6 +47,10 @@ pub enum EventKind {
     NetlinkExtack = 4,
     /// A link-changing ioctl (SIOCSIFHWADDR, SIOCSIFFLAGS, SIOCSIFNAME): `data` is the `ifreq`.
     IoctlRequest = 5,
+    /// The kernel asked modprobe for a module (`module:module_request`): `data` is its name.
+    ModuleRequest = 6,
+    /// A module was loaded (`module:module_load`): `data` is its name.
+    ModuleLoad = 7,
 }
 
 /// Bytes of a netlink message (request, ack or extack text) carried by a [`NetlinkEvent`].
@@ -142,6 +148,9 @@ pub struct LinkConfig {
     /// `sys_enter_ioctl`: `cmd` and `arg`.
     pub tp_ioctl_cmd: u32,
     pub tp_ioctl_arg: u32,
+    /// `module:module_request` / `module:module_load`: the `name` data_loc field.
+    pub tp_module_request_name: u32,
+    pub tp_module_load_name: u32,
 }
 
 impl LinkConfig {
@@ -164,6 +173,8 @@ impl LinkConfig {
             task_comm: ABSENT,
             tp_ioctl_cmd: ABSENT,
             tp_ioctl_arg: ABSENT,
+            tp_module_request_name: ABSENT,
+            tp_module_load_name: ABSENT,
         }
     }
 }

@@ -223,19 +223,41 @@ pub fn nl_recv_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn nl_extack(ctx: TracePointContext) -> u32 {
     let cfg = config();
-    if cfg.tp_extack_msg == ABSENT {
-        return 0;
+    emit_string(&ctx, &cfg, EventKind::NetlinkExtack, cfg.tp_extack_msg);
+    0
+}
+
+/// Module autoload: `rtnl-link-wireguard` requested while creating a wireguard link.
+#[tracepoint]
+pub fn module_request(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    emit_string(&ctx, &cfg, EventKind::ModuleRequest, cfg.tp_module_request_name);
+    0
+}
+
+#[tracepoint]
+pub fn module_load(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    emit_string(&ctx, &cfg, EventKind::ModuleLoad, cfg.tp_module_load_name);
+    0
+}
+
+/// Emits the `__data_loc` string at `field` of the tracepoint record.
+#[inline(always)]
+fn emit_string(ctx: &TracePointContext, cfg: &LinkConfig, kind: EventKind, field: u32) {
+    if field == ABSENT {
+        return;
     }
     // `__data_loc`: the low 16 bits are the string's offset in the record, the high its length.
-    let Ok(loc) = (unsafe { ctx.read_at::<u32>(cfg.tp_extack_msg as usize) }) else { return 0 };
+    let Ok(loc) = (unsafe { ctx.read_at::<u32>(field as usize) }) else { return };
     let Some(mut entry) = EVENTS.reserve::<NetlinkEvent>(0) else {
         count_lost();
-        return 0;
+        return;
     };
     // SAFETY: we own the reserved entry until submit.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.header, EventKind::NetlinkExtack);
-    fill_actor(&cfg, &mut ev.actor);
+    fill_header(&mut ev.header, kind);
+    fill_actor(cfg, &mut ev.actor);
     ev.aux = 0;
     let src = (ctx.as_ptr() as u64 + (loc & 0xffff) as u64) as *const u8;
     ev.len = match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.data) } {
@@ -243,7 +265,6 @@ pub fn nl_extack(ctx: TracePointContext) -> u32 {
         Err(_) => 0,
     };
     entry.submit(0);
-    0
 }
 
 /// Link changes made with the old ioctls (ifconfig, some agents): MAC, flags (up/down), name.

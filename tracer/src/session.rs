@@ -58,6 +58,8 @@ impl EventFilter {
             Event::NetlinkAck(a) => self.kept_tids.contains(&a.actor.tid),
             Event::KernelMessage(m) => self.kept_tids.contains(&m.actor.tid),
             Event::LinkState(l) => self.in_netns(Some(l.netns)) && self.on_iface(l.ifname.as_deref()),
+            // Module loads are global; requests belong to the thread's link request.
+            Event::Module(m) => m.action == "loaded" || self.kept_tids.contains(&m.actor.tid),
         }
     }
 

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use crate::decode::{
-    links::{Actor, KernelMessage, LinkRequest, LinkState, NetlinkAck},
+    links::{Actor, KernelMessage, LinkRequest, LinkState, ModuleEvent, NetlinkAck},
     DropRecord, Event,
 };
 
@@ -24,6 +24,8 @@ pub struct LinkOutcome {
     pub ack: Option<NetlinkAck>,
     /// The extended-ack text the kernel produced while handling the request.
     pub message: Option<KernelMessage>,
+    /// Modules the kernel tried to autoload while handling it (`rtnl-link-<kind>`).
+    pub module_requests: Vec<ModuleEvent>,
 }
 
 /// A link's life during the session, from the monitor joined with the requests.
@@ -110,6 +112,8 @@ pub struct Correlated {
     pending_by_tid: HashMap<u32, usize>,
     /// Link requests beyond `MAX_LINK_REQUESTS`, only counted.
     pub unkept_link_requests: u64,
+    /// Modules requested or loaded during the session (bounded by what the kernel has).
+    pub loaded_modules: Vec<String>,
     /// Monitor states per link, keyed by (netns inode, ifindex), in arrival order.
     link_states: HashMap<(u32, u32), Vec<LinkState>>,
     pub unkept_link_states: u64,
@@ -129,7 +133,12 @@ impl Correlated {
                     return;
                 }
                 self.pending_by_tid.insert(request.actor.tid, self.links.len());
-                self.links.push(LinkOutcome { request: request.clone(), ack: None, message: None });
+                self.links.push(LinkOutcome {
+                    request: request.clone(),
+                    ack: None,
+                    message: None,
+                    module_requests: vec![],
+                });
             }
             Event::NetlinkAck(ack) => {
                 // Peeking receives (MSG_PEEK) report the same ack twice: the first one wins.
@@ -137,6 +146,18 @@ impl Correlated {
                     if outcome.request.seq == ack.seq && outcome.ack.is_none() {
                         outcome.ack = Some(ack.clone());
                     }
+                }
+            }
+            Event::Module(module) => {
+                if module.action == "requested" {
+                    if let Some(outcome) = self.pending_outcome(module.actor.tid) {
+                        if outcome.ack.is_none() && outcome.module_requests.len() < 4 {
+                            outcome.module_requests.push(module.clone());
+                        }
+                    }
+                }
+                if self.loaded_modules.len() < 256 && !self.loaded_modules.contains(&module.module) {
+                    self.loaded_modules.push(module.module.clone());
                 }
             }
             Event::LinkState(state) => {

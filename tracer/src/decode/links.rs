@@ -110,11 +110,23 @@ pub struct LinkState {
     pub carrier: bool,
 }
 
+/// The kernel asked for a module (`requested`, e.g. `rtnl-link-wireguard` while creating a
+/// wireguard link) or loaded one (`loaded`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleEvent {
+    pub time: String,
+    pub ts_ns: u64,
+    pub action: &'static str,
+    pub module: String,
+    pub actor: Actor,
+}
+
 /// One link event, decoded.
 pub enum LinkEvent {
     Request(LinkRequest),
     Ack(NetlinkAck),
     Message(KernelMessage),
+    Module(ModuleEvent),
 }
 
 impl Decoder {
@@ -142,6 +154,11 @@ impl Decoder {
             }
             k if k == EventKind::IoctlRequest as u16 => {
                 Some(LinkEvent::Request(parse_ioctl(raw.aux, data, time, h.ts_ns, actor)?))
+            }
+            k if k == EventKind::ModuleRequest as u16 || k == EventKind::ModuleLoad as u16 => {
+                let module = String::from_utf8_lossy(data).trim_end_matches('\0').to_string();
+                let action = if k == EventKind::ModuleRequest as u16 { "requested" } else { "loaded" };
+                Some(LinkEvent::Module(ModuleEvent { time, ts_ns: h.ts_ns, action, module, actor }))
             }
             k if k == EventKind::NetlinkExtack as u16 => {
                 let message = String::from_utf8_lossy(data).trim_end_matches('\0').to_string();

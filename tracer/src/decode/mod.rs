@@ -40,6 +40,7 @@ pub enum Event {
     NetlinkAck(links::NetlinkAck),
     KernelMessage(links::KernelMessage),
     LinkState(links::LinkState),
+    Module(links::ModuleEvent),
 }
 
 impl Event {
@@ -51,6 +52,7 @@ impl Event {
             Event::NetlinkAck(e) => e.ts_ns,
             Event::KernelMessage(e) => e.ts_ns,
             Event::LinkState(e) => e.ts_ns,
+            Event::Module(e) => e.ts_ns,
         }
     }
 }
@@ -174,13 +176,16 @@ impl Decoder {
             k if k == EventKind::NetlinkRequest as u16
                 || k == EventKind::NetlinkAck as u16
                 || k == EventKind::NetlinkExtack as u16
-                || k == EventKind::IoctlRequest as u16 =>
+                || k == EventKind::IoctlRequest as u16
+                || k == EventKind::ModuleRequest as u16
+                || k == EventKind::ModuleLoad as u16 =>
             {
                 let raw: NetlinkEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
                 match self.decode_netlink(&raw).ok_or(DecodeError::NotALinkEvent)? {
                     links::LinkEvent::Request(r) => Ok(Event::LinkRequest(r)),
                     links::LinkEvent::Ack(a) => Ok(Event::NetlinkAck(a)),
                     links::LinkEvent::Message(m) => Ok(Event::KernelMessage(m)),
+                    links::LinkEvent::Module(m) => Ok(Event::Module(m)),
                 }
             }
             other => Err(DecodeError::UnknownKind(other)),

@@ -83,6 +83,7 @@ pub fn event_line(event: &Event) -> String {
             format!("{} link answer seq {} {result} to {}", clock(&a.time), a.seq, a.actor)
         }
         Event::KernelMessage(m) => format!("{} link kernel says \"{}\" to {}", clock(&m.time), m.message, m.actor),
+        Event::Module(m) => format!("{} module {} {} (by {})", clock(&m.time), m.action, m.module, m.actor),
         Event::LinkState(l) => {
             let netns = l.netns_name.clone().unwrap_or_else(|| l.netns.to_string());
             let mut line = format!(

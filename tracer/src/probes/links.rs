@@ -17,12 +17,14 @@ pub struct LinkCoverage {
     pub extack_messages: bool,
     /// SIOCSIFHWADDR / SIOCSIFFLAGS / SIOCSIFNAME requests.
     pub ioctls: bool,
+    /// Module autoload requests and loads (kernels with loadable modules).
+    pub modules: bool,
     pub actor_netns_and_parent: bool,
     pub gaps: Vec<String>,
 }
 
 /// The tracepoints the programs attach to: (program, category, event).
-const ATTACHMENTS: [(&str, &str, &str); 8] = [
+const ATTACHMENTS: [(&str, &str, &str); 10] = [
     (names::PROG_SENDMSG, "syscalls", "sys_enter_sendmsg"),
     (names::PROG_SENDTO, "syscalls", "sys_enter_sendto"),
     (names::PROG_RECVMSG_ENTER, "syscalls", "sys_enter_recvmsg"),
@@ -31,6 +33,8 @@ const ATTACHMENTS: [(&str, &str, &str); 8] = [
     (names::PROG_RECV_EXIT, "syscalls", "sys_exit_recvfrom"),
     (names::PROG_EXTACK, "netlink", "netlink_extack"),
     (names::PROG_IOCTL, "syscalls", "sys_enter_ioctl"),
+    (names::PROG_MODULE_REQUEST, "module", "module_request"),
+    (names::PROG_MODULE_LOAD, "module", "module_load"),
 ];
 
 /// Offsets for this kernel. Missing pieces disable what needs them and are listed as gaps.
@@ -65,6 +69,13 @@ pub fn link_config(facts: &KernelFacts) -> (LinkConfig, LinkCoverage) {
         cov.extack_messages = cfg.tp_extack_msg != ABSENT;
     } else {
         cov.gaps.push("kernel messages: no netlink:netlink_extack tracepoint (added in 4.16)".into());
+    }
+    if tracefs.has_event("module", "module_request") && tracefs.has_event("module", "module_load") {
+        cfg.tp_module_request_name = field(tracefs, ("module", "module_request"), "name", &mut cov);
+        cfg.tp_module_load_name = field(tracefs, ("module", "module_load"), "name", &mut cov);
+        cov.modules = cfg.tp_module_request_name != ABSENT && cfg.tp_module_load_name != ABSENT;
+    } else {
+        cov.gaps.push("module autoload: no module:* tracepoints (kernel without loadable modules)".into());
     }
     fill_user_abi(facts.btf.as_ref(), &mut cfg);
     match &facts.btf {
@@ -105,8 +116,13 @@ pub fn attach(ebpf: &mut Ebpf, coverage: &LinkCoverage) -> Result<String, String
     }
     let mut attached = Vec::new();
     for (prog, category, event) in ATTACHMENTS {
-        if (event == "netlink_extack" && !coverage.extack_messages) || (event == "sys_enter_ioctl" && !coverage.ioctls)
-        {
+        let wanted = match event {
+            "netlink_extack" => coverage.extack_messages,
+            "sys_enter_ioctl" => coverage.ioctls,
+            "module_request" | "module_load" => coverage.modules,
+            _ => true,
+        };
+        if !wanted {
             continue;
         }
         let program: &mut TracePoint = program(ebpf, prog)?;

@@ -40,11 +40,15 @@ impl Rule for LinkKindUnsupported {
                 let first = outcomes[0];
                 let r = &first.request;
                 let said = first.message.as_ref().map(|m| format!(", kernel says \"{}\"", m.message)).unwrap_or_default();
+                let autoload = match first.module_requests.first() {
+                    Some(m) => format!("; the kernel tried to load module `{}` and found none", m.module),
+                    None => String::new(),
+                };
                 let spec = features::link_kind_spec(&kind);
                 let module = spec.map(|s| s.module).unwrap_or(kind.as_str());
                 let module_state = features::module_state(module, features::Support::No);
                 let summary = format!(
-                    "the kernel ({}) has no `{kind}` link type: creating {} failed with EOPNOTSUPP (operation not supported){said}; requested by {}; {}; module {module}: {module_state}",
+                    "the kernel ({}) has no `{kind}` link type: creating {} failed with EOPNOTSUPP (operation not supported){said}{autoload}; requested by {}; {}; module {module}: {module_state}",
                     kernel.release,
                     r.ifname.as_deref().unwrap_or("a link"),
                     r.actor,

@@ -133,6 +133,8 @@ pub(crate) fn finding_from_links(
     let request = &first.request;
     let mut evidence = vec![Event::LinkRequest(request.clone())];
     evidence.extend(first.message.clone().map(Event::KernelMessage));
+    evidence.extend(first.module_requests.iter().cloned().map(Event::Module));
+    evidence.sort_by_key(Event::ts_ns);
     evidence.extend(first.ack.clone().map(Event::NetlinkAck));
     Finding {
         rule,
