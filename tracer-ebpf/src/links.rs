@@ -10,7 +10,7 @@ use aya_ebpf::{
         bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap},
+    maps::{ring_buf::RingBufEntry, HashMap, LruHashMap},
     programs::TracePointContext,
     EbpfContext,
 };
@@ -135,17 +135,28 @@ fn emit(cfg: &LinkConfig, kind: EventKind, user_buf: u64, valid: u32) {
     emit_with(cfg, kind, user_buf, valid, 0);
 }
 
+/// Reserves a [`NetlinkEvent`] with its header and actor filled in; counts it as lost when
+/// the ring buffer is full.
 #[inline(always)]
-fn emit_with(cfg: &LinkConfig, kind: EventKind, user_buf: u64, valid: u32, aux: u32) {
+fn start_event(cfg: &LinkConfig, kind: EventKind, aux: u32) -> Option<RingBufEntry<NetlinkEvent>> {
     let Some(mut entry) = EVENTS.reserve::<NetlinkEvent>(0) else {
         count_lost();
-        return;
+        return None;
     };
     // SAFETY: we own the reserved entry until submit.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut ev.header, kind);
     fill_actor(cfg, &mut ev.actor);
     ev.aux = aux;
+    ev.len = 0;
+    Some(entry)
+}
+
+#[inline(always)]
+fn emit_with(cfg: &LinkConfig, kind: EventKind, user_buf: u64, valid: u32, aux: u32) {
+    let Some(mut entry) = start_event(cfg, kind, aux) else { return };
+    // SAFETY: as in `start_event`.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
     let copied = copy_user(user_buf, &mut ev.data);
     ev.len = if valid < copied { valid } else { copied };
     entry.submit(0);
@@ -250,15 +261,9 @@ fn emit_string(ctx: &TracePointContext, cfg: &LinkConfig, kind: EventKind, field
     }
     // `__data_loc`: the low 16 bits are the string's offset in the record, the high its length.
     let Ok(loc) = (unsafe { ctx.read_at::<u32>(field as usize) }) else { return };
-    let Some(mut entry) = EVENTS.reserve::<NetlinkEvent>(0) else {
-        count_lost();
-        return;
-    };
-    // SAFETY: we own the reserved entry until submit.
+    let Some(mut entry) = start_event(cfg, kind, 0) else { return };
+    // SAFETY: as in `start_event`.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.header, kind);
-    fill_actor(cfg, &mut ev.actor);
-    ev.aux = 0;
     let src = (ctx.as_ptr() as u64 + (loc & 0xffff) as u64) as *const u8;
     ev.len = match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.data) } {
         Ok(text) => text.len() as u32,

@@ -2,28 +2,17 @@
 //! each backend is really attached and detached (probing, never version numbers), so the
 //! report says what a session would get and what it could not see.
 
-use serde::Serialize;
 use serde_json::json;
 
 use crate::{
     commands::{require_root, Outcome},
     kernel::{
-        features::{probe_features, FeatureReport, Support},
+        features::{probe_features, FeatureReport, Problem, Support},
         KernelFacts,
     },
     output,
     probes::{drops::DropBackend, BackendProbe, Probes},
 };
-
-/// Something the operator should know, with what to do about it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Problem {
-    /// `error`, `warning` or `info`. Info items do not make `check` exit 1.
-    pub severity: &'static str,
-    pub feature: String,
-    pub summary: String,
-    pub remediation: String,
-}
 
 pub async fn check(json: bool) -> anyhow::Result<Outcome> {
     require_root()?;
@@ -40,12 +29,7 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         .collect();
     chosen.extend(backends.iter().filter(|p| p.family == "links" && p.available));
     let mut problems = attach_method_notes(&backends);
-    problems.extend(features.problems.iter().map(|p| Problem {
-        severity: p.severity,
-        feature: p.feature.clone(),
-        summary: p.summary.clone(),
-        remediation: p.remediation.clone(),
-    }));
+    problems.extend(features.problems.iter().cloned());
     if chosen.is_empty() {
         problems.push(Problem {
             severity: "error",
