@@ -4,6 +4,7 @@
 //! `cargo xtask demo` or `cargo xtask test`.
 
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -28,18 +29,14 @@ enum Task {
     Build,
     /// Set up, build, run dptrace's lab of reproduced failures (needs root).
     Demo,
-    /// Run the same dptrace binary inside a Debian 6.1 kernel under QEMU (see vm-images/).
-    VmTest {
-        /// A Debian kernel package, e.g. linux-image-6.1.0-56-amd64-unsigned (default: newest 6.1).
-        #[arg(long)]
-        kernel_pkg: Option<String>,
-    },
+    /// Run the kernel-compatibility matrix (vm-images/matrix.toml) under QEMU, plus the host (needs root).
+    VmTest(vm::VmTestArgs),
     /// Set up, build, run every test: formatting, clippy, unit tests, end-to-end tests, VM.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
-        /// Skip the tests in a Debian 6.1 VM.
+        /// Skip the kernel matrix in VMs (vm-test).
         #[arg(long)]
         no_vm: bool,
         /// Extra arguments passed to the end-to-end `cargo test` (e.g. a test name).
@@ -73,10 +70,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Task::VmTest { kernel_pkg } => {
+        Task::VmTest(args) => {
             setup::setup(&root)?;
             let bin = build(&root)?;
-            vm_test(&root, &bin, kernel_pkg.as_deref())
+            vm::vm_test(&root, &bin, &args)
         }
         Task::Test { no_lint, no_vm, args } => test(&root, no_lint, no_vm, &args),
     }
@@ -112,34 +109,6 @@ fn build(root: &Path) -> anyhow::Result<PathBuf> {
     let bin = root.join("target/release/dptrace");
     eprintln!("built {}", bin.display());
     Ok(bin)
-}
-
-/// Boots a 6.1 kernel with the host-built binary and runs `vm-images/guests/drops.sh`.
-fn vm_test(root: &Path, bin: &Path, kernel_pkg: Option<&str>) -> anyhow::Result<()> {
-    step("VM test: the same binary on Debian's 6.1 kernel (QEMU)");
-    let log_dir = root.join("target/vm-test");
-    std::fs::create_dir_all(&log_dir)?;
-    let log = log_dir.join("drops-6.1.log");
-    let mut cmd = Command::new(root.join("vm-images/run-in-vm.sh"));
-    if let Some(pkg) = kernel_pkg {
-        cmd.args(["--kernel-pkg", pkg]);
-    }
-    cmd.arg("--copy").arg(format!("{}:/usr/bin/dptrace", bin.display()));
-    cmd.arg(root.join("vm-images/guests/drops.sh"));
-    cmd.stdout(std::fs::File::create(&log)?);
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("OK:") || l.starts_with("FAIL:") || l.starts_with("=> ") || l.starts_with("kernel"))
-    {
-        eprintln!("  {line}");
-    }
-    if !status.success() {
-        bail!("the VM test failed ({status}); full console log: {}", log.display());
-    }
-    eprintln!("VM test passed; console log: {}", log.display());
-    Ok(())
 }
 
 fn test(root: &Path, no_lint: bool, no_vm: bool, e2e_args: &[String]) -> anyhow::Result<()> {
@@ -178,7 +147,7 @@ fn test(root: &Path, no_lint: bool, no_vm: bool, e2e_args: &[String]) -> anyhow:
     } else if !nix_is_root() {
         eprintln!("VM test skipped: it needs root (to install QEMU and run the guest)");
     } else {
-        vm_test(root, &bin, None)?;
+        vm::vm_test(root, &bin, &vm::VmTestArgs::default())?;
     }
     eprintln!("\nall tests passed");
     Ok(())

@@ -48,7 +48,10 @@ pub(crate) fn expect_findings(
         .filter(|dst| {
             !findings.iter().any(|f| f.rule == rule && f.place.netns == netns && f.destination == Some(**dst))
         })
-        .map(|dst| format!("no `{rule}` finding for destination {dst} in netns {netns:?}"))
+        .map(|dst| {
+            let netns = netns.map_or_else(|| "?".to_string(), |n| n.to_string());
+            format!("no `{rule}` finding for destination {dst} in netns {netns}")
+        })
         .collect()
 }
 
