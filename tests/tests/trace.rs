@@ -287,3 +287,42 @@ fn a_mac_change_by_ioctl_is_attributed() {
     assert!(finding["summary"].as_str().unwrap().contains("→ 02:00:00:00:00:42"), "{finding}");
     assert!(finding["evidence"].as_array().unwrap().iter().any(|e| e["via"] == "ioctl"), "{finding}");
 }
+
+/// On cgroup v2, the actor of a link request carries its cgroup, pod UID and container id.
+#[test]
+fn the_actor_names_its_pod_and_container() {
+    require_root!();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(root) = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.starts_with("cgroup2 ")).then(|| left.split_whitespace().nth(4).unwrap().to_string())
+    }) else {
+        eprintln!("SKIPPED: no cgroup v2 mount");
+        return;
+    };
+    let uid = "0f3a1b2c_4d5e_6f70_8192_a3b4c5d6e7f8";
+    let container = "5d2c9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d";
+    let top = format!("{root}/dpte2e-{}.slice", std::process::id());
+    let leaf = format!("{top}/kubepods-besteffort-pod{uid}.slice/crio-{container}.scope");
+    std::fs::create_dir_all(&leaf).unwrap();
+    let pair = NodePair::new();
+    // c0 exists: the create fails with EEXIST, which gives a finding with the actor. The
+    // cgroup is joined before `ip netns exec`, which remounts /sys for the namespace.
+    let script = format!(
+        "echo $$ > {leaf}/cgroup.procs && exec ip netns exec {} ip link add c0 type veth peer name c9",
+        pair.client
+    );
+    let out = dptrace(&["trace", "--json", "--netns", &pair.client, "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let _ = std::fs::remove_dir(&leaf);
+    let _ = std::fs::remove_dir(format!("{top}/kubepods-besteffort-pod{uid}.slice"));
+    let _ = std::fs::remove_dir(&top);
+    let finding = of_type(&lines, "finding")
+        .into_iter()
+        .find(|f| f["rule"] == "link-create-failed")
+        .unwrap_or_else(|| panic!("no link-create-failed finding: {lines:#?}"));
+    assert_eq!(finding["actor"]["pod_uid"], "0f3a1b2c-4d5e-6f70-8192-a3b4c5d6e7f8", "{finding}");
+    assert_eq!(finding["actor"]["container"], "5d2c9e8f7a6b");
+    assert!(finding["actor"]["cgroup"].as_str().unwrap().ends_with(".scope"));
+}

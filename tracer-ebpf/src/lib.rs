@@ -104,6 +104,9 @@ pub struct Actor {
     pub netns: u32,
     pub parent_pid: u32,
     pub parent_comm: [u8; 16],
+    /// `bpf_get_current_cgroup_id()`: the task's cgroup v2 id (the cgroup directory's inode);
+    /// meaningless on cgroup v1-only hosts.
+    pub cgroup_id: u64,
 }
 
 /// A netlink request, ack or extack message, raw: userspace parses it.

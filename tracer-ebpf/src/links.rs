@@ -6,8 +6,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     macros::{map, tracepoint},
     maps::{ring_buf::RingBufEntry, HashMap, LruHashMap},
@@ -86,6 +86,7 @@ fn fill_actor(cfg: &LinkConfig, actor: &mut Actor) {
     let parent: u64 = kread(task, cfg.task_parent).unwrap_or(0);
     actor.parent_pid = kread(parent, cfg.task_tgid).unwrap_or(0);
     actor.parent_comm = kread(parent, cfg.task_comm).unwrap_or([0; 16]);
+    actor.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 }
 
 /// Copies up to [`NETLINK_BYTES`] of user memory; fixed sizes keep the verifier simple, and

@@ -150,6 +150,7 @@ impl Session {
         let decoder = Decoder {
             reasons: facts.drop_reasons.clone(),
             kallsyms: facts.kallsyms.clone(),
+            cgroups: crate::kernel::cgroups::CgroupPaths::new(),
             netns: NetnsNames::new(),
             clock: WallClock::now(),
         };

@@ -21,6 +21,13 @@ pub struct Actor {
     pub parent_comm: Option<String>,
     pub netns: Option<u32>,
     pub netns_name: Option<String>,
+    /// The task's cgroup (v2) path, and the pod and container it names, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 impl std::fmt::Display for Actor {
@@ -30,10 +37,19 @@ impl std::fmt::Display for Actor {
             write!(f, ", parent {pcomm} {ppid}")?;
         }
         match (&self.netns_name, self.netns) {
-            (Some(name), _) => write!(f, ", netns {name})"),
-            (None, Some(inode)) => write!(f, ", netns {inode})"),
-            _ => f.write_str(")"),
+            (Some(name), _) => write!(f, ", netns {name}")?,
+            (None, Some(inode)) => write!(f, ", netns {inode}")?,
+            _ => {}
         }
+        match (&self.pod_uid, &self.container, &self.cgroup) {
+            (Some(pod), container, _) => {
+                write!(f, ", pod {pod}{}", container.as_ref().map(|c| format!(" container {c}")).unwrap_or_default())?
+            }
+            (None, Some(c), _) => write!(f, ", container {c}")?,
+            (None, None, Some(cg)) if cg != "/" => write!(f, ", cgroup {cg}")?,
+            _ => {}
+        }
+        f.write_str(")")
     }
 }
 
@@ -141,7 +157,11 @@ impl Decoder {
             parent_comm: (raw.actor.parent_pid != 0).then(|| c_string(&raw.actor.parent_comm)),
             netns: (raw.actor.netns != 0).then_some(raw.actor.netns),
             netns_name: self.netns.name(raw.actor.netns).map(str::to_string),
+            cgroup: None,
+            pod_uid: None,
+            container: None,
         };
+        let actor = self.with_cgroup(actor, raw.actor.cgroup_id);
         let data = &raw.data[..(raw.len as usize).min(raw.data.len())];
         match h.kind {
             k if k == EventKind::NetlinkRequest as u16 => {
@@ -170,6 +190,17 @@ impl Decoder {
 }
 
 impl Decoder {
+    /// Adds the cgroup path, pod and container of cgroup `id` to `actor`.
+    fn with_cgroup(&mut self, mut actor: Actor, id: u64) -> Actor {
+        if let Some(path) = self.cgroups.path(id) {
+            let pod = crate::kernel::cgroups::pod_ref(path);
+            actor.cgroup = Some(path.to_string());
+            actor.pod_uid = pod.pod_uid;
+            actor.container = pod.container;
+        }
+        actor
+    }
+
     /// Decodes one notification of the rtnetlink monitor.
     pub fn decode_monitor(&mut self, record: &crate::probes::link_monitor::MonitorRecord) -> Option<LinkState> {
         let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&record.bytes).ok()?;
@@ -220,6 +251,9 @@ fn empty_request() -> LinkRequest {
             parent_comm: None,
             netns: None,
             netns_name: None,
+            cgroup: None,
+            pod_uid: None,
+            container: None,
         },
     }
 }
@@ -335,7 +369,7 @@ mod tests {
     use netlink_packet_route::link::InfoKind;
 
     fn actor() -> Actor {
-        Actor { pid: 1, tid: 1, comm: "ip".into(), parent_pid: None, parent_comm: None, netns: None, netns_name: None }
+        Actor { pid: 1, tid: 1, comm: "ip".into(), ..empty_request().actor }
     }
 
     fn bytes(msg: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {

@@ -161,6 +161,7 @@ impl WallClock {
 pub struct Decoder {
     pub reasons: DropReasons,
     pub kallsyms: Arc<Kallsyms>,
+    pub cgroups: crate::kernel::cgroups::CgroupPaths,
     pub netns: NetnsNames,
     pub clock: WallClock,
 }
@@ -346,6 +347,7 @@ mod tests {
         Decoder {
             reasons: DropReasons::resolve(None, Some(&format)),
             kallsyms: Arc::new(Kallsyms::parse("ffffffff81a00000 T __udp4_lib_rcv\n")),
+            cgroups: Default::default(),
             netns: NetnsNames::new(),
             clock: WallClock::now(),
         }

@@ -2,6 +2,7 @@
 //! drop-reason names, namespace names. Nothing about kernel layout is compiled in.
 
 pub mod btf;
+pub mod cgroups;
 pub mod drop_reasons;
 pub mod features;
 pub mod kallsyms;

@@ -20,6 +20,8 @@ pub struct Lab {
     namespaces: Vec<String>,
     /// Scratch directory for actor binaries (`/tmp/dptlab-<pid>`), created on demand.
     scratch: Option<PathBuf>,
+    /// Cgroups created for actors (under `<cgroup2>/dptlab-<pid>.slice`), deepest last.
+    cgroups: Vec<PathBuf>,
 }
 
 /// A scenario that cannot show its failure on this kernel (the feature it lacks exists here).
@@ -32,7 +34,12 @@ impl Lab {
         for stale in cleanup_leftovers() {
             log::warn!("removed namespace {stale} left behind by an earlier lab run");
         }
-        Ok(Self { prefix: format!("{PREFIX}{}-", std::process::id()), namespaces: Vec::new(), scratch: None })
+        Ok(Self {
+            prefix: format!("{PREFIX}{}-", std::process::id()),
+            namespaces: Vec::new(),
+            scratch: None,
+            cgroups: Vec::new(),
+        })
     }
 
     /// Creates namespace `dptlab-<pid>-<role>` with loopback up; returns its name.
@@ -71,6 +78,27 @@ impl Lab {
         Ok(target)
     }
 
+    /// A cgroup `<cgroup2>/dptlab-<pid>.slice/<relative>` for an actor to run in (so the
+    /// kernel reports it as, say, `system.slice/systemd-udevd.service`); None without cgroup v2.
+    /// Returns its `cgroup.procs` file.
+    pub fn actor_cgroup(&mut self, relative: &str) -> Option<PathBuf> {
+        let base =
+            crate::kernel::cgroups::cgroup2_mount()?.join(format!("{}.slice", self.prefix.trim_end_matches('-')));
+        let dir = relative.split('/').filter(|p| !p.is_empty()).fold(base.clone(), |dir, part| dir.join(part));
+        std::fs::create_dir_all(&dir).ok()?;
+        // Remember every level so that Drop can remove them, deepest first.
+        let mut level = dir.clone();
+        while level.starts_with(&base) {
+            if !self.cgroups.contains(&level) {
+                self.cgroups.push(level.clone());
+            }
+            if !level.pop() {
+                break;
+            }
+        }
+        Some(dir.join("cgroup.procs"))
+    }
+
     pub fn inode(&self, netns: &str) -> Option<u32> {
         inode_of(&netns_path(netns))
     }
@@ -78,6 +106,13 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // Deepest first; a cgroup can only be removed once its processes are gone.
+        self.cgroups.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for dir in self.cgroups.drain(..) {
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                log::warn!("could not remove lab cgroup {}: {e}", dir.display());
+            }
+        }
         if let Some(dir) = self.scratch.take() {
             let _ = std::fs::remove_dir_all(dir);
         }

@@ -17,6 +17,8 @@ pub struct NodePair {
     pub server: Node,
     /// Actor binaries a scenario prepared (see `Lab::actor_binary`), by role.
     pub actors: std::collections::BTreeMap<&'static str, std::path::PathBuf>,
+    /// `cgroup.procs` files of cgroups prepared for actors (see `Lab::actor_cgroup`), by role.
+    pub cgroups: std::collections::BTreeMap<&'static str, std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +38,7 @@ impl NodePair {
             client: Node { netns: client, dev: "c0".into(), v4: "10.250.0.1".parse()?, v6: "fd00:250::1".parse()? },
             server: Node { netns: server, dev: "s0".into(), v4: "10.250.0.2".parse()?, v6: "fd00:250::2".parse()? },
             actors: Default::default(),
+            cgroups: Default::default(),
         };
         for node in [&pair.client, &pair.server] {
             ip(&["-n", &node.netns, "addr", "add", &format!("{}/24", node.v4), "dev", &node.dev])?;

@@ -17,6 +17,7 @@ const CNI: &str = "bridge";
 const UDEV: &str = "systemd-udevd";
 const VETH: &str = "veth1a2b3c4d";
 const REWRITTEN: &str = "02:42:ac:11:00:99";
+const UDEV_CGROUP: &str = "system.slice/systemd-udevd.service";
 
 impl Scenario for VethMacRewrite {
     fn name(&self) -> &'static str {
@@ -35,6 +36,10 @@ impl Scenario for VethMacRewrite {
         let mut t = NodePair::build(lab)?;
         t.actors.insert(CNI, lab.actor_binary("ip", CNI)?);
         t.actors.insert(UDEV, lab.actor_binary("ip", UDEV)?);
+        // Where cgroup v2 exists, udev runs in its own service cgroup, as on a real node.
+        if let Some(procs) = lab.actor_cgroup(UDEV_CGROUP) {
+            t.cgroups.insert(UDEV, procs);
+        }
         Ok(t)
     }
 
@@ -42,7 +47,15 @@ impl Scenario for VethMacRewrite {
         // The "node" is the client namespace, the "pod" the server one.
         let run = |actor: &str, args: &[&str]| -> anyhow::Result<String> {
             let program = t.actors[actor].to_string_lossy().into_owned();
-            let out = Command::new("ip").args(["netns", "exec", &t.client.netns, &program]).args(args).output()?;
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", &t.client.netns, &program]).args(args);
+            if let Some(procs) = t.cgroups.get(actor) {
+                // Join the cgroup first, then become the actor: `sh -c 'echo $$ > procs; exec …'`.
+                let script = format!("echo $$ > {} && exec \"$@\"", procs.display());
+                command = Command::new("sh");
+                command.args(["-c", &script, "sh", "ip", "netns", "exec", &t.client.netns, &program]).args(args);
+            }
+            let out = command.output()?;
             anyhow::ensure!(out.status.success(), "{actor} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         };
@@ -63,6 +76,11 @@ impl Scenario for VethMacRewrite {
         let mut problems = expect_actor_finding(findings, self.expected_rule(), lab.inode(&t.client.netns), VETH, UDEV);
         if problems.is_empty() && !findings.iter().any(|f| f.rule == self.expected_rule() && f.summary.contains(CNI)) {
             problems.push(format!("the finding does not name the creator {CNI}"));
+        }
+        let in_cgroup =
+            |f: &Finding| f.actor.as_ref().and_then(|a| a.cgroup.as_deref()).is_some_and(|c| c.ends_with(UDEV_CGROUP));
+        if problems.is_empty() && t.cgroups.contains_key(UDEV) && !findings.iter().any(in_cgroup) {
+            problems.push(format!("the changing actor's cgroup is not reported as …/{UDEV_CGROUP}"));
         }
         problems
     }
