@@ -103,3 +103,22 @@ fn without_btf_the_drop_scenario_is_still_diagnosed() {
     let gaps = report["hooks"][0]["coverage"]["gaps"].as_array().unwrap();
     assert!(gaps.iter().any(|g| g.as_str().unwrap().contains("no kernel BTF")), "{gaps:?}");
 }
+
+/// `--backend links=tracepoints-noextack` behaves like a kernel before 4.16 (no extended
+/// ack): field report 1 is still diagnosed, from the errno alone.
+#[test]
+fn without_extack_link_failures_are_still_diagnosed() {
+    require_root!();
+    let out = dptrace(&["lab", "run", "wireguard-unsupported", "--json", "--backend", "links=tracepoints-noextack"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let result = of_type(&lines, "lab-result")[0];
+    if result["skipped"] == true {
+        eprintln!("SKIPPED: this kernel has WireGuard");
+        return;
+    }
+    assert_eq!(result["diagnosed"], true, "{result}");
+    let f = of_type(&lines, "finding").into_iter().find(|f| f["rule"] == "link-kind-unsupported").unwrap();
+    assert!(!f["summary"].as_str().unwrap().contains("kernel says"), "{f}");
+    assert!(f["evidence"].as_array().unwrap().iter().all(|e| e["kind"] != "kernel-message"), "{f}");
+}

@@ -92,29 +92,48 @@ pub enum LabAction {
 #[derive(Debug, Args, Clone, Default)]
 pub struct BackendArgs {
     /// Force a hook family's backend instead of the best one this kernel offers, e.g.
-    /// `drops=kprobe`. Drops: tracepoint, tracepoint-noreason (as kernels before 5.17), fentry, kprobe.
+    /// `drops=kprobe`. Drops: tracepoint, tracepoint-noreason (as kernels before 5.17), fentry,
+    /// kprobe. Links: tracepoints, tracepoints-noextack (as kernels before 4.16).
     #[arg(long = "backend", value_name = "FAMILY=BACKEND", value_delimiter = ',', value_parser = parse_backend)]
-    pub backend: Vec<DropBackend>,
+    pub backend: Vec<ForcedBackend>,
+}
+
+/// A backend forced with `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForcedBackend {
+    Drops(DropBackend),
+    /// The links family without `netlink:netlink_extack`, as kernels before 4.16.
+    LinksNoExtack,
+    Links,
 }
 
 impl BackendArgs {
     pub fn probe_options(&self, buffer_bytes: u32) -> ProbeOptions {
-        ProbeOptions { buffer_bytes, drops_backend: self.backend.last().copied(), links: true }
+        let drops_backend = self.backend.iter().rev().find_map(|b| match b {
+            ForcedBackend::Drops(d) => Some(*d),
+            _ => None,
+        });
+        let links_without_extack = self.backend.iter().rev().find(|b| !matches!(b, ForcedBackend::Drops(_)))
+            == Some(&ForcedBackend::LinksNoExtack);
+        ProbeOptions { buffer_bytes, drops_backend, links: true, links_without_extack }
     }
 }
 
-pub fn parse_backend(text: &str) -> Result<DropBackend, String> {
-    let names = || DropBackend::ALL.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ");
+pub fn parse_backend(text: &str) -> Result<ForcedBackend, String> {
     let (family, backend) =
         text.split_once('=').ok_or_else(|| "expected FAMILY=BACKEND, e.g. drops=kprobe".to_string())?;
-    if !HOOK_FAMILIES.contains(&family) {
-        return Err(format!("unknown hook family `{family}`; available: {}", HOOK_FAMILIES.join(", ")));
+    match family {
+        "drops" => DropBackend::from_name(backend).map(ForcedBackend::Drops).ok_or_else(|| {
+            let names = DropBackend::ALL.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ");
+            format!("unknown backend `{backend}` for drops; available: {names}")
+        }),
+        "links" => match backend {
+            "tracepoints" => Ok(ForcedBackend::Links),
+            "tracepoints-noextack" => Ok(ForcedBackend::LinksNoExtack),
+            _ => Err(format!("unknown backend `{backend}` for links; available: tracepoints, tracepoints-noextack")),
+        },
+        _ => Err(format!("unknown hook family `{family}`; available: {}", HOOK_FAMILIES.join(", "))),
     }
-    if family != "drops" {
-        return Err(format!("hook family `{family}` has a single backend (tracepoints); only drops can be forced"));
-    }
-    DropBackend::from_name(backend)
-        .ok_or_else(|| format!("unknown backend `{backend}` for {family}; available: {}", names()))
 }
 
 /// Known hook families.
@@ -190,9 +209,10 @@ mod tests {
         assert!(parse_ifname("this-name-is-too-long").is_err());
         assert_eq!(netns_path("1234"), PathBuf::from("/proc/1234/ns/net"));
         assert_eq!(netns_path("blue"), PathBuf::from("/run/netns/blue"));
-        assert_eq!(parse_backend("drops=kprobe"), Ok(DropBackend::Kprobe));
+        assert_eq!(parse_backend("drops=kprobe"), Ok(ForcedBackend::Drops(DropBackend::Kprobe)));
         assert!(parse_backend("drops=magic").unwrap_err().contains("tracepoint-noreason"));
-        assert!(parse_backend("links=kprobe").unwrap_err().contains("single backend"));
+        assert_eq!(parse_backend("links=tracepoints-noextack"), Ok(ForcedBackend::LinksNoExtack));
+        assert!(parse_backend("links=kprobe").unwrap_err().contains("tracepoints-noextack"));
         assert!(parse_backend("xdp=kprobe").unwrap_err().contains("unknown hook family"));
         assert!(parse_backend("kprobe").is_err());
     }

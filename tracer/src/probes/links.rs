@@ -38,7 +38,8 @@ const ATTACHMENTS: [(&str, &str, &str); 10] = [
 ];
 
 /// Offsets for this kernel. Missing pieces disable what needs them and are listed as gaps.
-pub fn link_config(facts: &KernelFacts) -> (LinkConfig, LinkCoverage) {
+/// `without_extack` leaves the kernel messages out, as kernels before 4.16 have none.
+pub fn link_config(facts: &KernelFacts, without_extack: bool) -> (LinkConfig, LinkCoverage) {
     let mut cfg = LinkConfig::absent();
     let mut cov = LinkCoverage::default();
     let field = |tracefs: &Tracefs, event: (&str, &str), name: &str, cov: &mut LinkCoverage| -> u32 {
@@ -64,7 +65,11 @@ pub fn link_config(facts: &KernelFacts) -> (LinkConfig, LinkCoverage) {
     cov.ioctls = cfg.tp_ioctl_cmd != ABSENT && cfg.tp_ioctl_arg != ABSENT;
     cov.requests = cfg.tp_msghdr != ABSENT && cfg.tp_sendto_buff != ABSENT;
     cov.acks = cov.requests && cfg.tp_exit_ret != ABSENT && cfg.tp_recvfrom_buf != ABSENT;
-    if tracefs.has_event("netlink", "netlink_extack") {
+    if without_extack {
+        cov.gaps.push(
+            "kernel messages: left out (--backend links=tracepoints-noextack emulates kernels before 4.16)".into(),
+        );
+    } else if tracefs.has_event("netlink", "netlink_extack") {
         cfg.tp_extack_msg = field(tracefs, ("netlink", "netlink_extack"), "msg", &mut cov);
         cov.extack_messages = cfg.tp_extack_msg != ABSENT;
     } else {

@@ -78,11 +78,13 @@ pub struct ProbeOptions {
     pub drops_backend: Option<DropBackend>,
     /// Attach the link control-plane family too.
     pub links: bool,
+    /// Leave out `netlink:netlink_extack`, as on kernels before 4.16 (`--backend links=tracepoints-noextack`).
+    pub links_without_extack: bool,
 }
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        Self { buffer_bytes: DEFAULT_BUFFER_BYTES, drops_backend: None, links: true }
+        Self { buffer_bytes: DEFAULT_BUFFER_BYTES, drops_backend: None, links: true, links_without_extack: false }
     }
 }
 
@@ -100,7 +102,7 @@ impl Probes {
             Some(forced) => vec![forced],
             None => DropBackend::CHAIN.to_vec(),
         };
-        let (link_config, link_coverage) = links::link_config(facts);
+        let (link_config, link_coverage) = links::link_config(facts, options.links_without_extack);
         let mut unavailable = Vec::new();
         for backend in chain {
             match attach_drops(facts, backend, options.buffer_bytes, &link_config) {
@@ -116,7 +118,8 @@ impl Probes {
                         unavailable,
                     }];
                     if options.links {
-                        hooks.push(attach_links(&mut ebpf, &link_coverage)?);
+                        let id = if options.links_without_extack { "tracepoints-noextack" } else { "tracepoints" };
+                        hooks.push(attach_links(&mut ebpf, &link_coverage, id)?);
                     }
                     return Ok(Self { ebpf, hooks });
                 }
@@ -132,7 +135,7 @@ impl Probes {
 
     /// Tries every backend of every family (attaching and detaching each): what `check` reports.
     pub fn survey(facts: &KernelFacts) -> Vec<BackendProbe> {
-        let (link_config, link_coverage) = links::link_config(facts);
+        let (link_config, link_coverage) = links::link_config(facts, false);
         let probe =
             |family: &'static str, backend: &'static str, result: Result<(String, serde_json::Value), String>| {
                 match result {
@@ -173,7 +176,7 @@ impl Probes {
 }
 
 /// The links family's status, or an error when it was asked for and cannot attach.
-fn attach_links(ebpf: &mut Ebpf, coverage: &links::LinkCoverage) -> Result<HookStatus, ProbeError> {
+fn attach_links(ebpf: &mut Ebpf, coverage: &links::LinkCoverage, id: &str) -> Result<HookStatus, ProbeError> {
     let detail = links::attach(ebpf, coverage)
         .map_err(|why| ProbeError::NoBackend { family: "links", tried: format!("tracepoints: {why}") })?;
     for gap in &coverage.gaps {
@@ -181,7 +184,7 @@ fn attach_links(ebpf: &mut Ebpf, coverage: &links::LinkCoverage) -> Result<HookS
     }
     Ok(HookStatus {
         family: "links",
-        backend_id: "tracepoints".into(),
+        backend_id: id.into(),
         backend: detail,
         coverage: serde_json::to_value(coverage).unwrap_or_default(),
         unavailable: vec![],
