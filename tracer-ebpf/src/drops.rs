@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use tracer_ebpf::{DropConfig, DropEvent, EventKind, ABSENT, HEADER_BYTES};
 
-use crate::events::{count_lost, fill_header, EVENTS};
+use crate::events::{count_lost, fill_header, probe_args, EVENTS};
 
 #[no_mangle]
 static DROP_CONFIG: DropConfig = DropConfig::absent();
@@ -37,7 +37,7 @@ pub fn drop_kprobe(ctx: ProbeContext) -> u32 {
     let cfg = config();
     // The verifier rejects variable offsets into the context (pt_regs), so the first three
     // arguments are all read at constant offsets and the configured ones picked afterwards.
-    let args: [u64; 3] = [ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), ctx.arg(2).unwrap_or(0)];
+    let args = probe_args(&ctx);
     let (skb, reason) = pick_args(&cfg, args);
     from_function(&ctx, &cfg, skb, reason);
     0

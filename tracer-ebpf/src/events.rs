@@ -36,3 +36,12 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind) {
     header.tid = pid_tgid as u32;
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }
+
+/// The first three arguments of a kprobed function. A separate (not inlined) function keeps
+/// each register read at a constant offset from the context: inlined into a larger program,
+/// the compiler may share an address computation between reads, and the verifier rejects
+/// any access through a modified context pointer.
+#[inline(never)]
+pub fn probe_args(ctx: &aya_ebpf::programs::ProbeContext) -> [u64; 3] {
+    [ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), ctx.arg(2).unwrap_or(0)]
+}

@@ -31,6 +31,8 @@ pub mod names {
     pub const PROG_IOCTL: &str = "link_ioctl";
     pub const PROG_MODULE_REQUEST: &str = "module_request";
     pub const PROG_MODULE_LOAD: &str = "module_load";
+    pub const PROG_RTNL_REQUEST: &str = "rtnl_request";
+    pub const PROG_RTNL_RESULT: &str = "rtnl_result";
 }
 
 /// Discriminates the records in the `EVENTS` ring buffer: each record starts with an
@@ -51,6 +53,9 @@ pub enum EventKind {
     ModuleRequest = 6,
     /// A module was loaded (`module:module_load`): `data` is its name.
     ModuleLoad = 7,
+    /// What `rtnl_newlink`/`setlink`/`dellink` returned (kretprobe): `data` holds the
+    /// request's sequence number (u32) and the return value (i32).
+    RtnlResult = 8,
 }
 
 /// Bytes of a netlink message (request, ack or extack text) carried by a [`NetlinkEvent`].
@@ -154,6 +159,9 @@ pub struct LinkConfig {
     /// `module:module_request` / `module:module_load`: the `name` data_loc field.
     pub tp_module_request_name: u32,
     pub tp_module_load_name: u32,
+    /// kprobes backend: which argument of `rtnl_newlink`/`setlink`/`dellink` is the `nlmsghdr`.
+    pub arg_nlh: u32,
+    pub _pad: u32,
 }
 
 impl LinkConfig {
@@ -178,6 +186,8 @@ impl LinkConfig {
             tp_ioctl_arg: ABSENT,
             tp_module_request_name: ABSENT,
             tp_module_load_name: ABSENT,
+            arg_nlh: ABSENT,
+            _pad: 0,
         }
     }
 }

@@ -7,16 +7,16 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
-    macros::{map, tracepoint},
+    macros::{kprobe, kretprobe, map, tracepoint},
     maps::{ring_buf::RingBufEntry, HashMap, LruHashMap},
-    programs::TracePointContext,
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use tracer_ebpf::{Actor, EventKind, LinkConfig, NetlinkEvent, ABSENT, NETLINK_BYTES};
 
-use crate::events::{count_lost, fill_header, EVENTS};
+use crate::events::{count_lost, fill_header, probe_args, EVENTS};
 
 #[no_mangle]
 static LINK_CONFIG: LinkConfig = LinkConfig::absent();
@@ -38,6 +38,10 @@ const IFREQ_BYTES: u32 = 40;
 /// ordinary socket traffic costs one map lookup.
 #[map(name = "NL_TIDS")]
 static NL_TIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// kprobes backend: the sequence number of the request a thread's rtnl handler is running.
+#[map(name = "RTNL_SEQ")]
+static RTNL_SEQ: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
 /// Receive buffer of a thread between syscall entry and exit.
 #[map(name = "NL_RECV")]
@@ -287,5 +291,52 @@ pub fn link_ioctl(ctx: TracePointContext) -> u32 {
     }
     let Ok(arg) = (unsafe { ctx.read_at::<u64>(cfg.tp_ioctl_arg as usize) }) else { return 0 };
     emit_with(&cfg, EventKind::IoctlRequest, arg, IFREQ_BYTES, cmd);
+    0
+}
+
+/// kprobes backend (kernels without syscall tracepoints, or forced): the request as the
+/// rtnetlink handler receives it, whatever syscall carried it (sendmsg, write, io_uring).
+#[kprobe]
+pub fn rtnl_request(ctx: ProbeContext) -> u32 {
+    let cfg = config();
+    let args = probe_args(&ctx);
+    let nlh = match cfg.arg_nlh {
+        0 => args[0],
+        1 => args[1],
+        2 => args[2],
+        _ => 0,
+    };
+    let (Some(len), Some(seq)) = (kread::<u32>(nlh, 0), kread::<u32>(nlh, 8)) else { return 0 };
+    let _ = RTNL_SEQ.insert(&tid(), &seq, 0);
+    let Some(mut entry) = start_event(&cfg, EventKind::NetlinkRequest, 0) else { return 0 };
+    // SAFETY: as in `start_event`.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    let src = nlh as *const u8;
+    let copied: u32 = if unsafe { bpf_probe_read_kernel_buf(src, &mut ev.data) }.is_ok() {
+        NETLINK_BYTES as u32
+    } else if unsafe { bpf_probe_read_kernel_buf(src, &mut ev.data[..128]) }.is_ok() {
+        128
+    } else {
+        0
+    };
+    ev.len = if len < copied { len } else { copied };
+    entry.submit(0);
+    0
+}
+
+#[kretprobe]
+pub fn rtnl_result(ctx: RetProbeContext) -> u32 {
+    let tid = tid();
+    let Some(&seq) = (unsafe { RTNL_SEQ.get(&tid) }) else { return 0 };
+    let _ = RTNL_SEQ.remove(&tid);
+    let ret: i64 = ctx.ret();
+    let cfg = config();
+    let Some(mut entry) = start_event(&cfg, EventKind::RtnlResult, 0) else { return 0 };
+    // SAFETY: as in `start_event`.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.data[..4].copy_from_slice(&seq.to_ne_bytes());
+    ev.data[4..8].copy_from_slice(&(ret as i32).to_ne_bytes());
+    ev.len = 8;
+    entry.submit(0);
     0
 }

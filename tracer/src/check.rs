@@ -27,7 +27,7 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         .filter_map(|b| backends.iter().find(|p| p.family == "drops" && p.backend == b.name() && p.available))
         .take(1)
         .collect();
-    chosen.extend(backends.iter().filter(|p| p.family == "links" && p.available));
+    chosen.extend(backends.iter().find(|p| p.family == "links" && p.available));
     let mut problems = attach_method_notes(&backends);
     problems.extend(features.problems.iter().cloned());
     if chosen.is_empty() {

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::probes::{drops::DropBackend, ProbeOptions};
+use crate::probes::{drops::DropBackend, links::LinkBackend, ProbeOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -93,7 +93,7 @@ pub enum LabAction {
 pub struct BackendArgs {
     /// Force a hook family's backend instead of the best one this kernel offers, e.g.
     /// `drops=kprobe`. Drops: tracepoint, tracepoint-noreason (as kernels before 5.17), fentry,
-    /// kprobe. Links: tracepoints, tracepoints-noextack (as kernels before 4.16).
+    /// kprobe. Links: tracepoints, tracepoints-noextack (as kernels before 4.16), kprobes.
     #[arg(long = "backend", value_name = "FAMILY=BACKEND", value_delimiter = ',', value_parser = parse_backend)]
     pub backend: Vec<ForcedBackend>,
 }
@@ -102,9 +102,7 @@ pub struct BackendArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForcedBackend {
     Drops(DropBackend),
-    /// The links family without `netlink:netlink_extack`, as kernels before 4.16.
-    LinksNoExtack,
-    Links,
+    Links(LinkBackend),
 }
 
 impl BackendArgs {
@@ -113,9 +111,11 @@ impl BackendArgs {
             ForcedBackend::Drops(d) => Some(*d),
             _ => None,
         });
-        let links_without_extack = self.backend.iter().rev().find(|b| !matches!(b, ForcedBackend::Drops(_)))
-            == Some(&ForcedBackend::LinksNoExtack);
-        ProbeOptions { buffer_bytes, drops_backend, links: true, links_without_extack }
+        let links_backend = self.backend.iter().rev().find_map(|b| match b {
+            ForcedBackend::Links(l) => Some(*l),
+            _ => None,
+        });
+        ProbeOptions { buffer_bytes, drops_backend, links: true, links_backend }
     }
 }
 
@@ -127,11 +127,9 @@ pub fn parse_backend(text: &str) -> Result<ForcedBackend, String> {
             let names = DropBackend::ALL.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ");
             format!("unknown backend `{backend}` for drops; available: {names}")
         }),
-        "links" => match backend {
-            "tracepoints" => Ok(ForcedBackend::Links),
-            "tracepoints-noextack" => Ok(ForcedBackend::LinksNoExtack),
-            _ => Err(format!("unknown backend `{backend}` for links; available: tracepoints, tracepoints-noextack")),
-        },
+        "links" => LinkBackend::from_name(backend).map(ForcedBackend::Links).ok_or_else(|| {
+            format!("unknown backend `{backend}` for links; available: tracepoints, tracepoints-noextack, kprobes")
+        }),
         _ => Err(format!("unknown hook family `{family}`; available: {}", HOOK_FAMILIES.join(", "))),
     }
 }
@@ -211,7 +209,10 @@ mod tests {
         assert_eq!(netns_path("blue"), PathBuf::from("/run/netns/blue"));
         assert_eq!(parse_backend("drops=kprobe"), Ok(ForcedBackend::Drops(DropBackend::Kprobe)));
         assert!(parse_backend("drops=magic").unwrap_err().contains("tracepoint-noreason"));
-        assert_eq!(parse_backend("links=tracepoints-noextack"), Ok(ForcedBackend::LinksNoExtack));
+        assert_eq!(
+            parse_backend("links=tracepoints-noextack"),
+            Ok(ForcedBackend::Links(LinkBackend::TracepointsNoExtack))
+        );
         assert!(parse_backend("links=kprobe").unwrap_err().contains("tracepoints-noextack"));
         assert!(parse_backend("xdp=kprobe").unwrap_err().contains("unknown hook family"));
         assert!(parse_backend("kprobe").is_err());

@@ -175,6 +175,13 @@ impl Decoder {
             k if k == EventKind::IoctlRequest as u16 => {
                 Some(LinkEvent::Request(parse_ioctl(raw.aux, data, time, h.ts_ns, actor)?))
             }
+            k if k == EventKind::RtnlResult as u16 && data.len() >= 8 => {
+                let seq = u32::from_ne_bytes(data[0..4].try_into().ok()?);
+                let ret = i32::from_ne_bytes(data[4..8].try_into().ok()?);
+                let errno = if ret < 0 { -ret } else { 0 };
+                let error = (errno != 0).then(|| format!("{:?}", nix::errno::Errno::from_raw(errno)));
+                Some(LinkEvent::Ack(NetlinkAck { time, ts_ns: h.ts_ns, seq, errno, error, actor }))
+            }
             k if k == EventKind::ModuleRequest as u16 || k == EventKind::ModuleLoad as u16 => {
                 let module = String::from_utf8_lossy(data).trim_end_matches('\0').to_string();
                 let action = if k == EventKind::ModuleRequest as u16 { "requested" } else { "loaded" };

@@ -179,7 +179,8 @@ impl Decoder {
                 || k == EventKind::NetlinkExtack as u16
                 || k == EventKind::IoctlRequest as u16
                 || k == EventKind::ModuleRequest as u16
-                || k == EventKind::ModuleLoad as u16 =>
+                || k == EventKind::ModuleLoad as u16
+                || k == EventKind::RtnlResult as u16 =>
             {
                 let raw: NetlinkEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
                 match self.decode_netlink(&raw).ok_or(DecodeError::NotALinkEvent)? {

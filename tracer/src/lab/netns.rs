@@ -129,6 +129,18 @@ pub fn netns_path(name: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(name)
 }
 
+/// The absolute path of iproute2's `ip` (not a busybox applet of the same name, which a
+/// busybox `sh` would prefer when told to run plain `ip`).
+pub fn iproute2_ip() -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin"), PathBuf::from("/usr/bin"), PathBuf::from("/bin")])
+        .map(|dir| dir.join("ip"))
+        .find(|path| {
+            Command::new(path).arg("-V").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("iproute2"))
+        })
+        .unwrap_or_else(|| PathBuf::from("ip"))
+}
+
 /// Runs `ip ARGS…`, failing with its stderr.
 pub fn ip(args: &[&str]) -> anyhow::Result<()> {
     run("ip", args)

@@ -2,12 +2,46 @@
 //! seen at the syscall tracepoints, the kernel's acks and extended-ack messages. Works
 //! where there are no kprobes; fills `LINK_CONFIG` from tracefs formats and BTF.
 
-use aya::{programs::TracePoint, Ebpf};
+use aya::{
+    programs::{KProbe, TracePoint},
+    Ebpf,
+};
 use serde::Serialize;
 use tracer_ebpf::{names, LinkConfig, ABSENT};
 
 use super::{error_chain, program};
-use crate::kernel::{btf::KernelBtf, tracefs::Tracefs, KernelFacts};
+use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, tracefs::Tracefs, KernelFacts};
+
+/// How link requests are observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkBackend {
+    /// Syscall tracepoints (sendmsg/sendto and the receives of the answer): stable fields.
+    Tracepoints,
+    /// The same without `netlink:netlink_extack`, as kernels before 4.16.
+    TracepointsNoExtack,
+    /// kprobe/kretprobe on rtnl_newlink/setlink/dellink: for kernels without syscall
+    /// tracepoints (CONFIG_FTRACE_SYSCALLS off); sees requests however they were sent.
+    Kprobes,
+}
+
+impl LinkBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkBackend::Tracepoints => "tracepoints",
+            LinkBackend::TracepointsNoExtack => "tracepoints-noextack",
+            LinkBackend::Kprobes => "kprobes",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [LinkBackend::Tracepoints, LinkBackend::TracepointsNoExtack, LinkBackend::Kprobes]
+            .into_iter()
+            .find(|b| b.name() == name)
+    }
+}
+
+/// The rtnetlink handlers the kprobes backend hooks.
+const RTNL_HANDLERS: [&str; 3] = ["rtnl_newlink", "rtnl_setlink", "rtnl_dellink"];
 
 /// What the links family sees on this kernel.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -38,8 +72,10 @@ const ATTACHMENTS: [(&str, &str, &str); 10] = [
 ];
 
 /// Offsets for this kernel. Missing pieces disable what needs them and are listed as gaps.
-/// `without_extack` leaves the kernel messages out, as kernels before 4.16 have none.
-pub fn link_config(facts: &KernelFacts, without_extack: bool) -> (LinkConfig, LinkCoverage) {
+/// Configuration for `backend` (tracepoint offsets are filled in any case: extack, ioctl and
+/// module events come from tracepoints with every backend).
+pub fn link_config(facts: &KernelFacts, backend: LinkBackend) -> (LinkConfig, LinkCoverage) {
+    let without_extack = backend == LinkBackend::TracepointsNoExtack;
     let mut cfg = LinkConfig::absent();
     let mut cov = LinkCoverage::default();
     let field = |tracefs: &Tracefs, event: (&str, &str), name: &str, cov: &mut LinkCoverage| -> u32 {
@@ -83,6 +119,10 @@ pub fn link_config(facts: &KernelFacts, without_extack: bool) -> (LinkConfig, Li
         cov.gaps.push("module autoload: no module:* tracepoints (kernel without loadable modules)".into());
     }
     fill_user_abi(facts.btf.as_ref(), &mut cfg);
+    // kprobes backend: where the nlmsghdr is among the handler's arguments (BTF), else the
+    // upstream signature `(struct sk_buff *skb, struct nlmsghdr *nlh, struct netlink_ext_ack *)`.
+    let params = facts.btf.as_ref().and_then(|b| b.function_params("rtnl_newlink"));
+    cfg.arg_nlh = params.and_then(|p| p.iter().position(|n| n == "nlh")).map_or(1, |i| i as u32);
     match &facts.btf {
         Some(btf) => {
             let mut member = |strct: &str, path: &str| {
@@ -114,13 +154,46 @@ fn fill_user_abi(btf: Option<&KernelBtf>, cfg: &mut LinkConfig) {
     cfg.iov_len = from_btf("iovec", "iov_len").unwrap_or(ptr);
 }
 
-/// Loads and attaches the programs; `Err` says why the family is unavailable.
-pub fn attach(ebpf: &mut Ebpf, coverage: &LinkCoverage) -> Result<String, String> {
-    if !coverage.requests {
+/// Loads and attaches the programs; `Err` says why the backend is unavailable.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    coverage: &LinkCoverage,
+    backend: LinkBackend,
+    kallsyms: &Kallsyms,
+) -> Result<String, String> {
+    let mut attached = Vec::new();
+    if backend == LinkBackend::Kprobes {
+        if !std::path::Path::new(super::KPROBE_PMU).exists() {
+            return Err(format!("this kernel has no kprobes (no {})", super::KPROBE_PMU));
+        }
+        let handlers: Vec<&str> = RTNL_HANDLERS.into_iter().filter(|h| kallsyms.range(h).is_some()).collect();
+        if handlers.is_empty() {
+            return Err(format!("none of {} is in /proc/kallsyms", RTNL_HANDLERS.join(", ")));
+        }
+        for (prog, kind) in [(names::PROG_RTNL_REQUEST, "kprobe"), (names::PROG_RTNL_RESULT, "kretprobe")] {
+            let program: &mut KProbe = program(ebpf, prog)?;
+            program.load().map_err(|e| format!("{prog}: {}", error_chain(&e)))?;
+            for handler in &handlers {
+                program.attach(handler, 0).map_err(|e| format!("{kind} on {handler}: {}", error_chain(&e)))?;
+            }
+        }
+        attached.push(format!("kprobes {}", handlers.join(" ")));
+    } else if !coverage.requests {
         return Err(format!("no syscall tracepoints for sendmsg/sendto: {}", coverage.gaps.join("; ")));
     }
-    let mut attached = Vec::new();
     for (prog, category, event) in ATTACHMENTS {
+        let syscall_capture = matches!(
+            event,
+            "sys_enter_sendmsg"
+                | "sys_enter_sendto"
+                | "sys_enter_recvmsg"
+                | "sys_enter_recvfrom"
+                | "sys_exit_recvmsg"
+                | "sys_exit_recvfrom"
+        );
+        if backend == LinkBackend::Kprobes && syscall_capture {
+            continue;
+        }
         let wanted = match event {
             "netlink_extack" => coverage.extack_messages,
             "sys_enter_ioctl" => coverage.ioctls,
@@ -135,7 +208,7 @@ pub fn attach(ebpf: &mut Ebpf, coverage: &LinkCoverage) -> Result<String, String
             program.load().map_err(|e| format!("{prog}: {}", error_chain(&e)))?;
         }
         program.attach(category, event).map_err(|e| format!("{category}:{event}: {}", error_chain(&e)))?;
-        attached.push(event);
+        attached.push(event.to_string());
     }
-    Ok(format!("tracepoints {}", attached.join(" ")))
+    Ok(attached.join(" "))
 }

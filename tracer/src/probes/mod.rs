@@ -22,7 +22,7 @@ use tracer_ebpf::LinkConfig;
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
 
 /// Present when the kernel can create kprobes through perf (CONFIG_KPROBES + KPROBE_EVENTS).
-const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+pub(crate) const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 /// Default ring buffer size: about 19,000 drop events in flight.
 pub const DEFAULT_BUFFER_BYTES: u32 = 4 << 20;
@@ -78,13 +78,13 @@ pub struct ProbeOptions {
     pub drops_backend: Option<DropBackend>,
     /// Attach the link control-plane family too.
     pub links: bool,
-    /// Leave out `netlink:netlink_extack`, as on kernels before 4.16 (`--backend links=tracepoints-noextack`).
-    pub links_without_extack: bool,
+    /// Forces one links backend instead of the chain (tracepoints, then kprobes).
+    pub links_backend: Option<links::LinkBackend>,
 }
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        Self { buffer_bytes: DEFAULT_BUFFER_BYTES, drops_backend: None, links: true, links_without_extack: false }
+        Self { buffer_bytes: DEFAULT_BUFFER_BYTES, drops_backend: None, links: true, links_backend: None }
     }
 }
 
@@ -102,8 +102,19 @@ impl Probes {
             Some(forced) => vec![forced],
             None => DropBackend::CHAIN.to_vec(),
         };
-        let (link_config, link_coverage) = links::link_config(facts, options.links_without_extack);
         let mut unavailable = Vec::new();
+        let link_chain = match options.links_backend {
+            Some(forced) => vec![forced],
+            None => vec![links::LinkBackend::Tracepoints, links::LinkBackend::Kprobes],
+        };
+        // The link configuration is fixed at load time: take the first backend whose
+        // prerequisites this kernel has (attach errors of the links family are reported below).
+        let link_backend = link_chain
+            .iter()
+            .copied()
+            .find(|b| *b == links::LinkBackend::Kprobes || links::link_config(facts, *b).1.requests)
+            .unwrap_or(link_chain[0]);
+        let (link_config, link_coverage) = links::link_config(facts, link_backend);
         for backend in chain {
             match attach_drops(facts, backend, options.buffer_bytes, &link_config) {
                 Ok((mut ebpf, detail, coverage)) => {
@@ -118,8 +129,7 @@ impl Probes {
                         unavailable,
                     }];
                     if options.links {
-                        let id = if options.links_without_extack { "tracepoints-noextack" } else { "tracepoints" };
-                        hooks.push(attach_links(&mut ebpf, &link_coverage, id)?);
+                        hooks.push(attach_links(&mut ebpf, &link_coverage, link_backend, &facts.kallsyms)?);
                     }
                     return Ok(Self { ebpf, hooks });
                 }
@@ -135,7 +145,7 @@ impl Probes {
 
     /// Tries every backend of every family (attaching and detaching each): what `check` reports.
     pub fn survey(facts: &KernelFacts) -> Vec<BackendProbe> {
-        let (link_config, link_coverage) = links::link_config(facts, false);
+        let (link_config, _) = links::link_config(facts, links::LinkBackend::Tracepoints);
         let probe =
             |family: &'static str, backend: &'static str, result: Result<(String, serde_json::Value), String>| {
                 match result {
@@ -155,10 +165,13 @@ impl Probes {
                 probe("drops", backend.name(), result)
             })
             .collect();
-        let links = load_object(&DropConfig::absent(), &link_config, 4096)
-            .and_then(|mut ebpf| links::attach(&mut ebpf, &link_coverage))
-            .map(|detail| (detail, serde_json::to_value(&link_coverage).unwrap_or_default()));
-        probes.push(probe("links", "tracepoints", links));
+        for backend in [links::LinkBackend::Tracepoints, links::LinkBackend::Kprobes] {
+            let (link_config, link_coverage) = links::link_config(facts, backend);
+            let result = load_object(&DropConfig::absent(), &link_config, 4096)
+                .and_then(|mut ebpf| links::attach(&mut ebpf, &link_coverage, backend, &facts.kallsyms))
+                .map(|detail| (detail, serde_json::to_value(&link_coverage).unwrap_or_default()));
+            probes.push(probe("links", backend.name(), result));
+        }
         probes
     }
 
@@ -176,9 +189,15 @@ impl Probes {
 }
 
 /// The links family's status, or an error when it was asked for and cannot attach.
-fn attach_links(ebpf: &mut Ebpf, coverage: &links::LinkCoverage, id: &str) -> Result<HookStatus, ProbeError> {
-    let detail = links::attach(ebpf, coverage)
-        .map_err(|why| ProbeError::NoBackend { family: "links", tried: format!("tracepoints: {why}") })?;
+fn attach_links(
+    ebpf: &mut Ebpf,
+    coverage: &links::LinkCoverage,
+    backend: links::LinkBackend,
+    kallsyms: &crate::kernel::kallsyms::Kallsyms,
+) -> Result<HookStatus, ProbeError> {
+    let id = backend.name();
+    let detail = links::attach(ebpf, coverage, backend, kallsyms)
+        .map_err(|why| ProbeError::NoBackend { family: "links", tried: format!("{id}: {why}") })?;
     for gap in &coverage.gaps {
         log::info!("links: {gap}");
     }

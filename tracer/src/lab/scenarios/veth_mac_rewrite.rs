@@ -8,7 +8,10 @@ use std::{process::Command, time::Duration};
 use super::{expect_actor_finding, Scenario};
 use crate::{
     analyze::Finding,
-    lab::{netns::Lab, topology::NodePair},
+    lab::{
+        netns::{iproute2_ip, Lab},
+        topology::NodePair,
+    },
 };
 
 pub struct VethMacRewrite;
@@ -52,8 +55,9 @@ impl Scenario for VethMacRewrite {
             if let Some(procs) = t.cgroups.get(actor) {
                 // Join the cgroup first, then become the actor: `sh -c 'echo $$ > procs; exec …'`.
                 let script = format!("echo $$ > {} && exec \"$@\"", procs.display());
+                let ip = iproute2_ip().to_string_lossy().into_owned();
                 command = Command::new("sh");
-                command.args(["-c", &script, "sh", "ip", "netns", "exec", &t.client.netns, &program]).args(args);
+                command.args(["-c", &script, "sh", &ip, "netns", "exec", &t.client.netns, &program]).args(args);
             }
             let out = command.output()?;
             anyhow::ensure!(out.status.success(), "{actor} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
