@@ -68,8 +68,9 @@ pub struct LinkRequest {
     pub link_kind: Option<String>,
     /// The MAC address being set, if any.
     pub mac: Option<String>,
-    /// For veth: the peer's name.
+    /// For veth: the peer's name, and where the peer is created (`pid N` or `fd N`).
     pub peer: Option<String>,
+    pub peer_netns: Option<String>,
     /// `up` or `down` when the request changes the administrative state.
     pub admin: Option<&'static str>,
     /// The new name, for a rename.
@@ -245,6 +246,7 @@ fn empty_request() -> LinkRequest {
         link_kind: None,
         mac: None,
         peer: None,
+        peer_netns: None,
         admin: None,
         new_name: None,
         to_netns: None,
@@ -316,10 +318,14 @@ fn fill_from_link(request: &mut LinkRequest, link: &LinkMessage) {
                     match info {
                         LinkInfo::Kind(kind) => request.link_kind = Some(kind.to_string()),
                         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))) => {
-                            request.peer = peer.attributes.iter().find_map(|a| match a {
-                                LinkAttribute::IfName(n) => Some(n.clone()),
-                                _ => None,
-                            });
+                            for a in &peer.attributes {
+                                match a {
+                                    LinkAttribute::IfName(n) => request.peer = Some(n.clone()),
+                                    LinkAttribute::NetNsPid(pid) => request.peer_netns = Some(format!("pid {pid}")),
+                                    LinkAttribute::NetNsFd(fd) => request.peer_netns = Some(format!("fd {fd}")),
+                                    _ => {}
+                                }
+                            }
                         }
                         _ => {}
                     }

@@ -69,6 +69,9 @@ pub fn event_line(event: &Event) -> String {
             if let Some(new_name) = &r.new_name {
                 line.push_str(&format!(" rename to {new_name}"));
             }
+            if let Some(peer_ns) = &r.peer_netns {
+                line.push_str(&format!(" (peer in netns {peer_ns})"));
+            }
             if let Some(to) = &r.to_netns {
                 line.push_str(&format!(" move to netns ({to})"));
             }
