@@ -18,7 +18,7 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().thread_name("dptrace").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dptrace: error: cannot start the async runtime: {e}");
