@@ -116,43 +116,8 @@ if [ $FORCE -eq 0 ] && [ $CONFIG_ONLY -eq 0 ] && [ -f "$OUT/.complete" ] \
   exit 0
 fi
 
-# ------------------------------------------------------------ apt helpers
-# Same approach as run-in-vm.sh: wait for a dpkg/apt lock held by another apt.
-apt_run() {
-  local out rc tries=0
-  while :; do
-    set +e
-    out="$("$@" -o DPkg::Lock::Timeout=600 2>&1)"; rc=$?
-    set -e
-    if [ $rc -ne 0 ] && grep -qiE 'could not get lock|unable to lock|unable to acquire' <<<"$out" \
-        && [ $tries -lt 180 ]; then
-      [ $tries -eq 0 ] && log "waiting for the apt/dpkg lock (another apt is running)..."
-      tries=$((tries + 1)); sleep 5; continue
-    fi
-    [ $rc -eq 0 ] || printf '%s\n' "$out" >&2
-    return $rc
-  done
-}
-APT_UPDATED=0
-apt_update_once() {
-  [ $APT_UPDATED -eq 1 ] && return 0
-  log "running apt-get update"
-  apt_run apt-get update -q
-  APT_UPDATED=1
-}
-ensure_pkgs() {
-  local missing=() p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  [ "$(id -u)" -eq 0 ] || die "missing build dependencies (${missing[*]}); install them or run as root"
-  log "installing build dependencies: ${missing[*]}"
-  if ! DEBIAN_FRONTEND=noninteractive apt_run apt-get install -y -q --no-install-recommends "${missing[@]}"; then
-    apt_update_once
-    DEBIAN_FRONTEND=noninteractive apt_run apt-get install -y -q --no-install-recommends "${missing[@]}"
-  fi
-}
+# apt helpers (apt_run, apt_update_once, ensure_pkgs)
+. "$HERE/lib.sh"
 
 mkdir -p "$CACHE/debs" "$CACHE/src" "$CACHE/build" "$CACHE/kernels"
 [ -f "$HERE/.gitignore" ] || printf 'cache/\n' >"$HERE/.gitignore"
