@@ -117,6 +117,8 @@ pub struct Correlated {
     /// Monitor states per link, keyed by (netns inode, ifindex), in arrival order.
     link_states: HashMap<(u32, u32), Vec<LinkState>>,
     pub unkept_link_states: u64,
+    /// `link_histories()`, computed once when the rules first ask (after the last event).
+    histories: std::cell::OnceCell<Vec<LinkHistory>>,
     /// Drops that arrived after `MAX_GROUPS` groups existed.
     pub ungrouped_drops: u64,
     pub events: u64,
@@ -125,6 +127,7 @@ pub struct Correlated {
 impl Correlated {
     pub fn observe(&mut self, event: &Event) {
         self.events += 1;
+        self.histories.take();
         match event {
             Event::Drop(drop) => self.observe_drop(drop),
             Event::LinkRequest(request) => {
@@ -196,11 +199,13 @@ impl Correlated {
     /// What happened to each link seen by the monitor, joined with the requests that
     /// caused it. Computed at the end: monitor states and traced requests arrive on
     /// different paths and are ordered here by their timestamps.
-    pub fn link_histories(&self) -> Vec<LinkHistory> {
-        let mut histories: Vec<LinkHistory> =
-            self.link_states.values().filter_map(|states| self.history(states)).collect();
-        histories.sort_by_key(|h| h.first_ts_ns);
-        histories
+    pub fn link_histories(&self) -> &[LinkHistory] {
+        self.histories.get_or_init(|| {
+            let mut histories: Vec<LinkHistory> =
+                self.link_states.values().filter_map(|states| self.history(states)).collect();
+            histories.sort_by_key(|h| h.first_ts_ns);
+            histories
+        })
     }
 
     fn history(&self, states: &[LinkState]) -> Option<LinkHistory> {

@@ -23,7 +23,7 @@ impl Rule for LinkFlapping {
     fn evaluate(&self, state: &Correlated, _kernel: &KernelSummary) -> Vec<Finding> {
         state
             .link_histories()
-            .into_iter()
+            .iter()
             .filter(|h| h.downs.len() >= MIN_DOWNS)
             .map(|h| {
                 let n = h.downs.len();
@@ -43,7 +43,7 @@ impl Rule for LinkFlapping {
                 );
                 let remediation = "Find the loop: a container runtime or CNI retrying a failed pod sandbox (check its log for the first error, e.g. a MAC or address mismatch), an agent that recreates its device on every restart, or, for carrier loss, the peer side or the physical link (`ip -s link`, `ethtool`).".to_string();
                 let by = h.downs.iter().find_map(|d| d.by.clone());
-                finding_from_history(self.id(), Severity::Warning, summary, &h, by, remediation)
+                finding_from_history(self.id(), Severity::Warning, summary, h, by, remediation)
             })
             .collect()
     }

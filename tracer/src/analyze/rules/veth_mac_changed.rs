@@ -49,7 +49,7 @@ impl Rule for VethMacChanged {
                     self.id(),
                     Severity::Error,
                     summary,
-                    &h,
+                    h,
                     change.by.clone(),
                     remediation,
                 ));
