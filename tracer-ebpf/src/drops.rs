@@ -9,14 +9,14 @@
 //! format file, BTF and kallsyms, so one object file works across kernel versions.
 
 use aya_ebpf::{
-    helpers::{bpf_get_stack, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    helpers::{bpf_get_stack, bpf_probe_read_kernel_buf},
     macros::{fentry, kprobe, tracepoint},
     programs::{FEntryContext, ProbeContext, TracePointContext},
     EbpfContext,
 };
 use tracer_ebpf::{DropConfig, DropEvent, EventKind, ABSENT, HEADER_BYTES};
 
-use crate::events::{count_lost, fill_header, probe_args, EVENTS};
+use crate::events::{count_lost, fill_header, probe_args, read_field, EVENTS};
 
 #[no_mangle]
 static DROP_CONFIG: DropConfig = DropConfig::absent();
@@ -75,15 +75,6 @@ fn config() -> DropConfig {
     // Volatile: the value is patched into the object at load time; the compiler must
     // not fold the compile-time `absent()` placeholder.
     unsafe { core::ptr::read_volatile(&DROP_CONFIG) }
-}
-
-/// Reads a `T` at `base + offset` from kernel memory; `None` when the field is absent.
-#[inline(always)]
-fn read_field<T>(base: u64, offset: u32) -> Option<T> {
-    if base == 0 || offset == ABSENT {
-        return None;
-    }
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
 }
 
 #[inline(always)]

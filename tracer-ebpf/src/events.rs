@@ -45,3 +45,13 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind) {
 pub fn probe_args(ctx: &aya_ebpf::programs::ProbeContext) -> [u64; 3] {
     [ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), ctx.arg(2).unwrap_or(0)]
 }
+
+/// Reads a `T` at `base + offset` from kernel memory; `None` when the base is null or the
+/// field is [`tracer_ebpf::ABSENT`] on this kernel.
+#[inline(always)]
+pub fn read_field<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 || offset == tracer_ebpf::ABSENT {
+        return None;
+    }
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}

@@ -6,8 +6,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_buf,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     macros::{kprobe, kretprobe, map, tracepoint},
     maps::{ring_buf::RingBufEntry, HashMap, LruHashMap},
@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use tracer_ebpf::{Actor, EventKind, LinkConfig, NetlinkEvent, ABSENT, NETLINK_BYTES};
 
-use crate::events::{count_lost, fill_header, probe_args, EVENTS};
+use crate::events::{count_lost, fill_header, probe_args, read_field, EVENTS};
 
 #[no_mangle]
 static LINK_CONFIG: LinkConfig = LinkConfig::absent();
@@ -59,14 +59,6 @@ fn tid() -> u32 {
 }
 
 #[inline(always)]
-fn kread<T>(base: u64, offset: u32) -> Option<T> {
-    if base == 0 || offset == ABSENT {
-        return None;
-    }
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
-}
-
-#[inline(always)]
 fn uread<T>(base: u64, offset: u32) -> Option<T> {
     if base == 0 || offset == ABSENT {
         return None;
@@ -84,12 +76,12 @@ fn first_iov(cfg: &LinkConfig, msghdr: u64) -> Option<(u64, u64)> {
 #[inline(always)]
 fn fill_actor(cfg: &LinkConfig, actor: &mut Actor) {
     let task = unsafe { bpf_get_current_task() };
-    let nsproxy: u64 = kread(task, cfg.task_nsproxy).unwrap_or(0);
-    let net: u64 = kread(nsproxy, cfg.nsproxy_net).unwrap_or(0);
-    actor.netns = kread(net, cfg.net_inum).unwrap_or(0);
-    let parent: u64 = kread(task, cfg.task_parent).unwrap_or(0);
-    actor.parent_pid = kread(parent, cfg.task_tgid).unwrap_or(0);
-    actor.parent_comm = kread(parent, cfg.task_comm).unwrap_or([0; 16]);
+    let nsproxy: u64 = read_field(task, cfg.task_nsproxy).unwrap_or(0);
+    let net: u64 = read_field(nsproxy, cfg.nsproxy_net).unwrap_or(0);
+    actor.netns = read_field(net, cfg.net_inum).unwrap_or(0);
+    let parent: u64 = read_field(task, cfg.task_parent).unwrap_or(0);
+    actor.parent_pid = read_field(parent, cfg.task_tgid).unwrap_or(0);
+    actor.parent_comm = read_field(parent, cfg.task_comm).unwrap_or([0; 16]);
     actor.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 }
 
@@ -306,7 +298,7 @@ pub fn rtnl_request(ctx: ProbeContext) -> u32 {
         2 => args[2],
         _ => 0,
     };
-    let (Some(len), Some(seq)) = (kread::<u32>(nlh, 0), kread::<u32>(nlh, 8)) else { return 0 };
+    let (Some(len), Some(seq)) = (read_field::<u32>(nlh, 0), read_field::<u32>(nlh, 8)) else { return 0 };
     let _ = RTNL_SEQ.insert(&tid(), &seq, 0);
     let Some(mut entry) = start_event(&cfg, EventKind::NetlinkRequest, 0) else { return 0 };
     // SAFETY: as in `start_event`.
