@@ -74,9 +74,35 @@ pub struct Finding {
     /// The process behind it, when the finding is about a request someone made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<crate::decode::links::Actor>,
+    /// Which netfilter table, chain and rule gave the verdict, where it could be found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netfilter: Option<NetfilterVerdict>,
     /// A few of the events behind the finding (the first ones seen).
     pub evidence: Vec<Event>,
     pub remediation: String,
+}
+
+/// The netfilter rule (or chain policy) behind a verdict on some packets.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NetfilterVerdict {
+    /// How it was found: `rule-counters` (counters that moved during the session) or the
+    /// kernel function that returned the verdict (`nft_do_chain`, `ipt_do_table`).
+    pub source: String,
+    /// `iptables-nft`, `iptables-legacy` or `nftables`.
+    pub backend: String,
+    /// nftables family names: `ip`, `ip6`, `inet`, `bridge`, `arp`, `netdev`.
+    pub family: String,
+    pub table: String,
+    pub chain: String,
+    /// The netfilter hook (`prerouting`, `input`, `forward`, `output`, `postrouting`) of the
+    /// base chain(s) that reach `chain`.
+    pub hook: Option<String>,
+    /// The rule as `iptables-save` or `nft list` prints it; None for a chain policy.
+    pub rule: Option<String>,
+    /// `drop`, `reject`, `policy-drop`, `dnat`, ...
+    pub verdict: String,
+    /// Packets the rule counted during the session.
+    pub packets: u64,
 }
 
 /// A diagnosis rule: reads correlated state, emits findings.

@@ -68,6 +68,7 @@ pub(crate) fn finding_from_groups(
         first_time: first.first.time.clone(),
         last_time,
         actor: None,
+        netfilter: None,
         evidence,
         remediation,
     }
@@ -152,6 +153,7 @@ pub(crate) fn finding_from_links(
         first_time: request.time.clone(),
         last_time: outcomes.last().map(|o| o.request.time.clone()).unwrap_or_default(),
         actor: Some(request.actor.clone()),
+        netfilter: None,
         evidence,
         remediation,
     }
@@ -200,6 +202,7 @@ pub(crate) fn finding_from_history(
             .cloned()
             .unwrap_or_else(|| history.first_time.clone()),
         actor,
+        netfilter: None,
         evidence: history.evidence.clone(),
         remediation,
     }
