@@ -33,6 +33,11 @@ pub mod names {
     pub const PROG_MODULE_LOAD: &str = "module_load";
     pub const PROG_RTNL_REQUEST: &str = "rtnl_request";
     pub const PROG_RTNL_RESULT: &str = "rtnl_result";
+    pub const NETFILTER_CONFIG: &str = "NETFILTER_CONFIG";
+    pub const PROG_TCP_SEND_RESET: &str = "tcp_send_reset";
+    pub const PROG_TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
+    pub const PROG_ICMP_SEND: &str = "icmp_send";
+    pub const PROG_SOCK_SET_STATE: &str = "inet_sock_set_state";
 }
 
 /// Discriminates the records in the `EVENTS` ring buffer: each record starts with an
@@ -56,7 +61,31 @@ pub enum EventKind {
     /// What `rtnl_newlink`/`setlink`/`dellink` returned (kretprobe): `data` holds the
     /// request's sequence number (u32) and the return value (i32).
     RtnlResult = 8,
+    /// A tracepoint record copied as it is ([`TraceRecordEvent`]): userspace reads its fields
+    /// by name with the tracepoint's tracefs format.
+    TraceRecord = 9,
 }
+
+/// Tracepoints whose records the netfilter family copies whole: the `source` of a
+/// [`TraceRecordEvent`] and the index into [`NetfilterConfig::records`].
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordSource {
+    /// `tcp:tcp_send_reset`: the stack sent a RST (no listener since 6.10; full sockets before).
+    TcpSendReset = 0,
+    /// `tcp:tcp_receive_reset`: a socket received a RST (the client's "connection refused").
+    TcpReceiveReset = 1,
+    /// `icmp:icmp_send` (6.15+): the stack or a REJECT rule sent an ICMP error.
+    IcmpSend = 2,
+    /// `sock:inet_sock_set_state`, only transitions to TCP_SYN_SENT: a connection attempt.
+    TcpConnect = 3,
+}
+
+/// How many [`RecordSource`]s there are.
+pub const RECORD_SOURCES: usize = 4;
+
+/// Bytes of a tracepoint record (after the 8-byte common header) a [`TraceRecordEvent`] carries.
+pub const TRACE_RECORD_BYTES: usize = 128;
 
 /// Bytes of a netlink message (request, ack or extack text) carried by a [`NetlinkEvent`].
 pub const NETLINK_BYTES: usize = 512;
@@ -125,6 +154,81 @@ pub struct NetlinkEvent {
     /// The ioctl command of an [`EventKind::IoctlRequest`]; 0 otherwise.
     pub aux: u32,
     pub data: [u8; NETLINK_BYTES],
+}
+
+/// A tracepoint record, copied from just after its common header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TraceRecordEvent {
+    pub header: EventHeader,
+    /// A [`RecordSource`].
+    pub source: u16,
+    /// Valid bytes of `record` (the record's size less its common header, capped).
+    pub len: u16,
+    /// Network namespace inode and interface index of the record's skb (else its socket); 0
+    /// when unknown.
+    pub netns: u32,
+    pub ifindex: u32,
+    pub _pad: u32,
+    /// `record[i]` is the record's byte `8 + i`: tracefs field offsets less 8.
+    pub record: [u8; TRACE_RECORD_BYTES],
+}
+
+/// Where, in one tracepoint's record, the netfilter programs find what they need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordConfig {
+    /// Record size from the format (0: do not record this source).
+    pub len: u32,
+    /// Offsets of the `skbaddr` and `skaddr` fields ([`ABSENT`] when the record has none).
+    pub skb: u32,
+    pub sk: u32,
+    pub _pad: u32,
+}
+
+impl RecordConfig {
+    pub const fn absent() -> Self {
+        Self { len: 0, skb: ABSENT, sk: ABSENT, _pad: 0 }
+    }
+}
+
+/// Offsets and values the netfilter family's programs need, from tracefs and BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetfilterConfig {
+    /// Indexed by [`RecordSource`].
+    pub records: [RecordConfig; RECORD_SOURCES],
+    /// `sock:inet_sock_set_state` fields `newstate` and `protocol`, and the values kept.
+    pub state_newstate: u32,
+    pub state_protocol: u32,
+    pub tcp_syn_sent: u32,
+    pub ipproto_tcp: u32,
+    /// `sk_buff.dev`, `net_device.ifindex` / `nd_net.net`, `sock.__sk_common.skc_net.net`,
+    /// `net.ns.inum` (BTF).
+    pub skb_dev: u32,
+    pub dev_ifindex: u32,
+    pub dev_net: u32,
+    pub sk_net: u32,
+    pub net_inum: u32,
+    pub _pad: u32,
+}
+
+impl NetfilterConfig {
+    pub const fn absent() -> Self {
+        Self {
+            records: [RecordConfig::absent(); RECORD_SOURCES],
+            state_newstate: ABSENT,
+            state_protocol: ABSENT,
+            tcp_syn_sent: ABSENT,
+            ipproto_tcp: ABSENT,
+            skb_dev: ABSENT,
+            dev_ifindex: ABSENT,
+            dev_net: ABSENT,
+            sk_net: ABSENT,
+            net_inum: ABSENT,
+            _pad: 0,
+        }
+    }
 }
 
 /// Offsets the link-control-plane programs need: tracepoint fields from tracefs, struct
@@ -273,4 +377,6 @@ mod user {
     unsafe impl aya::Pod for super::DropConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LinkConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetfilterConfig {}
 }

@@ -9,6 +9,8 @@ mod drops;
 mod events;
 #[cfg(target_arch = "bpf")]
 mod links;
+#[cfg(target_arch = "bpf")]
+mod netfilter;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -28,6 +28,7 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         .take(1)
         .collect();
     chosen.extend(backends.iter().find(|p| p.family == "links" && p.available));
+    chosen.extend(backends.iter().find(|p| p.family == "netfilter" && p.available));
     let mut problems = attach_method_notes(&backends);
     problems.extend(features.problems.iter().cloned());
     if chosen.is_empty() {
@@ -81,11 +82,11 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         let mark =
             if chosen.iter().any(|c| c.family == probe.family && c.backend == probe.backend) { "*" } else { " " };
         let state = if probe.available { "ok  " } else { "no  " };
-        text.push_str(&format!("  {mark} {:<6} {:<20} {state} {}\n", probe.family, probe.backend, probe.detail));
+        text.push_str(&format!("  {mark} {:<9} {:<20} {state} {}\n", probe.family, probe.backend, probe.detail));
         let gaps = probe.coverage.as_ref().and_then(|c| c["gaps"].as_array().cloned()).unwrap_or_default();
         if mark == "*" || probe.family != "drops" {
             for gap in gaps.iter().filter_map(|g| g.as_str()) {
-                text.push_str(&format!("             not covered: {gap}\n"));
+                text.push_str(&format!("                not covered: {gap}\n"));
             }
         }
     }

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::probes::{drops::DropBackend, links::LinkBackend, ProbeOptions};
+use crate::probes::{drops::DropBackend, links::LinkBackend, netfilter::NetfilterBackend, ProbeOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,9 +43,10 @@ pub struct TraceArgs {
     /// JSON Lines on stdout: `event`, `finding` and `summary` objects.
     #[arg(long)]
     pub json: bool,
-    /// Comma-separated hook families to attach: drops (always on) and links (rtnetlink link
-    /// requests, their errors and kernel messages).
-    #[arg(long, value_delimiter = ',', default_value = "drops,links")]
+    /// Comma-separated hook families to attach: drops (always on), links (rtnetlink link
+    /// requests, their errors and kernel messages) and netfilter (resets, ICMP errors and
+    /// connection attempts; rule counters).
+    #[arg(long, value_delimiter = ',', default_value = "drops,links,netfilter")]
     pub hooks: Vec<String>,
     /// Keep only events on this network device (by name).
     #[arg(long, value_parser = parse_ifname)]
@@ -94,6 +95,7 @@ pub struct BackendArgs {
     /// Force a hook family's backend instead of the best one this kernel offers, e.g.
     /// `drops=kprobe`. Drops: tracepoint, tracepoint-noreason (as kernels before 5.17), fentry,
     /// kprobe. Links: tracepoints, tracepoints-noextack (as kernels before 4.16), kprobes.
+    /// Netfilter: tracepoints, tracepoints-noreset (as kernels without tcp_send_reset/icmp_send).
     #[arg(long = "backend", value_name = "FAMILY=BACKEND", value_delimiter = ',', value_parser = parse_backend)]
     pub backend: Vec<ForcedBackend>,
 }
@@ -103,6 +105,7 @@ pub struct BackendArgs {
 pub enum ForcedBackend {
     Drops(DropBackend),
     Links(LinkBackend),
+    Netfilter(NetfilterBackend),
 }
 
 impl BackendArgs {
@@ -115,7 +118,11 @@ impl BackendArgs {
             ForcedBackend::Links(l) => Some(*l),
             _ => None,
         });
-        ProbeOptions { buffer_bytes, drops_backend, links: true, links_backend }
+        let netfilter_backend = self.backend.iter().rev().find_map(|b| match b {
+            ForcedBackend::Netfilter(n) => Some(*n),
+            _ => None,
+        });
+        ProbeOptions { buffer_bytes, drops_backend, links: true, links_backend, netfilter: true, netfilter_backend }
     }
 }
 
@@ -130,12 +137,15 @@ pub fn parse_backend(text: &str) -> Result<ForcedBackend, String> {
         "links" => LinkBackend::from_name(backend).map(ForcedBackend::Links).ok_or_else(|| {
             format!("unknown backend `{backend}` for links; available: tracepoints, tracepoints-noextack, kprobes")
         }),
+        "netfilter" => NetfilterBackend::from_name(backend).map(ForcedBackend::Netfilter).ok_or_else(|| {
+            format!("unknown backend `{backend}` for netfilter; available: tracepoints, tracepoints-noreset")
+        }),
         _ => Err(format!("unknown hook family `{family}`; available: {}", HOOK_FAMILIES.join(", "))),
     }
 }
 
 /// Known hook families.
-pub const HOOK_FAMILIES: [&str; 2] = ["drops", "links"];
+pub const HOOK_FAMILIES: [&str; 3] = ["drops", "links", "netfilter"];
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| format!("{e}; use a duration such as 500ms, 10s, 2m"))?;

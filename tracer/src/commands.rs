@@ -60,6 +60,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
     require_root()?;
     let mut probes = args.backends.probe_options(args.buffer_size);
     probes.links = args.hooks.iter().any(|h| h == "links");
+    probes.netfilter = args.hooks.iter().any(|h| h == "netfilter");
     let monitor_netns = args.netns.as_deref().map(|spec| vec![cli::netns_path(spec)]);
     let mut session = Session::start(SessionOptions { probes, filter, monitor_netns })?;
     let mut sink = output::sink(args.json, !args.quiet);

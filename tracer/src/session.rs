@@ -8,11 +8,15 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     analyze::{Analyzer, Finding},
-    decode::{DecodeError, Decoder, Event, WallClock},
+    decode::{
+        netfilter::{BridgeState, RuleCounter},
+        DecodeError, Decoder, Event, WallClock,
+    },
     kernel::{netns::NetnsNames, KernelFacts},
     output::{DropRow, Sink, Summary},
     probes::{
         link_monitor::{LinkMonitor, MonitorRecord},
+        netfilter::{namespace_scope, NamespaceState},
         ProbeError, ProbeOptions, Probes,
     },
 };
@@ -60,6 +64,12 @@ impl EventFilter {
             Event::LinkState(l) => self.in_netns(Some(l.netns)) && self.on_iface(l.ifname.as_deref()),
             // Module loads are global; requests belong to the thread's link request.
             Event::Module(m) => m.action == "loaded" || self.kept_tids.contains(&m.actor.tid),
+            // These records name no device: the namespace decides.
+            Event::TcpReset(r) => self.in_netns(r.netns),
+            Event::IcmpError(i) => self.in_netns(i.netns),
+            Event::TcpConnect(c) => self.in_netns(c.netns),
+            Event::RuleCounter(c) => self.in_netns(Some(c.netns)),
+            Event::Bridge(b) => self.in_netns(Some(b.netns)) && self.on_iface(Some(&b.bridge)),
         }
     }
 
@@ -135,6 +145,15 @@ pub struct Session {
     monitor: Option<LinkMonitor>,
     pipeline: Pipeline,
     started: Instant,
+    /// Rulesets and bridges at the start, for the netfilter family (None when it is off).
+    namespaces: Option<NamespaceWatch>,
+}
+
+/// What the netfilter family read from the namespaces at the start.
+struct NamespaceWatch {
+    /// The namespaces asked for; None: this one and every named one, re-listed at the end.
+    only: Option<Vec<PathBuf>>,
+    before: NamespaceState,
 }
 
 impl Session {
@@ -153,7 +172,13 @@ impl Session {
             cgroups: crate::kernel::cgroups::CgroupPaths::new(),
             netns: NetnsNames::new(),
             clock: WallClock::now(),
+            record_formats: std::sync::Arc::new(probes.record_formats.clone()),
         };
+        let namespaces = options.probes.netfilter.then(|| {
+            let only = options.monitor_netns.clone();
+            let before = NamespaceState::take(&namespace_scope(only.as_deref()));
+            NamespaceWatch { only, before }
+        });
         let monitor = options.probes.links.then(|| LinkMonitor::start(options.monitor_netns));
         let mut filter = options.filter;
         let blind: Vec<&str> = probes
@@ -170,7 +195,7 @@ impl Session {
             );
         }
         let pipeline = Pipeline { decoder, analyzer: Analyzer::new(), filter, filtered: 0, decode_errors: 0 };
-        Ok(Self { facts, probes, events, monitor, pipeline, started: Instant::now() })
+        Ok(Self { facts, probes, events, monitor, pipeline, started: Instant::now(), namespaces })
     }
 
     pub fn facts(&self) -> &KernelFacts {
@@ -216,10 +241,47 @@ impl Session {
         }
     }
 
+    /// Feeds what changed in the watched namespaces (rule counters, bridge traffic) into the
+    /// pipeline as events.
+    fn namespace_changes(&mut self, watch: &NamespaceWatch, sink: &mut dyn Sink) {
+        let after = NamespaceState::take(&namespace_scope(watch.only.as_deref()));
+        let (hits, bridges) = after.changes_since(&watch.before);
+        let now = crate::kernel::monotonic_ns();
+        let decoder = &mut self.pipeline.decoder;
+        let time = decoder.wall_time(now);
+        let mut events = Vec::new();
+        for (hit, no_baseline) in hits {
+            let name = decoder.name_netns(hit.netns);
+            events.push(Event::RuleCounter(RuleCounter::from_hit(hit, time.clone(), now, name, no_baseline)));
+        }
+        for (snapshot, bridge, packets) in bridges {
+            events.push(Event::Bridge(BridgeState {
+                time: time.clone(),
+                ts_ns: now,
+                netns: snapshot.netns,
+                netns_name: decoder.name_netns(snapshot.netns),
+                bridge: bridge.name.clone(),
+                ports: bridge.ports.clone(),
+                packets,
+                br_netfilter_loaded: snapshot.br_netfilter_loaded,
+                call_iptables: snapshot.call_iptables,
+                call_ip6tables: snapshot.call_ip6tables,
+                bridge_nf_call_iptables: bridge.nf_call_iptables,
+                bridge_nf_call_ip6tables: bridge.nf_call_ip6tables,
+            }));
+        }
+        for event in events {
+            self.pipeline.process(Ok(event), sink);
+        }
+    }
+
     /// Runs the rules, writes findings and the summary to `sink`, and detaches everything.
     pub fn finish(mut self, sink: &mut dyn Sink, command_status: Option<String>) -> SessionReport {
         // Stop the monitor first: its sockets hold the namespaces they watch.
         self.monitor.take();
+        if let Some(watch) = self.namespaces.take() {
+            self.namespace_changes(&watch, sink);
+        }
         let kernel = self.facts.summary();
         let analyzer = &self.pipeline.analyzer;
         let findings = analyzer.findings(&kernel);

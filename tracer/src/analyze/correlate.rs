@@ -4,8 +4,13 @@ use std::{collections::HashMap, net::IpAddr};
 
 use crate::decode::{
     links::{Actor, KernelMessage, LinkRequest, LinkState, ModuleEvent, NetlinkAck},
+    netfilter::{BridgeState, IcmpError, RuleCounter, TcpConnect, TcpReset},
     DropRecord, Event,
 };
+
+/// Resets, ICMP errors, connection attempts, rule counters and bridges kept per session
+/// (each); further ones are only counted.
+pub const MAX_PACKET_ANSWERS: usize = 4096;
 
 /// Links whose states are kept, and states kept per link.
 pub const MAX_LINKS: usize = 4096;
@@ -121,6 +126,13 @@ pub struct Correlated {
     histories: std::cell::OnceCell<Vec<LinkHistory>>,
     /// Drops that arrived after `MAX_GROUPS` groups existed.
     pub ungrouped_drops: u64,
+    pub resets: Vec<TcpReset>,
+    pub icmp_errors: Vec<IcmpError>,
+    pub connects: Vec<TcpConnect>,
+    pub rule_counters: Vec<RuleCounter>,
+    pub bridges: Vec<BridgeState>,
+    /// Resets, ICMP errors, connects, counters and bridges beyond `MAX_PACKET_ANSWERS`.
+    pub unkept_answers: u64,
     pub events: u64,
 }
 
@@ -183,7 +195,21 @@ impl Correlated {
                     }
                 }
             }
+            Event::TcpReset(r) => keep(&mut self.resets, r, &mut self.unkept_answers),
+            Event::IcmpError(i) => keep(&mut self.icmp_errors, i, &mut self.unkept_answers),
+            Event::TcpConnect(c) => keep(&mut self.connects, c, &mut self.unkept_answers),
+            Event::RuleCounter(c) => keep(&mut self.rule_counters, c, &mut self.unkept_answers),
+            Event::Bridge(b) => keep(&mut self.bridges, b, &mut self.unkept_answers),
         }
+    }
+
+    /// The connection attempt a packet to `(dst, dport)` in `netns` answers, if one was seen:
+    /// the socket that sent a SYN from that address and port.
+    pub fn connect_from(&self, netns: Option<u32>, addr: std::net::IpAddr, port: u16) -> Option<&TcpConnect> {
+        self.connects
+            .iter()
+            .rev()
+            .find(|c| c.netns == netns && c.flow.as_ref().is_some_and(|f| f.src == addr && f.sport == Some(port)))
     }
 
     fn pending_outcome(&mut self, tid: u32) -> Option<&mut LinkOutcome> {
@@ -339,5 +365,13 @@ impl Correlated {
 
     pub fn total_drops(&self) -> u64 {
         self.groups.values().map(|g| g.count).sum::<u64>() + self.ungrouped_drops
+    }
+}
+
+fn keep<T: Clone>(list: &mut Vec<T>, item: &T, unkept: &mut u64) {
+    if list.len() < MAX_PACKET_ANSWERS {
+        list.push(item.clone());
+    } else {
+        *unkept += 1;
     }
 }

@@ -3,6 +3,7 @@
 //! become link requests (`links`).
 
 pub mod links;
+pub mod netfilter;
 
 use std::{
     fmt,
@@ -13,7 +14,7 @@ use std::{
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use serde::Serialize;
-use tracer_ebpf::{DropEvent, EventHeader, EventKind, NetlinkEvent, ABSENT};
+use tracer_ebpf::{DropEvent, EventHeader, EventKind, NetlinkEvent, TraceRecordEvent, ABSENT};
 
 use crate::kernel::{drop_reasons::DropReasons, kallsyms::Kallsyms, netns::NetnsNames};
 
@@ -29,6 +30,8 @@ pub enum DecodeError {
     UnknownKind(u16),
     #[error("netlink record that is not a link request, ack or message")]
     NotALinkEvent,
+    #[error("tracepoint record from source {0} that this session did not attach")]
+    UnknownRecord(u16),
 }
 
 /// A decoded event.
@@ -41,6 +44,13 @@ pub enum Event {
     KernelMessage(links::KernelMessage),
     LinkState(links::LinkState),
     Module(links::ModuleEvent),
+    TcpReset(netfilter::TcpReset),
+    IcmpError(netfilter::IcmpError),
+    TcpConnect(netfilter::TcpConnect),
+    /// A netfilter rule or chain policy whose counters moved during the session.
+    RuleCounter(netfilter::RuleCounter),
+    /// A bridge and the br_netfilter state of its namespace, with the traffic it carried.
+    Bridge(netfilter::BridgeState),
 }
 
 impl Event {
@@ -53,6 +63,11 @@ impl Event {
             Event::KernelMessage(e) => e.ts_ns,
             Event::LinkState(e) => e.ts_ns,
             Event::Module(e) => e.ts_ns,
+            Event::TcpReset(e) => e.ts_ns,
+            Event::IcmpError(e) => e.ts_ns,
+            Event::TcpConnect(e) => e.ts_ns,
+            Event::RuleCounter(e) => e.ts_ns,
+            Event::Bridge(e) => e.ts_ns,
         }
     }
 }
@@ -164,6 +179,8 @@ pub struct Decoder {
     pub cgroups: crate::kernel::cgroups::CgroupPaths,
     pub netns: NetnsNames,
     pub clock: WallClock,
+    /// Formats of the tracepoints whose records the netfilter family copies.
+    pub record_formats: Arc<crate::probes::netfilter::RecordFormats>,
 }
 
 impl Decoder {
@@ -190,8 +207,28 @@ impl Decoder {
                     links::LinkEvent::Module(m) => Ok(Event::Module(m)),
                 }
             }
+            k if k == EventKind::TraceRecord as u16 => {
+                let raw: TraceRecordEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+                let netns_name = (raw.netns != 0).then(|| self.netns.name(raw.netns).map(str::to_string)).flatten();
+                let time = self.time(raw.header.ts_ns);
+                match netfilter::decode(&raw, &self.record_formats, time, netns_name) {
+                    Some(netfilter::NetfilterEvent::Reset(r)) => Ok(Event::TcpReset(r)),
+                    Some(netfilter::NetfilterEvent::Icmp(i)) => Ok(Event::IcmpError(i)),
+                    Some(netfilter::NetfilterEvent::Connect(c)) => Ok(Event::TcpConnect(c)),
+                    None => Err(DecodeError::UnknownRecord(raw.source)),
+                }
+            }
             other => Err(DecodeError::UnknownKind(other)),
         }
+    }
+
+    /// A wall-clock time for a monotonic timestamp, and a netns name for an inode.
+    pub fn name_netns(&mut self, inode: u32) -> Option<String> {
+        self.netns.name(inode).map(str::to_string)
+    }
+
+    pub fn wall_time(&self, ts_ns: u64) -> String {
+        self.time(ts_ns)
     }
 
     /// RFC 3339 wall-clock time of a monotonic timestamp.
@@ -259,7 +296,7 @@ pub fn infer_reason(function: &str) -> Option<&'static str> {
     }
 }
 
-fn task(header: &EventHeader) -> Option<Task> {
+pub(crate) fn task(header: &EventHeader) -> Option<Task> {
     (header.pid != 0).then(|| Task { pid: header.pid, tid: header.tid, comm: c_string(&header.comm) })
 }
 
@@ -351,6 +388,7 @@ mod tests {
             cgroups: Default::default(),
             netns: NetnsNames::new(),
             clock: WallClock::now(),
+            record_formats: Default::default(),
         }
     }
 

@@ -87,3 +87,10 @@ impl KernelFacts {
         }
     }
 }
+
+/// CLOCK_MONOTONIC nanoseconds: the clock eBPF events carry (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}

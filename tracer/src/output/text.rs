@@ -106,6 +106,49 @@ pub fn event_line(event: &Event) -> String {
             line.push_str(if l.carrier { " carrier" } else { " no-carrier" });
             line
         }
+        Event::TcpReset(r) => {
+            let netns = r.netns_name.clone().or(r.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+            let flow = r.flow.as_ref().map_or_else(|| "?".to_string(), ToString::to_string);
+            let mut line = format!("{} tcp RST {:<8} {flow} netns {netns}", clock(&r.time), r.direction);
+            if let Some(reason) = &r.reason {
+                line.push_str(&format!(" reason {reason}"));
+            }
+            if let Some(state) = &r.state {
+                line.push_str(&format!(" state {state}"));
+            }
+            if r.direction == "sent" && !r.socket {
+                line.push_str(" (no socket)");
+            }
+            line
+        }
+        Event::IcmpError(i) => {
+            let netns = i.netns_name.clone().or(i.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+            let flow = i.flow.as_ref().map_or_else(|| "?".to_string(), ToString::to_string);
+            format!("{} icmp {} sent about {flow} netns {netns}", clock(&i.time), i.meaning)
+        }
+        Event::TcpConnect(c) => {
+            let netns = c.netns_name.clone().or(c.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+            let flow = c.flow.as_ref().map_or_else(|| "?".to_string(), ToString::to_string);
+            let by = c.task.as_ref().map(|t| format!(" by {}[{}]", t.comm, t.pid)).unwrap_or_default();
+            format!("{} tcp connect {flow} netns {netns}{by}", clock(&c.time))
+        }
+        Event::RuleCounter(c) => {
+            let netns = c.netns_name.clone().unwrap_or_else(|| c.netns.to_string());
+            format!("{} counter +{} packet(s) {} netns {netns}", clock(&c.time), c.packets, c.describe())
+        }
+        Event::Bridge(b) => {
+            let netns = b.netns_name.clone().unwrap_or_else(|| b.netns.to_string());
+            let nf = |v: Option<bool>| v.map_or("absent", |on| if on { "1" } else { "0" });
+            format!(
+                "{} bridge {} netns {netns} carried {} packet(s), br_netfilter {} bridge-nf-call-iptables={} ip6tables={}",
+                clock(&b.time),
+                b.bridge,
+                b.packets,
+                if b.br_netfilter_loaded { "loaded" } else { "not loaded" },
+                nf(b.call_iptables),
+                nf(b.call_ip6tables)
+            )
+        }
     }
 }
 

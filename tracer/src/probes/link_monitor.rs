@@ -122,7 +122,7 @@ fn watch(path: &PathBuf, inode: u32, stop: &AtomicBool, tx: &mpsc::Sender<Monito
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        let ts_ns = monotonic_ns();
+        let ts_ns = crate::kernel::monotonic_ns();
         // One datagram may hold several messages.
         let mut offset = 0;
         while offset + 16 <= len {
@@ -138,10 +138,4 @@ fn watch(path: &PathBuf, inode: u32, stop: &AtomicBool, tx: &mpsc::Sender<Monito
         }
     }
     Ok(())
-}
-
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
 }

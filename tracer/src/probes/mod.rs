@@ -2,9 +2,12 @@
 //! attaches each hook family. Everything is attached through fd-owned links: when the
 //! process exits, however it exits, the kernel detaches it all. Nothing is pinned.
 
+pub mod bridges;
 pub mod drops;
 pub mod link_monitor;
 pub mod links;
+pub mod netfilter;
+pub mod rule_counters;
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
@@ -16,7 +19,7 @@ use tracer_ebpf::{names, DropConfig};
 
 use self::drops::{DropBackend, DropCoverage};
 use crate::kernel::KernelFacts;
-use tracer_ebpf::LinkConfig;
+use tracer_ebpf::{LinkConfig, NetfilterConfig};
 
 /// The kernel-side object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -80,11 +83,22 @@ pub struct ProbeOptions {
     pub links: bool,
     /// Forces one links backend instead of the chain (tracepoints, then kprobes).
     pub links_backend: Option<links::LinkBackend>,
+    /// Attach the netfilter family (resets, ICMP errors, connection attempts) too.
+    pub netfilter: bool,
+    /// Forces one netfilter backend.
+    pub netfilter_backend: Option<netfilter::NetfilterBackend>,
 }
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        Self { buffer_bytes: DEFAULT_BUFFER_BYTES, drops_backend: None, links: true, links_backend: None }
+        Self {
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+            drops_backend: None,
+            links: true,
+            links_backend: None,
+            netfilter: true,
+            netfilter_backend: None,
+        }
     }
 }
 
@@ -92,6 +106,8 @@ impl Default for ProbeOptions {
 pub struct Probes {
     ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
+    /// Formats of the tracepoints whose records the netfilter family copies.
+    pub record_formats: netfilter::RecordFormats,
 }
 
 impl Probes {
@@ -115,8 +131,11 @@ impl Probes {
             .find(|b| *b == links::LinkBackend::Kprobes || links::link_config(facts, *b).1.requests)
             .unwrap_or(link_chain[0]);
         let (link_config, link_coverage) = links::link_config(facts, link_backend);
+        let nf_backend = options.netfilter_backend.unwrap_or(netfilter::NetfilterBackend::Tracepoints);
+        let (nf_config, nf_coverage, record_formats) = netfilter::netfilter_config(facts, nf_backend);
+        let configs = Configs { links: link_config, netfilter: nf_config };
         for backend in chain {
-            match attach_drops(facts, backend, options.buffer_bytes, &link_config) {
+            match attach_drops(facts, backend, options.buffer_bytes, &configs) {
                 Ok((mut ebpf, detail, coverage)) => {
                     for gap in &coverage.gaps {
                         log::info!("drops: {gap}");
@@ -131,7 +150,25 @@ impl Probes {
                     if options.links {
                         hooks.push(attach_links(&mut ebpf, &link_coverage, link_backend, &facts.kallsyms)?);
                     }
-                    return Ok(Self { ebpf, hooks });
+                    if options.netfilter {
+                        let detail =
+                            netfilter::attach(&mut ebpf, &record_formats).map_err(|why| ProbeError::NoBackend {
+                                family: "netfilter",
+                                tried: format!("{}: {why}", nf_backend.name()),
+                            })?;
+                        for gap in &nf_coverage.gaps {
+                            log::info!("netfilter: {gap}");
+                        }
+                        hooks.push(HookStatus {
+                            family: "netfilter",
+                            backend_id: nf_backend.name().into(),
+                            backend: detail,
+                            coverage: serde_json::to_value(&nf_coverage).unwrap_or_default(),
+                            unavailable: vec![],
+                        });
+                    }
+                    let record_formats = if options.netfilter { record_formats } else { Default::default() };
+                    return Ok(Self { ebpf, hooks, record_formats });
                 }
                 Err(why) => {
                     log::info!("drops: backend {backend} unavailable: {why}");
@@ -146,6 +183,7 @@ impl Probes {
     /// Tries every backend of every family (attaching and detaching each): what `check` reports.
     pub fn survey(facts: &KernelFacts) -> Vec<BackendProbe> {
         let (link_config, _) = links::link_config(facts, links::LinkBackend::Tracepoints);
+        let configs = Configs { links: link_config, netfilter: NetfilterConfig::absent() };
         let probe =
             |family: &'static str, backend: &'static str, result: Result<(String, serde_json::Value), String>| {
                 match result {
@@ -159,7 +197,7 @@ impl Probes {
             .into_iter()
             .map(|backend| {
                 let result =
-                    attach_drops(facts, backend, 4096, &link_config).map(|(_detached_on_drop, detail, coverage)| {
+                    attach_drops(facts, backend, 4096, &configs).map(|(_detached_on_drop, detail, coverage)| {
                         (detail, serde_json::to_value(coverage).unwrap_or_default())
                     });
                 probe("drops", backend.name(), result)
@@ -167,10 +205,19 @@ impl Probes {
             .collect();
         for backend in [links::LinkBackend::Tracepoints, links::LinkBackend::Kprobes] {
             let (link_config, link_coverage) = links::link_config(facts, backend);
-            let result = load_object(&DropConfig::absent(), &link_config, 4096)
+            let configs = Configs { links: link_config, netfilter: NetfilterConfig::absent() };
+            let result = load_object(&DropConfig::absent(), &configs, 4096)
                 .and_then(|mut ebpf| links::attach(&mut ebpf, &link_coverage, backend, &facts.kallsyms))
                 .map(|detail| (detail, serde_json::to_value(&link_coverage).unwrap_or_default()));
             probes.push(probe("links", backend.name(), result));
+        }
+        for backend in netfilter::NetfilterBackend::ALL {
+            let (nf_config, nf_coverage, formats) = netfilter::netfilter_config(facts, backend);
+            let configs = Configs { links: LinkConfig::absent(), netfilter: nf_config };
+            let result = load_object(&DropConfig::absent(), &configs, 4096)
+                .and_then(|mut ebpf| netfilter::attach(&mut ebpf, &formats))
+                .map(|detail| (detail, serde_json::to_value(&nf_coverage).unwrap_or_default()));
+            probes.push(probe("netfilter", backend.name(), result));
         }
         probes
     }
@@ -210,11 +257,18 @@ fn attach_links(
     })
 }
 
+/// The configurations of the families other than drops (whose backend is chosen by loading).
+struct Configs {
+    links: LinkConfig,
+    netfilter: NetfilterConfig,
+}
+
 /// Loads the object with this kernel's configuration (nothing attached yet).
-fn load_object(drop_config: &DropConfig, link_config: &LinkConfig, buffer_bytes: u32) -> Result<Ebpf, String> {
+fn load_object(drop_config: &DropConfig, configs: &Configs, buffer_bytes: u32) -> Result<Ebpf, String> {
     EbpfLoader::new()
         .override_global(names::DROP_CONFIG, drop_config, true)
-        .override_global(names::LINK_CONFIG, link_config, true)
+        .override_global(names::LINK_CONFIG, &configs.links, true)
+        .override_global(names::NETFILTER_CONFIG, &configs.netfilter, true)
         .map_max_entries(names::EVENTS, buffer_bytes)
         .load(EBPF_OBJECT)
         .map_err(|e| format!("loading the object: {}", error_chain(&e)))
@@ -226,10 +280,10 @@ fn attach_drops(
     facts: &KernelFacts,
     backend: DropBackend,
     buffer_bytes: u32,
-    link_config: &LinkConfig,
+    configs: &Configs,
 ) -> Result<(Ebpf, String, DropCoverage), String> {
     let (config, coverage, function) = drops::drop_config(facts, backend).map_err(|e| e.to_string())?;
-    let mut ebpf = load_object(&config, link_config, buffer_bytes)?;
+    let mut ebpf = load_object(&config, configs, buffer_bytes)?;
     let detail = match (backend, function) {
         (DropBackend::Tracepoint | DropBackend::TracepointNoreason, _) => {
             let program: &mut TracePoint = program(&mut ebpf, names::PROG_KFREE_SKB)?;

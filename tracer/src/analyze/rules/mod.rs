@@ -1,21 +1,28 @@
 //! One file per diagnosis rule. Each says in its first lines what it detects and from
 //! which evidence.
 
+mod br_netfilter_missing;
+mod bridge_bypasses_netfilter;
 mod link_create_failed;
 mod link_flapping;
 mod link_kind_unsupported;
 mod netfilter_drop;
 mod no_listener;
 mod packet_drop;
+mod reject_by_rule;
 mod veth_mac_changed;
 
 use std::collections::BTreeMap;
 
 use super::{
-    correlate::{DropGroup, LinkHistory, LinkOutcome},
-    Finding, Place, Rule, Severity,
+    correlate::{Correlated, DropGroup, LinkHistory, LinkOutcome},
+    Finding, NetfilterVerdict, Place, Rule, Severity,
 };
-use crate::decode::Event;
+use crate::{
+    decode::netfilter::{IcmpError, RuleCounter, TcpReset},
+    decode::Event,
+    probes::rule_counters::Verdict,
+};
 
 /// Every rule, in the order their findings are computed.
 pub fn all() -> Vec<Box<dyn Rule + Send>> {
@@ -25,7 +32,10 @@ pub fn all() -> Vec<Box<dyn Rule + Send>> {
         Box::new(veth_mac_changed::VethMacChanged),
         Box::new(link_flapping::LinkFlapping),
         Box::new(no_listener::NoListener),
+        Box::new(reject_by_rule::RejectByRule),
         Box::new(netfilter_drop::NetfilterDrop),
+        Box::new(bridge_bypasses_netfilter::BridgeBypassesNetfilter),
+        Box::new(br_netfilter_missing::BrNetfilterMissing),
         Box::new(packet_drop::PacketDrop),
     ]
 }
@@ -75,7 +85,7 @@ pub(crate) fn finding_from_groups(
 }
 
 /// `udp 10.0.0.1 > 10.0.0.2:9999`: the client's port changes between retries.
-fn flow_without_sport(flow: &crate::decode::Flow) -> String {
+pub(crate) fn flow_without_sport(flow: &crate::decode::Flow) -> String {
     let mut f = flow.clone();
     f.sport = None;
     f.tcp_flags = None;
@@ -206,4 +216,103 @@ pub(crate) fn finding_from_history(
         evidence: history.evidence.clone(),
         remediation,
     }
+}
+
+/// Rule counters in the group's namespace and address family whose verdict `want`s and
+/// whose matches fit the group's flow, most packets first.
+pub(crate) fn matching_counters<'a>(
+    state: &'a Correlated,
+    group: &DropGroup,
+    want: impl Fn(&Verdict) -> bool,
+) -> Vec<&'a RuleCounter> {
+    let v6 = group.first.protocol == "ipv6";
+    let families: &[&str] = if v6 { &["ip6", "inet"] } else { &["ip", "inet"] };
+    let mut found: Vec<&RuleCounter> = state
+        .rule_counters
+        .iter()
+        .filter(|c| Some(c.netns) == group.key.netns && families.contains(&c.family.as_str()) && want(&c.kind))
+        .filter(|c| c.matches.matches(group.key.l4.as_deref(), group.key.src, group.key.dst, group.key.dport))
+        .collect();
+    found.sort_by_key(|c| std::cmp::Reverse(c.packets));
+    found
+}
+
+/// The finding's view of a rule counter.
+pub(crate) fn verdict_of(counter: &RuleCounter) -> NetfilterVerdict {
+    NetfilterVerdict {
+        source: "rule-counters".into(),
+        backend: counter.backend.into(),
+        family: counter.family.clone(),
+        table: counter.table.clone(),
+        chain: counter.chain.clone(),
+        hook: (!counter.hooks.is_empty()).then(|| counter.hooks.join("/")),
+        rule: counter.rule.clone(),
+        verdict: counter.verdict.clone(),
+        packets: counter.packets,
+    }
+}
+
+/// How to remove or narrow a rule, in its own tool's words.
+pub(crate) fn how_to_remove(counter: &RuleCounter, in_ns: &str) -> String {
+    let tool = match (counter.backend, counter.family.as_str()) {
+        ("nftables", _) => "nft",
+        ("iptables-legacy", "ip6") => "ip6tables-legacy",
+        ("iptables-legacy", _) => "iptables-legacy",
+        (_, "ip6") => "ip6tables",
+        _ => "iptables",
+    };
+    match (&counter.rule, tool) {
+        (Some(_), "nft") => format!(
+            "find its handle with `{in_ns}nft -a list chain {} {} {}` and remove it with `{in_ns}nft delete rule {} {} {} handle N`",
+            counter.family, counter.table, counter.chain, counter.family, counter.table, counter.chain
+        ),
+        (Some(rule), _) => match rule.strip_prefix("-A ") {
+            Some(spec) => format!("remove it with `{in_ns}{tool} -t {} -D {spec}`", counter.table),
+            None => format!("remove it with `{in_ns}{tool} -t {} -D …`", counter.table),
+        },
+        (None, "nft") => format!(
+            "the chain's policy is {}: change it with `{in_ns}nft add chain {} {} {} '{{ policy accept; }}'` or add an accept rule for this traffic",
+            counter.verdict, counter.family, counter.table, counter.chain
+        ),
+        (None, _) => format!(
+            "the chain's policy is {}: add an ACCEPT rule for this traffic (`{in_ns}{tool} -t {} -I {} …`) or change the policy (`{tool} -P {} ACCEPT`)",
+            counter.verdict, counter.table, counter.chain, counter.chain
+        ),
+    }
+}
+
+/// Evidence events for a rule counter.
+pub(crate) fn counter_event(counter: &RuleCounter) -> Event {
+    Event::RuleCounter(counter.clone())
+}
+
+/// What answered netfilter-dropped packets, when something did: the REJECT rule whose
+/// counters moved, the ICMP error the kernel sent about them, or the RST their sender got.
+pub(crate) struct Refusal<'a> {
+    pub rule: Option<&'a RuleCounter>,
+    pub icmp: Option<&'a IcmpError>,
+    pub client_reset: Option<&'a TcpReset>,
+}
+
+pub(crate) fn refusal<'a>(state: &'a Correlated, g: &DropGroup) -> Option<Refusal<'a>> {
+    let (Some(src), Some(dst)) = (g.key.src, g.key.dst) else { return None };
+    let rule = matching_counters(state, g, |v| matches!(v, Verdict::Reject { .. })).into_iter().next();
+    let icmp = state.icmp_errors.iter().find(|i| {
+        i.netns == g.key.netns
+            && i.flow
+                .as_ref()
+                .is_some_and(|f| f.src == src && f.dst == dst && (f.dport.is_none() || f.dport == g.key.dport))
+    });
+    // The client's socket: local end = the dropped packet's source.
+    let client_reset = state.resets.iter().find(|r| {
+        r.direction == "received"
+            && r.flow.as_ref().is_some_and(|f| f.src == src && f.dst == dst && f.dport == g.key.dport)
+    });
+    (rule.is_some() || icmp.is_some() || client_reset.is_some()).then_some(Refusal { rule, icmp, client_reset })
+}
+
+/// A TCP packet with ACK set: a reply or data, not a connection attempt.
+pub(crate) fn is_reply(g: &DropGroup) -> bool {
+    g.key.l4.as_deref() == Some("tcp")
+        && g.first.flow.as_ref().and_then(|f| f.tcp_flags.as_deref()).is_some_and(|flags| flags.contains("ACK"))
 }

@@ -2,7 +2,11 @@
 //! destination port, so the stack dropped them and answered with a TCP RST or an ICMP
 //! port unreachable: the client sees "connection refused".
 //!
-//! Evidence: `skb:kfree_skb` drops with reason NO_SOCKET, grouped by netns and destination.
+//! Evidence: `skb:kfree_skb` drops with reason NO_SOCKET of connection attempts (TCP
+//! without ACK, or UDP), grouped by netns and destination; the RST the stack sent without a
+//! socket (`tcp:tcp_send_reset`, 6.10+) or its ICMP port unreachable (`icmp:icmp_send`,
+//! 6.15+). Replies that found no socket (a SYN-ACK) are not this: see
+//! `bridge-bypasses-netfilter`.
 
 use super::{finding_from_groups, group_by, in_netns, inferred_note, netns_label};
 use crate::{
@@ -10,6 +14,7 @@ use crate::{
         correlate::{Correlated, DropGroup},
         Finding, Rule, Severity,
     },
+    decode::Event,
     kernel::KernelSummary,
 };
 
@@ -34,8 +39,10 @@ impl Rule for NoListener {
                 None => None,
             }
         };
-        let candidates =
-            state.drop_groups().into_iter().filter(|g| g.key.reason.as_deref() == Some(REASON) && l4(g).is_some());
+        let candidates = state
+            .drop_groups()
+            .into_iter()
+            .filter(|g| g.key.reason.as_deref() == Some(REASON) && l4(g).is_some() && !super::is_reply(g));
         group_by(candidates, |g| (g.key.netns, l4(g), g.key.dst, g.key.dport))
             .into_iter()
             .map(|groups| {
@@ -65,7 +72,30 @@ impl Rule for NoListener {
                         ),
                     ),
                 };
-                finding_from_groups(self.id(), Severity::Warning, summary + inferred_note(&groups), &groups, remediation)
+                let mut finding = finding_from_groups(
+                    self.id(),
+                    Severity::Warning,
+                    summary + inferred_note(&groups),
+                    &groups,
+                    remediation,
+                );
+                // The stack's own answer, where the kernel shows it.
+                let answered = |src: Option<std::net::IpAddr>, dst: Option<std::net::IpAddr>, port: Option<u16>| {
+                    g.key.dst == src && g.key.src == dst && g.key.dport == port
+                };
+                let reset = state.resets.iter().find(|r| {
+                    r.direction == "sent"
+                        && !r.socket
+                        && r.netns == g.key.netns
+                        && r.flow.as_ref().is_some_and(|f| answered(Some(f.src), Some(f.dst), f.sport))
+                });
+                let icmp = state.icmp_errors.iter().find(|i| {
+                    i.netns == g.key.netns
+                        && i.flow.as_ref().is_some_and(|f| answered(Some(f.dst), Some(f.src), f.dport))
+                });
+                finding.evidence.extend(reset.cloned().map(Event::TcpReset));
+                finding.evidence.extend(icmp.cloned().map(Event::IcmpError));
+                finding
             })
             .collect()
     }

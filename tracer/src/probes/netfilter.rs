@@ -1,0 +1,291 @@
+//! Netfilter and "connection refused" evidence (kernel side: tracer-ebpf/src/netfilter.rs):
+//! who answered a connection attempt and how (stack RST, ICMP error, nothing), from
+//! tracepoints whose records are copied whole and decoded here by field name. The verdicts'
+//! table, chain and rule come from rule counters read in userspace (`rule_counters`), which
+//! work on every kernel and every netfilter frontend without touching the ruleset.
+
+use aya::{programs::TracePoint, Ebpf};
+use serde::Serialize;
+use tracer_ebpf::{names, NetfilterConfig, RecordConfig, RecordSource, ABSENT, RECORD_SOURCES};
+
+use super::{error_chain, program};
+use crate::kernel::{tracefs::TracepointFormat, KernelFacts};
+
+/// How the netfilter family observes the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetfilterBackend {
+    /// The tracepoints above, each where this kernel has it, plus rule counters.
+    Tracepoints,
+    /// Without `tcp:tcp_send_reset` and `icmp:icmp_send`: what kernels before 4.15 (and,
+    /// for ICMP, before 6.15) offer. The verdicts then rest on drop reasons and counters.
+    TracepointsNoReset,
+}
+
+impl NetfilterBackend {
+    pub const ALL: [NetfilterBackend; 2] = [NetfilterBackend::Tracepoints, NetfilterBackend::TracepointsNoReset];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NetfilterBackend::Tracepoints => "tracepoints",
+            NetfilterBackend::TracepointsNoReset => "tracepoints-noreset",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+/// One tracepoint of the family: where it is and which program takes it.
+struct Source {
+    source: RecordSource,
+    program: &'static str,
+    system: &'static str,
+    event: &'static str,
+    /// Said when the kernel lacks it.
+    missing: &'static str,
+}
+
+const SOURCES: [Source; RECORD_SOURCES] = [
+    Source {
+        source: RecordSource::TcpSendReset,
+        program: names::PROG_TCP_SEND_RESET,
+        system: "tcp",
+        event: "tcp_send_reset",
+        missing: "RSTs the stack sends: no tcp:tcp_send_reset (4.15+); missing listeners show as NO_SOCKET drops only",
+    },
+    Source {
+        source: RecordSource::TcpReceiveReset,
+        program: names::PROG_TCP_RECEIVE_RESET,
+        system: "tcp",
+        event: "tcp_receive_reset",
+        missing: "RSTs clients receive: no tcp:tcp_receive_reset (4.15+)",
+    },
+    Source {
+        source: RecordSource::IcmpSend,
+        program: names::PROG_ICMP_SEND,
+        system: "icmp",
+        event: "icmp_send",
+        missing: "ICMP errors sent (REJECT with icmp-*, port unreachable): no icmp:icmp_send (6.15+); REJECTs are told by rule counters",
+    },
+    Source {
+        source: RecordSource::TcpConnect,
+        program: names::PROG_SOCK_SET_STATE,
+        system: "sock",
+        event: "inet_sock_set_state",
+        missing: "TCP connection attempts: no sock:inet_sock_set_state (4.16+)",
+    },
+];
+
+/// What the netfilter family sees on this kernel.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetfilterCoverage {
+    pub stack_resets: bool,
+    pub received_resets: bool,
+    pub icmp_errors: bool,
+    pub connect_attempts: bool,
+    /// Table, chain and rule from counters (userspace; needs iptables-save or nft).
+    pub rule_counters: bool,
+    /// Namespace and device of each record (BTF).
+    pub device_and_netns: bool,
+    pub gaps: Vec<String>,
+}
+
+/// The formats of the family's tracepoints (None where the kernel lacks one), indexed by
+/// [`RecordSource`]: the decoder reads the copied records with them.
+pub type RecordFormats = [Option<TracepointFormat>; RECORD_SOURCES];
+
+/// Offsets and the formats for this kernel and backend.
+pub fn netfilter_config(
+    facts: &KernelFacts,
+    backend: NetfilterBackend,
+) -> (NetfilterConfig, NetfilterCoverage, RecordFormats) {
+    let mut cfg = NetfilterConfig::absent();
+    let mut cov = NetfilterCoverage::default();
+    let mut formats: RecordFormats = Default::default();
+    for s in &SOURCES {
+        let emulated_absent = backend == NetfilterBackend::TracepointsNoReset
+            && matches!(s.source, RecordSource::TcpSendReset | RecordSource::IcmpSend);
+        let format = if emulated_absent {
+            cov.gaps.push(format!("{} (left out: --backend netfilter=tracepoints-noreset)", s.missing));
+            None
+        } else {
+            match facts.tracefs.format(s.system, s.event) {
+                Ok(f) => Some(f),
+                Err(_) => {
+                    cov.gaps.push(s.missing.to_string());
+                    None
+                }
+            }
+        };
+        let Some(format) = format else { continue };
+        let offset = |name: &str| format.field(name).map_or(ABSENT, |f| f.offset);
+        cfg.records[s.source as usize] = RecordConfig {
+            len: format.fields.iter().map(|f| f.offset + f.size).max().unwrap_or(0),
+            skb: offset("skbaddr"),
+            sk: offset("skaddr"),
+            _pad: 0,
+        };
+        if s.source == RecordSource::TcpConnect {
+            cfg.state_newstate = offset("newstate");
+            cfg.state_protocol = offset("protocol");
+            // The print format's symbol tables give the values (TCP states are also UAPI as
+            // BPF_TCP_*; IPPROTO_TCP is UAPI).
+            let value = |field: &str, name: &str| {
+                format
+                    .symbolic_values(field)
+                    .and_then(|t| t.into_iter().find(|(_, n)| n == name).map(|(v, _)| v as u32))
+            };
+            cfg.tcp_syn_sent = value("newstate", "TCP_SYN_SENT").unwrap_or(2);
+            cfg.ipproto_tcp = value("protocol", "IPPROTO_TCP").unwrap_or(libc::IPPROTO_TCP as u32);
+        }
+        match s.source {
+            RecordSource::TcpSendReset => cov.stack_resets = true,
+            RecordSource::TcpReceiveReset => cov.received_resets = true,
+            RecordSource::IcmpSend => cov.icmp_errors = true,
+            RecordSource::TcpConnect => cov.connect_attempts = true,
+        }
+        formats[s.source as usize] = Some(format);
+    }
+    match &facts.btf {
+        Some(btf) => {
+            let mut member = |strct: &str, path: &str| {
+                btf.member(strct, path).map(|m| m.offset).unwrap_or_else(|e| {
+                    cov.gaps.push(e.to_string());
+                    ABSENT
+                })
+            };
+            cfg.skb_dev = member("sk_buff", "dev");
+            cfg.dev_ifindex = member("net_device", "ifindex");
+            cfg.dev_net = member("net_device", "nd_net.net");
+            cfg.sk_net = member("sock", "__sk_common.skc_net.net");
+            cfg.net_inum = member("net", "ns.inum");
+            cov.device_and_netns = cfg.net_inum != ABSENT && cfg.skb_dev != ABSENT;
+        }
+        None => cov.gaps.push("namespace and device of resets and ICMP errors: no kernel BTF".into()),
+    }
+    cov.rule_counters = ["iptables-nft-save", "iptables-legacy-save", "iptables-save", "nft"]
+        .into_iter()
+        .any(|tool| which(tool).is_some());
+    if !cov.rule_counters {
+        cov.gaps.push("table, chain and rule of verdicts: neither iptables-save nor nft is installed".into());
+    }
+    (cfg, cov, formats)
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Loads and attaches the programs for the sources this kernel has; `Err` when none attach.
+pub fn attach(ebpf: &mut Ebpf, formats: &RecordFormats) -> Result<String, String> {
+    let mut attached = Vec::new();
+    for s in &SOURCES {
+        if formats[s.source as usize].is_none() {
+            continue;
+        }
+        let program: &mut TracePoint = program(ebpf, s.program)?;
+        program.load().map_err(|e| format!("{}: {}", s.program, error_chain(&e)))?;
+        program.attach(s.system, s.event).map_err(|e| format!("{}:{}: {}", s.system, s.event, error_chain(&e)))?;
+        attached.push(format!("{}:{}", s.system, s.event));
+    }
+    if attached.is_empty() {
+        return Err(
+            "none of tcp:tcp_send_reset, tcp:tcp_receive_reset, icmp:icmp_send, sock:inet_sock_set_state exists here"
+                .into(),
+        );
+    }
+    Ok(format!("tracepoints {}", attached.join(" ")))
+}
+
+/// Rulesets and bridges of the traced namespaces, read from userspace at the start and the
+/// end of a session: what moved in between attributes verdicts to rules and shows which
+/// bridges carried traffic past netfilter.
+#[derive(Default)]
+pub struct NamespaceState {
+    pub rules: std::collections::HashMap<u32, super::rule_counters::RulesetSnapshot>,
+    pub bridges: std::collections::HashMap<u32, super::bridges::BridgeSnapshot>,
+}
+
+/// Namespaces to read: the given ones, or this process's and every named one (`/run/netns`).
+pub fn namespace_scope(only: Option<&[std::path::PathBuf]>) -> Vec<(u32, std::path::PathBuf)> {
+    use crate::kernel::netns::inode_of;
+    let paths: Vec<std::path::PathBuf> = match only {
+        Some(paths) => paths.to_vec(),
+        None => {
+            let mut paths = vec![std::path::PathBuf::from("/proc/self/ns/net")];
+            if let Ok(entries) = std::fs::read_dir("/run/netns") {
+                paths.extend(entries.flatten().map(|e| e.path()));
+            }
+            paths
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    paths
+        .into_iter()
+        .filter_map(|p| inode_of(&p).map(|inode| (inode, p)))
+        .filter(|(inode, _)| seen.insert(*inode))
+        .collect()
+}
+
+/// Most namespaces read at once (each read runs a few short commands).
+const PARALLEL_READS: usize = 8;
+
+impl NamespaceState {
+    pub fn take(scope: &[(u32, std::path::PathBuf)]) -> Self {
+        let mut state = Self::default();
+        for chunk in scope.chunks(PARALLEL_READS) {
+            let results: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|(inode, path)| {
+                        s.spawn(move || {
+                            (
+                                super::rule_counters::RulesetSnapshot::take(*inode, path),
+                                super::bridges::BridgeSnapshot::take(*inode, path),
+                            )
+                        })
+                    })
+                    .collect();
+                handles.into_iter().filter_map(|h| h.join().ok()).collect()
+            });
+            for (rules, bridges) in results {
+                for e in rules.errors.iter().chain(&bridges.errors) {
+                    log::debug!("netns {}: {e}", rules.netns);
+                }
+                state.bridges.insert(bridges.netns, bridges);
+                state.rules.insert(rules.netns, rules);
+            }
+        }
+        state
+    }
+
+    /// Rule counters that moved since `before` (with whether the namespace had a baseline),
+    /// and bridges with the packets their ports received since `before`.
+    #[allow(clippy::type_complexity)]
+    pub fn changes_since(
+        &self,
+        before: &NamespaceState,
+    ) -> (
+        Vec<(super::rule_counters::RuleHit, bool)>,
+        Vec<(&super::bridges::BridgeSnapshot, &super::bridges::BridgeInfo, u64)>,
+    ) {
+        let mut hits = Vec::new();
+        for (netns, after) in &self.rules {
+            let baseline = before.rules.get(netns);
+            hits.extend(super::rule_counters::moved(baseline, after).into_iter().map(|h| (h, baseline.is_none())));
+        }
+        let mut bridges = Vec::new();
+        for (netns, after) in &self.bridges {
+            let traffic = super::bridges::traffic(before.bridges.get(netns), after);
+            for info in &after.bridges {
+                let packets = traffic.iter().find(|(name, _)| *name == info.name).map_or(0, |(_, p)| *p);
+                bridges.push((after, info, packets));
+            }
+        }
+        (hits, bridges)
+    }
+}
