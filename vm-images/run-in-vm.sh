@@ -116,8 +116,9 @@ done
 # qemu-system-x86 provides qemu-system-x86_64; busybox-static is the guest's
 # userland (it must be static: it is the only thing in the guest besides the
 # few dynamically linked tools whose libraries we copy); iptables gives
-# xtables-nft-multi; iproute2 gives ip.  cpio is optional (busybox has one).
-ensure_pkgs qemu-system-x86 busybox-static iptables iproute2 bash gzip
+# xtables-nft-multi; nftables gives nft (native nftables rules, lab scenario
+# apiserver-rejected); iproute2 gives ip.  cpio is optional (busybox has one).
+ensure_pkgs qemu-system-x86 busybox-static iptables nftables iproute2 bash gzip
 BUSYBOX="$(command -v busybox)" || die "busybox not found after installing busybox-static"
 
 # --------------------------------------------------- kernel package / cache
@@ -263,8 +264,8 @@ for applet in $("$BUSYBOX" --list-full); do
   ln -sf /bin/busybox "$ROOT/$applet"
 done
 
-# bash (runs GUEST_SCRIPT), iproute2's ip, iptables-nft.
-for bin in /usr/bin/bash /usr/sbin/ip /usr/sbin/xtables-nft-multi; do
+# bash (runs GUEST_SCRIPT), iproute2's ip, iptables-nft, nft.
+for bin in /usr/bin/bash /usr/sbin/ip /usr/sbin/xtables-nft-multi /usr/sbin/nft; do
   rm -f "$ROOT$bin"
   copy_same_path "$bin"
   copy_libs "$bin"

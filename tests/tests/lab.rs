@@ -1,20 +1,63 @@
 //! `dptrace lab`: every scenario is diagnosed as expected and leaves nothing behind.
 
+use std::collections::BTreeSet;
+
 use dptrace_e2e::{dptrace, json_lines, namespaces_with_prefix, of_type, require_root, sh, stderr};
+use serde_json::Value;
+
+/// Every scenario, in `lab list` order.
+const SCENARIOS: [&str; 8] = [
+    "udp-closed-port",
+    "node-icmp-blocked",
+    "apiserver-rejected",
+    "apiserver-down",
+    "br-netfilter-off",
+    "wireguard-unsupported",
+    "veth-mac-rewrite",
+    "link-flap",
+];
 
 #[test]
 fn lab_list_names_every_scenario() {
     let out = dptrace(&["lab", "list"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for name in ["udp-closed-port", "iptables-drop", "wireguard-unsupported", "veth-mac-rewrite", "link-flap"] {
-        assert!(text.contains(name), "{text}");
+    for name in SCENARIOS {
+        assert!(text.lines().any(|l| l.split_whitespace().next() == Some(name)), "{name}: {text}");
     }
+    assert_eq!(text.lines().count(), SCENARIOS.len(), "{text}");
+    assert!(!text.contains("iptables-drop"), "renamed to node-icmp-blocked: {text}");
+}
+
+/// The host's br_netfilter switches (None where br_netfilter is not loaded).
+fn host_bridge_sysctls() -> [Option<String>; 2] {
+    ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"]
+        .map(|name| std::fs::read_to_string(format!("/proc/sys/net/bridge/{name}")).ok())
+}
+
+/// Whether a finding happened in the lab namespace of role `role` (`dptlab-<pid>-<role>`):
+/// scenarios of one `--all` run have namespaces of different roles, while their addresses
+/// (and namespace inodes, which the kernel reuses) may repeat.
+fn in_role(f: &Value, role: &str) -> bool {
+    f["place"]["netns_name"].as_str().is_some_and(|n| n.starts_with("dptlab-") && n.ends_with(&format!("-{role}")))
+}
+
+fn of_rule_in<'a>(findings: &[&'a Value], rule: &str, role: &str) -> Vec<&'a Value> {
+    findings.iter().copied().filter(|f| f["rule"] == rule && in_role(f, role)).collect()
+}
+
+fn destinations(findings: &[&Value]) -> BTreeSet<String> {
+    findings.iter().filter_map(|f| f["destination"].as_str().map(str::to_string)).collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
 }
 
 #[test]
 fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
     require_root!();
+    let host_before = host_bridge_sysctls();
     // A leftover from a "crashed" run (a pid that cannot exist) must be removed.
     let stale = "dptlab-4999999-server";
     sh("ip", &["netns", "add", stale]);
@@ -22,18 +65,74 @@ fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
     assert!(out.status.success(), "exit {:?}: {}\n{}", out.status, stderr(&out), String::from_utf8_lossy(&out.stdout));
     let lines = json_lines(&out);
     let results = of_type(&lines, "lab-result");
-    assert_eq!(results.len(), 5, "{lines:#?}");
-    for r in &results {
+    assert_eq!(results.len(), SCENARIOS.len(), "{lines:#?}");
+    for (r, name) in results.iter().zip(SCENARIOS) {
+        assert_eq!(r["scenario"], name, "{r}");
         // A scenario may only be skipped when this kernel cannot show its failure.
         assert!(r["diagnosed"] == true || r["skipped"] == true, "{r}");
     }
+    let result = |name: &str| *results.iter().find(|r| r["scenario"] == name).unwrap();
     let findings = of_type(&lines, "finding");
-    let no_listener: Vec<_> = findings.iter().filter(|f| f["rule"] == "no-listener").collect();
+
+    // UDP to a closed port: the server's stack answers.
+    let no_listener = of_rule_in(&findings, "no-listener", "server");
     assert_eq!(no_listener.len(), 2, "IPv4 and IPv6: {findings:#?}");
     assert!(no_listener.iter().all(|f| f["evidence"][0]["reason"] == "NO_SOCKET" && f["place"]["device"] == "s0"));
-    let netfilter: Vec<_> = findings.iter().filter(|f| f["rule"] == "netfilter-drop").collect();
-    assert_eq!(netfilter.len(), 2, "IPv4 and IPv6: {findings:#?}");
-    assert!(netfilter.iter().any(|f| f["flows"][0].as_str().unwrap().starts_with("icmpv6 ")));
+
+    // Field report 2, ping: an iptables (nf_tables backend) INPUT rule drops ICMP echo.
+    let icmp = of_rule_in(&findings, "netfilter-drop", "cplane");
+    assert_eq!(icmp.len(), 2, "IPv4 and IPv6: {findings:#?}");
+    assert_eq!(destinations(&icmp), set(&["10.250.0.2", "fd00:250::2"]), "{icmp:#?}");
+    assert!(icmp.iter().any(|f| f["flows"][0].as_str().unwrap().starts_with("icmpv6 ")));
+    for f in &icmp {
+        let nf = &f["netfilter"];
+        assert_eq!(nf["backend"], "iptables-nft", "{f}");
+        assert_eq!(nf["table"], "filter", "{f}");
+        assert_eq!(nf["chain"], "INPUT", "{f}");
+        assert_eq!(nf["hook"], "input", "{f}");
+        assert_eq!(nf["verdict"], "drop", "{f}");
+        assert!(nf["rule"].as_str().is_some_and(|r| r.contains("-j DROP")), "{f}");
+    }
+
+    // Field report 2, "connection refused" on :6443, three causes told apart. A REJECT rule:
+    let rejected = of_rule_in(&findings, "reject-by-rule", "api-fw");
+    assert_eq!(destinations(&rejected), set(&["10.250.0.2", "fd00:250::2"]), "{findings:#?}");
+    for f in &rejected {
+        let nf = &f["netfilter"];
+        assert_eq!(nf["verdict"], "reject", "{f}");
+        assert_eq!(nf["backend"], "nftables", "{f}");
+        assert_eq!(nf["family"], "inet", "{f}");
+        assert_eq!(nf["table"], "dptlab", "{f}");
+        assert_eq!(nf["chain"], "input", "{f}");
+    }
+    assert!(of_rule_in(&findings, "no-listener", "api-fw").is_empty(), "the rule sent the RST: {findings:#?}");
+    // ... nothing listening (no rule involved):
+    let down = of_rule_in(&findings, "no-listener", "api-down");
+    assert_eq!(destinations(&down), set(&["10.250.0.2", "fd00:250::2"]), "{findings:#?}");
+    assert!(down.iter().all(|f| f["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|fl| fl.as_str().unwrap().ends_with(":6443"))));
+    for rule in ["reject-by-rule", "netfilter-drop"] {
+        assert!(of_rule_in(&findings, rule, "api-down").is_empty(), "no rule is involved: {findings:#?}");
+    }
+
+    // Field report 3: br_netfilter off, a Service call between pods on one bridge.
+    if result("br-netfilter-off")["diagnosed"] == true {
+        let bypass = of_rule_in(&findings, "bridge-bypasses-netfilter", "node");
+        assert!(bypass.iter().all(|f| f["place"]["device"] == "cni0"), "{bypass:#?}");
+        let mut vips = set(&["10.96.0.10", "fd00:96::10"]);
+        if stderr(&out).contains("no IPv6 NAT on this kernel") {
+            vips.remove("fd00:96::10");
+        }
+        assert!(destinations(&bypass).is_superset(&vips), "{bypass:#?}");
+        let missing = of_rule_in(&findings, "br-netfilter-missing", "node");
+        assert!(missing.iter().any(|f| f["place"]["device"] == "cni0"), "{findings:#?}");
+    }
+    // The lab turns br_netfilter off in its node's namespace only.
+    assert_eq!(host_bridge_sysctls(), host_before, "the host's net.bridge.bridge-nf-call-* changed");
+
     // Field report 5: the creator and the rewriting actor are both named.
     let mac = findings.iter().find(|f| f["rule"] == "veth-mac-changed").expect("veth-mac-changed");
     assert_eq!(mac["actor"]["comm"], "systemd-udevd");
@@ -42,8 +141,7 @@ fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
     let flap = findings.iter().find(|f| f["rule"] == "link-flapping").expect("link-flapping");
     assert_eq!(flap["actor"]["comm"], "crio-cni");
     // Field report 1, where this kernel lacks WireGuard.
-    let wg = results.iter().find(|r| r["scenario"] == "wireguard-unsupported").unwrap();
-    if wg["diagnosed"] == true {
+    if result("wireguard-unsupported")["diagnosed"] == true {
         let f = findings.iter().find(|f| f["rule"] == "link-kind-unsupported").expect("link-kind-unsupported");
         assert_eq!(f["actor"]["comm"], "flanneld");
         assert_eq!(f["place"]["device"], "flannel-wg");

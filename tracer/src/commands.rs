@@ -62,6 +62,11 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
     probes.links = args.hooks.iter().any(|h| h == "links");
     probes.netfilter = args.hooks.iter().any(|h| h == "netfilter");
     let monitor_netns = args.netns.as_deref().map(|spec| vec![cli::netns_path(spec)]);
+    // Registered before attaching: a signal that arrives while the probes attach and the
+    // rulesets are read still ends the session cleanly, with its summary.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate()).ok();
+    let mut sigint = signal(SignalKind::interrupt()).ok();
     let mut session = Session::start(SessionOptions { probes, filter, monitor_netns })?;
     let mut sink = output::sink(args.json, !args.quiet);
     let mut child = match args.command.split_first() {
@@ -81,7 +86,6 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
 
     let duration = args.duration;
     let stop = async {
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let sleep = async {
             match duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -98,17 +102,11 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
                 None => std::future::pending().await,
             }
         };
-        let term = async {
-            match sigterm.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
+        let term = received(sigterm.as_mut());
+        let int = received(sigint.as_mut());
         tokio::select! {
             _ = sleep => StopCause::Duration,
-            _ = tokio::signal::ctrl_c() => StopCause::Signal("SIGINT"),
+            _ = int => StopCause::Signal("SIGINT"),
             _ = term => StopCause::Signal("SIGTERM"),
             status = exited => match status {
                 Ok(s) => StopCause::CommandExited(s),
@@ -132,4 +130,14 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
     };
     session.finish(sink.as_mut(), command_status);
     Ok(Outcome::Ok)
+}
+
+/// Completes when `signal` is delivered; never when it could not be registered.
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
 }

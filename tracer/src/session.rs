@@ -64,10 +64,12 @@ impl EventFilter {
             Event::LinkState(l) => self.in_netns(Some(l.netns)) && self.on_iface(l.ifname.as_deref()),
             // Module loads are global; requests belong to the thread's link request.
             Event::Module(m) => m.action == "loaded" || self.kept_tids.contains(&m.actor.tid),
-            // These records name no device: the namespace decides.
-            Event::TcpReset(r) => self.in_netns(r.netns),
-            Event::IcmpError(i) => self.in_netns(i.netns),
-            Event::TcpConnect(c) => self.in_netns(c.netns),
+            // These records name no device: with a device filter they cannot be told to
+            // belong to it and are left out.
+            Event::TcpReset(r) => self.in_netns(r.netns) && self.iface.is_none(),
+            Event::IcmpError(i) => self.in_netns(i.netns) && self.iface.is_none(),
+            Event::TcpConnect(c) => self.in_netns(c.netns) && self.iface.is_none(),
+            // Counters belong to the namespace: they attribute the device's drops too.
             Event::RuleCounter(c) => self.in_netns(Some(c.netns)),
             Event::Bridge(b) => self.in_netns(Some(b.netns)) && self.on_iface(Some(&b.bridge)),
         }
@@ -159,6 +161,14 @@ struct NamespaceWatch {
 impl Session {
     /// Reads the kernel's facts and attaches the probes. Must run inside a tokio runtime.
     pub fn start(options: SessionOptions) -> Result<Self, ProbeError> {
+        // The rulesets and bridges are read while the probes attach (both take a while).
+        let namespace_reader = options.probes.netfilter.then(|| {
+            let only = options.monitor_netns.clone();
+            std::thread::spawn(move || {
+                let before = NamespaceState::take(&namespace_scope(only.as_deref()));
+                NamespaceWatch { only, before }
+            })
+        });
         let facts = KernelFacts::probe()?;
         let mut probes = Probes::attach(&facts, &options.probes)?;
         let ring = probes.take_events().ok_or_else(|| ProbeError::Load("the EVENTS ring buffer is missing".into()))?;
@@ -174,11 +184,7 @@ impl Session {
             clock: WallClock::now(),
             record_formats: std::sync::Arc::new(probes.record_formats.clone()),
         };
-        let namespaces = options.probes.netfilter.then(|| {
-            let only = options.monitor_netns.clone();
-            let before = NamespaceState::take(&namespace_scope(only.as_deref()));
-            NamespaceWatch { only, before }
-        });
+        let namespaces = namespace_reader.and_then(|reader| reader.join().ok());
         let monitor = options.probes.links.then(|| LinkMonitor::start(options.monitor_netns));
         let mut filter = options.filter;
         let blind: Vec<&str> = probes

@@ -1087,7 +1087,7 @@ vxlan yes
 DPTRACE-MATRIX-END features rc=0
 DPTRACE-MATRIX-BEGIN lab
 {"type":"lab-result","scenario":"udp-closed-port","expected_rule":"no-listener","diagnosed":true,"problems":[]}
-{"type":"lab-result","scenario":"iptables-drop","expected_rule":"netfilter-drop","diagnosed":false,"problems":["no finding"]}
+{"type":"lab-result","scenario":"node-icmp-blocked","expected_rule":"netfilter-drop","diagnosed":false,"problems":["no finding"]}
 DPTRACE-MATRIX-END lab rc=1
 DPTRACE-MATRIX-BEGIN backend:drops=tracepoint
 {"type":"event","kind":"drop","reason":"NO_SOCKET","flow":{"dst":"10.77.0.2","dport":9999}}
@@ -1108,7 +1108,7 @@ DPTRACE-MATRIX-DONE
 
     fn expect() -> Expect {
         let mut expect = Expect { btf: Some(true), ..Expect::default() };
-        expect.scenarios = vec!["udp-closed-port".into(), "iptables-drop".into()];
+        expect.scenarios = vec!["udp-closed-port".into(), "node-icmp-blocked".into()];
         expect.backends.insert("drops".into(), vec!["tracepoint".into(), "fentry".into()]);
         expect.features.insert("wireguard".into(), false);
         expect
@@ -1143,10 +1143,10 @@ DPTRACE-MATRIX-DONE
         assert_eq!(verdict(&row.backends, "drops=tracepoint"), Verdict::Worked);
         assert_eq!(verdict(&row.backends, "drops=kprobe"), Verdict::Unsupported);
         assert_eq!(verdict(&row.backends, "drops=fentry"), Verdict::NotInDptrace);
-        assert_eq!(verdict(&row.scenarios, "iptables-drop"), Verdict::NotDiagnosed);
+        assert_eq!(verdict(&row.scenarios, "node-icmp-blocked"), Verdict::NotDiagnosed);
         assert_eq!(row.hooks["drops"].detail, "tracepoint skb:kfree_skb");
         assert_eq!(row.status, Status::Failed);
-        // fentry (expected, not in this dptrace) and iptables-drop fail; kprobe is not expected.
+        // fentry (expected, not in this dptrace) and node-icmp-blocked fail; kprobe is not expected.
         assert_eq!(row.failures.len(), 2, "{:?}", row.failures);
         assert_eq!(row.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["check", "other"]);
         assert_eq!(row.stages[1].secs, 18.5);

@@ -12,7 +12,7 @@ use std::{collections::HashSet, time::Duration};
 use anyhow::bail;
 use serde_json::json;
 
-use self::{netns::Lab, scenarios::Scenario};
+use self::{netns::Lab, scenarios::AnyScenario};
 use crate::{
     analyze::{Finding, Severity},
     commands::{require_root, Outcome},
@@ -26,8 +26,11 @@ use crate::{
 const SETTLE: Duration = Duration::from_millis(300);
 
 pub fn list() -> anyhow::Result<Outcome> {
-    for s in scenarios::all() {
-        println!("{:<18} {:<16} {}", s.name(), s.expected_rule(), s.about());
+    let all = scenarios::all();
+    let name_width = all.iter().map(|s| s.name().len()).max().unwrap_or(0);
+    let rule_width = all.iter().map(|s| s.expected_rule().len()).max().unwrap_or(0);
+    for s in all {
+        println!("{:<name_width$} {:<rule_width$} {}", s.name(), s.expected_rule(), s.about());
     }
     Ok(Outcome::Ok)
 }
@@ -40,7 +43,7 @@ pub async fn run(
     probes: ProbeOptions,
 ) -> anyhow::Result<Outcome> {
     let available = scenarios::all();
-    let chosen: Vec<&dyn Scenario> = if all {
+    let chosen: Vec<&dyn AnyScenario> = if all {
         if !names.is_empty() {
             bail!("give scenario names or --all, not both");
         }
@@ -104,7 +107,7 @@ pub async fn run(
 /// Builds, traces, triggers and verifies one scenario. The `Lab` guard removes its
 /// namespaces when this returns, errors and cancellation included.
 async fn run_one(
-    scenario: &'static dyn Scenario,
+    scenario: &'static dyn AnyScenario,
     sink: &mut dyn Sink,
     verbose: bool,
     probes: &ProbeOptions,

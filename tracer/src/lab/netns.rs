@@ -167,7 +167,7 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
 pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> std::io::Result<T> + Send) -> anyhow::Result<T> {
     let path = netns_path(netns);
     // The thread is named after the namespace's role so events show who sent the traffic.
-    let role = netns.rsplit('-').next().unwrap_or("lab");
+    let role = role_of(netns);
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name(format!("lab-{role}"))
@@ -181,6 +181,40 @@ pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> std::io::Result<T> + S
             .join()
             .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?
     })
+}
+
+/// The role part of a lab namespace's name (`pod-a` in `dptlab-<pid>-pod-a`).
+fn role_of(netns: &str) -> &str {
+    netns.strip_prefix(PREFIX).and_then(|rest| rest.split_once('-')).map_or(netns, |(_, role)| role)
+}
+
+/// The path under /proc/sys of sysctl `key` (`net.ipv4.ip_forward`).
+fn sysctl_path(key: &str) -> PathBuf {
+    Path::new("/proc/sys").join(key.replace('.', "/"))
+}
+
+/// Sets sysctl `key` to `value` inside namespace `netns` (`net.*` sysctls are per namespace;
+/// the host's stay untouched).
+pub fn set_sysctl_in(netns: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    let path = sysctl_path(key);
+    in_netns(netns, || std::fs::write(&path, value))
+        .with_context(|| format!("set {key}={value} in {netns} ({})", path.display()))
+}
+
+/// Sysctl `key` as seen inside namespace `netns`; None when it does not exist there.
+pub fn sysctl_in(netns: &str, key: &str) -> anyhow::Result<Option<String>> {
+    let path = sysctl_path(key);
+    in_netns(netns, || match std::fs::read_to_string(&path) {
+        Ok(value) => Ok(Some(value.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    })
+    .with_context(|| format!("read {key} in {netns}"))
+}
+
+/// Sysctl `key` as seen by this process (the host's, when dptrace runs in the host namespace).
+pub fn sysctl_here(key: &str) -> Option<String> {
+    std::fs::read_to_string(sysctl_path(key)).ok().map(|v| v.trim().to_string())
 }
 
 /// Removes `dptlab-<pid>-*` namespaces whose dptrace process is gone. Returns their names.

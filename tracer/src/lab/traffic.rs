@@ -2,7 +2,8 @@
 
 use std::{
     io,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    time::Duration,
 };
 
 use etherparse::{IcmpEchoHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type};
@@ -57,5 +58,69 @@ pub fn ping(netns: &str, dst: IpAddr, count: u16) -> anyhow::Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         Ok(())
+    })
+}
+
+/// What a TCP client saw when it connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    Connected,
+    /// ECONNREFUSED: a TCP RST (or ICMP port unreachable) answered the SYN.
+    Refused,
+    /// ECONNRESET.
+    Reset,
+    /// No answer in time.
+    TimedOut,
+    /// Any other error, as the OS words it.
+    Other(String),
+}
+
+impl std::fmt::Display for ConnectOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectOutcome::Connected => f.write_str("connected"),
+            ConnectOutcome::Refused => f.write_str("connection refused (ECONNREFUSED)"),
+            ConnectOutcome::Reset => f.write_str("connection reset by peer (ECONNRESET)"),
+            ConnectOutcome::TimedOut => f.write_str("timed out (ETIMEDOUT)"),
+            ConnectOutcome::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<io::Error> for ConnectOutcome {
+    fn from(e: io::Error) -> Self {
+        match (e.kind(), e.raw_os_error()) {
+            (io::ErrorKind::ConnectionRefused, _) => ConnectOutcome::Refused,
+            (io::ErrorKind::ConnectionReset, _) => ConnectOutcome::Reset,
+            (io::ErrorKind::TimedOut, _) | (_, Some(libc::ETIMEDOUT)) => ConnectOutcome::TimedOut,
+            _ => ConnectOutcome::Other(e.to_string()),
+        }
+    }
+}
+
+/// Connects over TCP from namespace `netns` to `dst`, giving up after `timeout`; closes the
+/// connection again if it was made.
+pub fn tcp_connect(netns: &str, dst: SocketAddr, timeout: Duration) -> anyhow::Result<ConnectOutcome> {
+    in_netns(netns, || {
+        let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+        Ok(match socket.connect_timeout(&SockAddr::from(dst), timeout) {
+            Ok(()) => ConnectOutcome::Connected,
+            Err(e) => ConnectOutcome::from(e),
+        })
+    })
+}
+
+/// A TCP listener on `addr` in namespace `netns` (it stays in that namespace). The kernel
+/// completes handshakes for it without anyone calling accept().
+pub fn tcp_listen(netns: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    in_netns(netns, || {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.bind(&SockAddr::from(addr)).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+        socket.listen(16)?;
+        Ok(TcpListener::from(socket))
     })
 }

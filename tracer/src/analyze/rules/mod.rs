@@ -230,7 +230,9 @@ pub(crate) fn matching_counters<'a>(
     let mut found: Vec<&RuleCounter> = state
         .rule_counters
         .iter()
-        .filter(|c| Some(c.netns) == group.key.netns && families.contains(&c.family.as_str()) && want(&c.kind))
+        // Without BTF drops have no namespace: counters from any namespace may explain them.
+        .filter(|c| group.key.netns.is_none_or(|n| n == c.netns))
+        .filter(|c| families.contains(&c.family.as_str()) && want(&c.kind))
         .filter(|c| c.matches.matches(group.key.l4.as_deref(), group.key.src, group.key.dst, group.key.dport))
         .collect();
     found.sort_by_key(|c| std::cmp::Reverse(c.packets));
@@ -295,8 +297,11 @@ pub(crate) struct Refusal<'a> {
 }
 
 pub(crate) fn refusal<'a>(state: &'a Correlated, g: &DropGroup) -> Option<Refusal<'a>> {
-    let (Some(src), Some(dst)) = (g.key.src, g.key.dst) else { return None };
     let rule = matching_counters(state, g, |v| matches!(v, Verdict::Reject { .. })).into_iter().next();
+    let (Some(src), Some(dst)) = (g.key.src, g.key.dst) else {
+        // No headers (no BTF): a REJECT whose counters moved is the only answer to go by.
+        return rule.map(|rule| Refusal { rule: Some(rule), icmp: None, client_reset: None });
+    };
     let icmp = state.icmp_errors.iter().find(|i| {
         i.netns == g.key.netns
             && i.flow

@@ -16,6 +16,8 @@ pub struct LinkFlap;
 const RUNTIME: &str = "crio-cni";
 
 impl Scenario for LinkFlap {
+    type Topology = NodePair;
+
     fn name(&self) -> &'static str {
         "link-flap"
     }

@@ -1,36 +1,95 @@
 //! The lab's scenarios: each reproduces one known failure and names the finding that
 //! explains it.
 
-mod iptables_drop;
+mod apiserver_down;
+mod apiserver_rejected;
+mod br_netfilter_off;
 mod link_flap;
+mod node_icmp_blocked;
 mod udp_closed_port;
 mod veth_mac_rewrite;
 mod wireguard_unsupported;
 
-use crate::analyze::Finding;
+use std::{
+    any::Any,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use crate::analyze::{Finding, NetfilterVerdict};
 
 pub(crate) use super::netns::Unreproducible;
-use super::{netns::Lab, topology::NodePair};
+use super::{netns::Lab, traffic};
 
 pub trait Scenario: Sync {
+    /// What `setup` builds and `trigger` and `verify` are given back: namespaces, addresses.
+    type Topology: Send + Sync + 'static;
     fn name(&self) -> &'static str;
     /// One line: what failure this reproduces.
     fn about(&self) -> &'static str;
     /// The rule whose finding explains it.
     fn expected_rule(&self) -> &'static str;
     /// Builds the topology and the faulty configuration.
-    fn setup(&self, lab: &mut Lab) -> anyhow::Result<NodePair>;
+    fn setup(&self, lab: &mut Lab) -> anyhow::Result<Self::Topology>;
     /// Sends the traffic or makes the requests that hit the fault (inside lab namespaces
     /// only). Returns lines to show, such as what the reproduced agent itself would report.
-    fn trigger(&self, topology: &NodePair) -> anyhow::Result<Vec<String>>;
+    fn trigger(&self, topology: &Self::Topology) -> anyhow::Result<Vec<String>>;
     /// Why the findings do not explain the failure, or an empty list when they do.
-    fn verify(&self, lab: &Lab, topology: &NodePair, findings: &[Finding]) -> Vec<String>;
+    fn verify(&self, lab: &Lab, topology: &Self::Topology, findings: &[Finding]) -> Vec<String>;
 }
 
-pub fn all() -> Vec<&'static dyn Scenario> {
+/// A topology whose type only its scenario knows.
+pub type Built = Arc<dyn Any + Send + Sync>;
+
+/// A scenario as the runner sees it: its topology type hidden, so scenarios with different
+/// topologies fit in one list.
+pub trait AnyScenario: Sync {
+    fn name(&self) -> &'static str;
+    fn about(&self) -> &'static str;
+    fn expected_rule(&self) -> &'static str;
+    fn setup(&self, lab: &mut Lab) -> anyhow::Result<Built>;
+    fn trigger(&self, topology: &Built) -> anyhow::Result<Vec<String>>;
+    fn verify(&self, lab: &Lab, topology: &Built, findings: &[Finding]) -> Vec<String>;
+}
+
+impl<S: Scenario> AnyScenario for S {
+    fn name(&self) -> &'static str {
+        Scenario::name(self)
+    }
+
+    fn about(&self) -> &'static str {
+        Scenario::about(self)
+    }
+
+    fn expected_rule(&self) -> &'static str {
+        Scenario::expected_rule(self)
+    }
+
+    fn setup(&self, lab: &mut Lab) -> anyhow::Result<Built> {
+        Ok(Arc::new(Scenario::setup(self, lab)?))
+    }
+
+    fn trigger(&self, topology: &Built) -> anyhow::Result<Vec<String>> {
+        Scenario::trigger(self, own::<S>(topology))
+    }
+
+    fn verify(&self, lab: &Lab, topology: &Built, findings: &[Finding]) -> Vec<String> {
+        Scenario::verify(self, lab, own::<S>(topology), findings)
+    }
+}
+
+fn own<S: Scenario>(topology: &Built) -> &S::Topology {
+    topology.downcast_ref().expect("a scenario is given back the topology its setup built")
+}
+
+pub fn all() -> Vec<&'static dyn AnyScenario> {
     vec![
         &udp_closed_port::UdpClosedPort,
-        &iptables_drop::IptablesDrop,
+        &node_icmp_blocked::NodeIcmpBlocked,
+        &apiserver_rejected::ApiserverRejected,
+        &apiserver_down::ApiserverDown,
+        &br_netfilter_off::BrNetfilterOff,
         &wireguard_unsupported::WireguardUnsupported,
         &veth_mac_rewrite::VethMacRewrite,
         &link_flap::LinkFlap,
@@ -38,21 +97,114 @@ pub fn all() -> Vec<&'static dyn Scenario> {
 }
 
 /// Checks that a finding of `rule` exists in namespace `netns` whose destination is each of `dsts`.
-pub(crate) fn expect_findings(
-    findings: &[Finding],
-    rule: &str,
-    netns: Option<u32>,
-    dsts: &[std::net::IpAddr],
-) -> Vec<String> {
+pub(crate) fn expect_findings(findings: &[Finding], rule: &str, netns: Option<u32>, dsts: &[IpAddr]) -> Vec<String> {
     dsts.iter()
         .filter(|dst| {
             !findings.iter().any(|f| f.rule == rule && f.place.netns == netns && f.destination == Some(**dst))
         })
-        .map(|dst| {
-            let netns = netns.map_or_else(|| "?".to_string(), |n| n.to_string());
-            format!("no `{rule}` finding for destination {dst} in netns {netns}")
+        .map(|dst| format!("no `{rule}` finding for destination {dst} in netns {}", show_netns(netns)))
+        .collect()
+}
+
+/// The netfilter verdict a finding must name (fields left `None` are not checked).
+pub(crate) struct ExpectVerdict {
+    pub backend: &'static str,
+    pub family: Option<&'static str>,
+    pub table: &'static str,
+    pub chain: &'static str,
+    pub hook: Option<&'static str>,
+    pub verdict: &'static str,
+    /// Text the rule (as `iptables-save` or `nft list` prints it) must contain.
+    pub rule_contains: Option<&'static str>,
+}
+
+impl ExpectVerdict {
+    fn matches(&self, v: &NetfilterVerdict) -> bool {
+        v.backend == self.backend
+            && self.family.is_none_or(|family| v.family == family)
+            && v.table == self.table
+            && v.chain == self.chain
+            && self.hook.is_none_or(|hook| v.hook.as_deref() == Some(hook))
+            && v.verdict == self.verdict
+            && self.rule_contains.is_none_or(|text| v.rule.as_deref().is_some_and(|r| r.contains(text)))
+    }
+}
+
+impl std::fmt::Display for ExpectVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} `{}` verdict in table ", self.backend, self.verdict)?;
+        if let Some(family) = self.family {
+            write!(f, "{family} ")?;
+        }
+        write!(f, "{}, chain {}", self.table, self.chain)?;
+        if let Some(hook) = self.hook {
+            write!(f, " (hook {hook})")?;
+        }
+        if let Some(text) = self.rule_contains {
+            write!(f, ", rule with `{text}`")?;
+        }
+        Ok(())
+    }
+}
+
+fn show_verdict(v: &NetfilterVerdict) -> String {
+    format!(
+        "{} `{}` verdict in table {} {}, chain {} (hook {}), {}",
+        v.backend,
+        v.verdict,
+        v.family,
+        v.table,
+        v.chain,
+        v.hook.as_deref().unwrap_or("?"),
+        v.rule.as_deref().map_or_else(|| "no rule (policy)".to_string(), |r| format!("rule `{r}`"))
+    )
+}
+
+/// Like `expect_findings`, and each finding must also name the netfilter verdict `expect`.
+pub(crate) fn expect_verdicts(
+    findings: &[Finding],
+    rule: &str,
+    netns: Option<u32>,
+    dsts: &[IpAddr],
+    expect: &ExpectVerdict,
+) -> Vec<String> {
+    let mut problems = expect_findings(findings, rule, netns, dsts);
+    for dst in dsts {
+        let found: Vec<_> = findings
+            .iter()
+            .filter(|f| f.rule == rule && f.place.netns == netns && f.destination == Some(*dst))
+            .collect();
+        if found.is_empty() || found.iter().any(|f| f.netfilter.as_ref().is_some_and(|v| expect.matches(v))) {
+            continue;
+        }
+        let said: Vec<String> = found
+            .iter()
+            .map(|f| f.netfilter.as_ref().map_or_else(|| "no netfilter verdict".to_string(), show_verdict))
+            .collect();
+        problems
+            .push(format!("the `{rule}` finding for {dst} does not name the {expect} (it says: {})", said.join("; ")));
+    }
+    problems
+}
+
+/// Checks that no finding of any of `rules` has one of `dsts` as its destination.
+pub(crate) fn expect_none(findings: &[Finding], rules: &[&str], dsts: &[IpAddr]) -> Vec<String> {
+    findings
+        .iter()
+        .filter(|f| rules.contains(&f.rule) && f.destination.is_some_and(|d| dsts.contains(&d)))
+        .map(|f| {
+            format!(
+                "unexpected `{}` finding for destination {} in netns {}",
+                f.rule,
+                f.destination.map_or_else(String::new, |d| d.to_string()),
+                show_netns(f.place.netns)
+            )
         })
         .collect()
+}
+
+fn show_netns(netns: Option<u32>) -> String {
+    netns.map_or_else(|| "?".to_string(), |n| n.to_string())
 }
 
 /// Checks that a finding of `rule` exists on `device` in `netns` whose actor is `comm`.
@@ -74,4 +226,40 @@ pub(crate) fn expect_actor_finding(
     } else {
         vec![format!("no `{rule}` finding on {device} naming {comm}")]
     }
+}
+
+/// `who` (a client in namespace `netns`) connects over TCP to each of `dsts`, `attempts`
+/// times, each given up after `timeout`. Returns one line per destination saying what the
+/// client saw, as the client program would report it.
+pub(crate) fn connect_lines(
+    who: &str,
+    netns: &str,
+    dsts: &[SocketAddr],
+    attempts: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for dst in dsts {
+        let mut outcomes = Vec::new();
+        for _ in 0..attempts {
+            outcomes.push(traffic::tcp_connect(netns, *dst, timeout)?);
+        }
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        for outcome in &outcomes {
+            let text = match outcome {
+                traffic::ConnectOutcome::TimedOut => {
+                    format!("timed out after {:.1} s (ETIMEDOUT)", timeout.as_secs_f64())
+                }
+                _ => outcome.to_string(),
+            };
+            match seen.iter_mut().find(|(t, _)| *t == text) {
+                Some((_, n)) => *n += 1,
+                None => seen.push((text, 1)),
+            }
+        }
+        let said: Vec<String> =
+            seen.into_iter().map(|(text, n)| format!("{text} ({n} of {attempts} attempts)")).collect();
+        lines.push(format!("{who}: connect {dst}: {}", said.join(", ")));
+    }
+    Ok(lines)
 }

@@ -12,6 +12,8 @@ pub struct UdpClosedPort;
 const PORT: u16 = 9999;
 
 impl Scenario for UdpClosedPort {
+    type Topology = NodePair;
+
     fn name(&self) -> &'static str {
         "udp-closed-port"
     }

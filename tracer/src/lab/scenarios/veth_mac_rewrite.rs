@@ -23,6 +23,8 @@ const REWRITTEN: &str = "02:42:ac:11:00:99";
 const UDEV_CGROUP: &str = "system.slice/systemd-udevd.service";
 
 impl Scenario for VethMacRewrite {
+    type Topology = NodePair;
+
     fn name(&self) -> &'static str {
         "veth-mac-rewrite"
     }

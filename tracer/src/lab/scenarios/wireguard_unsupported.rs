@@ -20,6 +20,8 @@ const AGENT: &str = "flanneld";
 const LINK: &str = "flannel-wg";
 
 impl Scenario for WireguardUnsupported {
+    type Topology = NodePair;
+
     fn name(&self) -> &'static str {
         "wireguard-unsupported"
     }

@@ -1,7 +1,8 @@
-//! `iptables-drop`: a filter rule on the server drops ICMP echo requests (IPv4 and IPv6),
-//! as left-over or overlay-installed rules do to node-to-node pings (field report 2).
+//! `node-icmp-blocked`: a filter rule on the control-plane node drops ICMP echo requests
+//! (iptables and ip6tables, nf_tables backend as Debian's default `iptables` is), as
+//! left-over or overlay-installed rules do to node-to-node pings (field report 2).
 
-use super::{expect_findings, Scenario};
+use super::{expect_verdicts, ExpectVerdict, Scenario};
 use crate::{
     analyze::Finding,
     lab::{
@@ -11,15 +12,27 @@ use crate::{
     },
 };
 
-pub struct IptablesDrop;
+pub struct NodeIcmpBlocked;
 
-impl Scenario for IptablesDrop {
+const EXPECT: ExpectVerdict = ExpectVerdict {
+    backend: "iptables-nft",
+    family: None,
+    table: "filter",
+    chain: "INPUT",
+    hook: Some("input"),
+    verdict: "drop",
+    rule_contains: Some("-j DROP"),
+};
+
+impl Scenario for NodeIcmpBlocked {
+    type Topology = NodePair;
+
     fn name(&self) -> &'static str {
-        "iptables-drop"
+        "node-icmp-blocked"
     }
 
     fn about(&self) -> &'static str {
-        "an iptables INPUT rule drops ICMP echo between two nodes (IPv4 and IPv6): NETFILTER_DROP"
+        "an iptables INPUT rule on the control-plane node drops ICMP echo from a worker (IPv4 and IPv6)"
     }
 
     fn expected_rule(&self) -> &'static str {
@@ -27,7 +40,7 @@ impl Scenario for IptablesDrop {
     }
 
     fn setup(&self, lab: &mut Lab) -> anyhow::Result<NodePair> {
-        let t = NodePair::build(lab)?;
+        let t = NodePair::build_as(lab, "worker", "cplane")?;
         let ns = &t.server.netns;
         exec_in(ns, "iptables", &["-w", "-A", "INPUT", "-p", "icmp", "--icmp-type", "echo-request", "-j", "DROP"])?;
         // Only echo requests: dropping all ICMPv6 would also break neighbour discovery.
@@ -46,6 +59,7 @@ impl Scenario for IptablesDrop {
     }
 
     fn verify(&self, lab: &Lab, t: &NodePair, findings: &[Finding]) -> Vec<String> {
-        expect_findings(findings, self.expected_rule(), lab.inode(&t.server.netns), &[t.server.v4, t.server.v6])
+        let dsts = [t.server.v4, t.server.v6];
+        expect_verdicts(findings, self.expected_rule(), lab.inode(&t.server.netns), &dsts, &EXPECT)
     }
 }
