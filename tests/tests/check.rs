@@ -52,9 +52,15 @@ fn text_report_names_backends_and_features() {
     require_root!();
     let out = dptrace(&["check"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in
-        ["hook families", "* drops  tracepoint", "CNI features", "link kind wireguard", "br_netfilter", "ip_forward"]
-    {
+    for needle in [
+        "hook families",
+        "* drops     tracepoint",
+        "netfilter tracepoints",
+        "CNI features",
+        "link kind wireguard",
+        "br_netfilter",
+        "ip_forward",
+    ] {
         assert!(text.contains(needle), "`{needle}` missing in:\n{text}");
     }
 }

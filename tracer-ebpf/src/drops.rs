@@ -71,7 +71,7 @@ fn pick_args(cfg: &DropConfig, args: [u64; 3]) -> (u64, u32) {
 }
 
 #[inline(always)]
-fn config() -> DropConfig {
+pub fn config() -> DropConfig {
     // Volatile: the value is patched into the object at load time; the compiler must
     // not fold the compile-time `absent()` placeholder.
     unsafe { core::ptr::read_volatile(&DROP_CONFIG) }
@@ -138,6 +138,14 @@ fn record(cfg: &DropConfig, skb: u64, location: u64, reason: u32, protocol: u16)
     // SAFETY: the entry is `size_of::<DropEvent>()` bytes of ring buffer we own until submit.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut ev.header, EventKind::Drop);
+    fill_packet(cfg, ev, skb, location, reason, protocol);
+    entry.submit(0);
+}
+
+/// Fills everything but the header: the skb's device, namespace and headers. Shared with
+/// the netfilter family's answer kprobes, which describe a packet the same way.
+#[inline(always)]
+pub fn fill_packet(cfg: &DropConfig, ev: &mut DropEvent, skb: u64, location: u64, reason: u32, protocol: u16) {
     ev.skb = skb;
     ev.location = location;
     ev.reason = reason;
@@ -176,5 +184,4 @@ fn record(cfg: &DropConfig, skb: u64, location: u64, reason: u32, protocol: u16)
         let available = if tail > network as u32 { tail - network as u32 } else { copied };
         ev.header_len = if available < copied { available } else { copied } as u16;
     }
-    entry.submit(0);
 }

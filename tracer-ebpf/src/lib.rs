@@ -38,6 +38,11 @@ pub mod names {
     pub const PROG_TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
     pub const PROG_ICMP_SEND: &str = "icmp_send";
     pub const PROG_SOCK_SET_STATE: &str = "inet_sock_set_state";
+    /// kprobes on the functions that answer a packet (RST, ICMP error), by the position of
+    /// their skb argument.
+    pub const PROG_ANSWER_SKB0: &str = "answer_skb0";
+    pub const PROG_ANSWER_SKB1: &str = "answer_skb1";
+    pub const PROG_ANSWER_SKB2: &str = "answer_skb2";
 }
 
 /// Discriminates the records in the `EVENTS` ring buffer: each record starts with an
@@ -64,6 +69,9 @@ pub enum EventKind {
     /// A tracepoint record copied as it is ([`TraceRecordEvent`]): userspace reads its fields
     /// by name with the tracepoint's tracefs format.
     TraceRecord = 9,
+    /// A kernel function about to answer a packet with a RST or an ICMP error
+    /// ([`AnswerEvent`]): `tcp_v4_send_reset`, `nf_send_reset`, `nf_send_unreach`, …
+    PacketAnswer = 10,
 }
 
 /// Tracepoints whose records the netfilter family copies whole: the `source` of a
@@ -154,6 +162,16 @@ pub struct NetlinkEvent {
     /// The ioctl command of an [`EventKind::IoctlRequest`]; 0 otherwise.
     pub aux: u32,
     pub data: [u8; NETLINK_BYTES],
+}
+
+/// A packet the kernel is answering (kprobe on the answering function): the packet as a
+/// [`DropEvent`] whose `location` is the function's address and `reason` is [`ABSENT`], and
+/// the function's first three arguments (socket, ICMP type and code, depending on it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AnswerEvent {
+    pub packet: DropEvent,
+    pub args: [u64; 3],
 }
 
 /// A tracepoint record, copied from just after its common header.

@@ -7,15 +7,28 @@
 //! - `icmp:icmp_send` (6.15+): an ICMP error left, from the stack or a REJECT rule;
 //! - `sock:inet_sock_set_state` → TCP_SYN_SENT: a connection attempt with its addresses.
 //!
+//! Where kprobes exist, the functions that answer a packet are hooked too (`answer_skb*`):
+//! the stack's `tcp_v4/v6_send_reset` (which the tracepoint misses for missing listeners
+//! before 6.10), the REJECT target's `nf_send_reset*`/`nf_send_unreach*`, and
+//! `__icmp_send`/`icmp6_send` before 6.15. One program per position of the skb argument;
+//! the function is told by its address in userspace.
+//!
 //! Each record is copied whole and decoded in userspace by field name with the tracefs
 //! format, so layout changes across kernels (`tcp_send_reset` changed twice) need no code
 //! here. Only the netns and device of the record's skb (or socket) are read here, with
 //! offsets from BTF in `NETFILTER_CONFIG`.
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::tracepoint, programs::TracePointContext, EbpfContext};
-use tracer_ebpf::{EventKind, NetfilterConfig, RecordSource, TraceRecordEvent, ABSENT, TRACE_RECORD_BYTES};
+use aya_ebpf::{
+    helpers::{bpf_get_func_ip, bpf_probe_read_kernel_buf},
+    macros::{kprobe, tracepoint},
+    programs::{ProbeContext, TracePointContext},
+    EbpfContext,
+};
+use tracer_ebpf::{
+    AnswerEvent, EventKind, NetfilterConfig, RecordSource, TraceRecordEvent, ABSENT, TRACE_RECORD_BYTES,
+};
 
-use crate::events::{count_lost, fill_header, read_field, EVENTS};
+use crate::events::{count_lost, fill_header, probe_args, read_field, EVENTS};
 
 #[no_mangle]
 static NETFILTER_CONFIG: NetfilterConfig = NetfilterConfig::absent();
@@ -101,5 +114,47 @@ fn copy_record(ctx: &TracePointContext, cfg: &NetfilterConfig, source: RecordSou
         net = read_field(sk, cfg.sk_net).unwrap_or(0);
     }
     ev.netns = read_field(net, cfg.net_inum).unwrap_or(0);
+    entry.submit(0);
+}
+
+#[kprobe]
+pub fn answer_skb0(ctx: ProbeContext) -> u32 {
+    let args = probe_args(&ctx);
+    answer(&ctx, args, args[0]);
+    0
+}
+
+#[kprobe]
+pub fn answer_skb1(ctx: ProbeContext) -> u32 {
+    let args = probe_args(&ctx);
+    answer(&ctx, args, args[1]);
+    0
+}
+
+#[kprobe]
+pub fn answer_skb2(ctx: ProbeContext) -> u32 {
+    let args = probe_args(&ctx);
+    answer(&ctx, args, args[2]);
+    0
+}
+
+#[inline(always)]
+fn answer(ctx: &ProbeContext, args: [u64; 3], skb: u64) {
+    if skb == 0 {
+        return;
+    }
+    let cfg = crate::drops::config();
+    let Some(mut entry) = EVENTS.reserve::<AnswerEvent>(0) else {
+        count_lost();
+        return;
+    };
+    // SAFETY: the entry is `size_of::<AnswerEvent>()` bytes we own until submit.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut ev.packet.header, EventKind::PacketAnswer);
+    // SAFETY: plain helper on the program's own context.
+    let function = unsafe { bpf_get_func_ip(ctx.as_ptr()) };
+    let protocol = u16::from_be(read_field(skb, cfg.skb_protocol).unwrap_or(0));
+    crate::drops::fill_packet(&cfg, &mut ev.packet, skb, function, ABSENT, protocol);
+    ev.args = args;
     entry.submit(0);
 }

@@ -183,6 +183,7 @@ impl Session {
             netns: NetnsNames::new(),
             clock: WallClock::now(),
             record_formats: std::sync::Arc::new(probes.record_formats.clone()),
+            answer_functions: std::sync::Arc::new(probes.answer_functions.clone()),
         };
         let namespaces = namespace_reader.and_then(|reader| reader.join().ok());
         let monitor = options.probes.links.then(|| LinkMonitor::start(options.monitor_netns));

@@ -14,7 +14,7 @@ use std::{
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use serde::Serialize;
-use tracer_ebpf::{DropEvent, EventHeader, EventKind, NetlinkEvent, TraceRecordEvent, ABSENT};
+use tracer_ebpf::{AnswerEvent, DropEvent, EventHeader, EventKind, NetlinkEvent, TraceRecordEvent, ABSENT};
 
 use crate::kernel::{drop_reasons::DropReasons, kallsyms::Kallsyms, netns::NetnsNames};
 
@@ -181,6 +181,8 @@ pub struct Decoder {
     pub clock: WallClock,
     /// Formats of the tracepoints whose records the netfilter family copies.
     pub record_formats: Arc<crate::probes::netfilter::RecordFormats>,
+    /// Functions the answer kprobes are attached to, with their argument positions.
+    pub answer_functions: Arc<Vec<crate::probes::netfilter::AnswerFunction>>,
 }
 
 impl Decoder {
@@ -216,6 +218,15 @@ impl Decoder {
                     Some(netfilter::NetfilterEvent::Icmp(i)) => Ok(Event::IcmpError(i)),
                     Some(netfilter::NetfilterEvent::Connect(c)) => Ok(Event::TcpConnect(c)),
                     None => Err(DecodeError::UnknownRecord(raw.source)),
+                }
+            }
+            k if k == EventKind::PacketAnswer as u16 => {
+                let raw: AnswerEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+                let packet = self.decode_drop(&raw.packet);
+                match netfilter::decode_answer(packet, raw.args, &self.answer_functions) {
+                    Some(netfilter::NetfilterEvent::Reset(r)) => Ok(Event::TcpReset(r)),
+                    Some(netfilter::NetfilterEvent::Icmp(i)) => Ok(Event::IcmpError(i)),
+                    _ => Err(DecodeError::UnknownRecord(u16::MAX)),
                 }
             }
             other => Err(DecodeError::UnknownKind(other)),
@@ -389,6 +400,7 @@ mod tests {
             netns: NetnsNames::new(),
             clock: WallClock::now(),
             record_formats: Default::default(),
+            answer_functions: Default::default(),
         }
     }
 

@@ -11,7 +11,10 @@ use tracer_ebpf::{RecordSource, TraceRecordEvent};
 use super::{task, Flow, Task};
 use crate::{
     kernel::tracefs::TracepointFormat,
-    probes::rule_counters::{RuleHit, RuleMatch, Verdict},
+    probes::{
+        netfilter::AnswerFunction,
+        rule_counters::{RuleHit, RuleMatch, Verdict},
+    },
 };
 
 const AF_INET: u16 = libc::AF_INET as u16;
@@ -42,6 +45,11 @@ pub struct TcpReset {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skb: Option<String>,
     pub task: Option<Task>,
+    /// Where it was seen: the tracepoint, or the kernel function (kprobe) that sent it.
+    pub origin: String,
+    /// Sent by a REJECT rule (`nf_send_reset`), not by the TCP stack.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub by_reject: bool,
 }
 
 /// An ICMP error the kernel sent (`icmp:icmp_send`), about the packet `flow`.
@@ -60,6 +68,11 @@ pub struct IcmpError {
     pub flow: Option<Flow>,
     pub skb: String,
     pub task: Option<Task>,
+    /// Where it was seen: the tracepoint, or the kernel function (kprobe) that sent it.
+    pub origin: String,
+    /// Sent by a REJECT rule (`nf_send_unreach`), not by the stack.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub by_reject: bool,
 }
 
 /// A TCP connection attempt (a socket entering SYN_SENT), with its addresses.
@@ -270,6 +283,85 @@ fn tcp_flow(((src, sport), (dst, dport)): ((IpAddr, u16), (IpAddr, u16))) -> Flo
     }
 }
 
+/// A packet answered by a kprobed kernel function ([`AnswerFunction`]): the RST or ICMP
+/// error it sends, oriented as sent (from the answering host to the packet's source).
+pub fn decode_answer(
+    packet: super::DropRecord,
+    args: [u64; 3],
+    functions: &[AnswerFunction],
+) -> Option<NetfilterEvent> {
+    let name = packet.function.as_deref()?;
+    let f = functions.iter().find(|f| f.name == name)?;
+    let arg = |i: Option<usize>| i.map(|i| args[i]);
+    let reversed = packet.flow.as_ref().map(|p| Flow {
+        l4: p.l4.clone(),
+        src: p.dst,
+        dst: p.src,
+        sport: p.dport,
+        dport: p.sport,
+        icmp_type: None,
+        icmp_code: None,
+        tcp_flags: None,
+    });
+    let by_reject = f.answer.starts_with("reject");
+    match f.answer {
+        "stack-rst" | "reject-rst" => Some(NetfilterEvent::Reset(TcpReset {
+            time: packet.time,
+            ts_ns: packet.ts_ns,
+            direction: "sent",
+            netns: packet.netns,
+            netns_name: packet.netns_name,
+            ifindex: packet.ifindex,
+            flow: reversed.map(|mut f| {
+                f.l4 = "tcp".into();
+                f
+            }),
+            socket: arg(f.sk).is_some_and(|sk| sk != 0),
+            state: None,
+            reason: None,
+            skb: Some(packet.skb),
+            task: packet.task,
+            origin: f.name.into(),
+            by_reject,
+        })),
+        _ => {
+            let v6 = f.answer == "icmp6" || f.name.ends_with('6');
+            // nf_send_unreach* take only the code: the type is destination unreachable.
+            let icmp_type = arg(f.icmp_type).map_or(if v6 { 1 } else { 3 }, |t| t as u8);
+            let icmp_code = arg(f.code).unwrap_or(0) as u8;
+            Some(NetfilterEvent::Icmp(IcmpError {
+                time: packet.time,
+                ts_ns: packet.ts_ns,
+                netns: packet.netns,
+                netns_name: packet.netns_name,
+                ifindex: packet.ifindex,
+                icmp_type,
+                icmp_code,
+                meaning: if v6 { icmp6_meaning(icmp_type, icmp_code) } else { icmp_meaning(icmp_type, icmp_code) },
+                // The packet the error is about, as for the tracepoint.
+                flow: packet.flow,
+                skb: packet.skb,
+                task: packet.task,
+                origin: f.name.into(),
+                by_reject,
+            }))
+        }
+    }
+}
+
+/// Names of ICMPv6 destination-unreachable codes (RFC 4443).
+pub fn icmp6_meaning(icmp_type: u8, code: u8) -> String {
+    match (icmp_type, code) {
+        (1, 0) => "no-route".into(),
+        (1, 1) => "admin-prohibited".into(),
+        (1, 3) => "addr-unreachable".into(),
+        (1, 4) => "port-unreachable".into(),
+        (2, _) => "packet-too-big".into(),
+        (3, _) => "time-exceeded".into(),
+        (t, c) => format!("icmpv6 type {t} code {c}"),
+    }
+}
+
 /// Names of ICMP destination-unreachable codes (RFC 792, RFC 1812).
 pub fn icmp_meaning(icmp_type: u8, code: u8) -> String {
     match (icmp_type, code) {
@@ -318,6 +410,8 @@ pub fn decode(
                 reason: record.symbol("reason"),
                 skb: pointer("skbaddr").map(|p| format!("{p:#x}")),
                 task,
+                origin: format!("tcp:{}", format.name),
+                by_reject: false,
             })
         }
         s if s == RecordSource::IcmpSend as usize => {
@@ -348,6 +442,8 @@ pub fn decode(
                 flow,
                 skb: format!("{:#x}", record.uint("skbaddr").unwrap_or(0)),
                 task,
+                origin: "icmp:icmp_send".into(),
+                by_reject: false,
             })
         }
         s if s == RecordSource::TcpConnect as usize => NetfilterEvent::Connect(TcpConnect {

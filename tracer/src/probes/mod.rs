@@ -108,6 +108,8 @@ pub struct Probes {
     pub hooks: Vec<HookStatus>,
     /// Formats of the tracepoints whose records the netfilter family copies.
     pub record_formats: netfilter::RecordFormats,
+    /// Functions the netfilter family's answer kprobes are attached to.
+    pub answer_functions: Vec<netfilter::AnswerFunction>,
 }
 
 impl Probes {
@@ -131,8 +133,12 @@ impl Probes {
             .find(|b| *b == links::LinkBackend::Kprobes || links::link_config(facts, *b).1.requests)
             .unwrap_or(link_chain[0]);
         let (link_config, link_coverage) = links::link_config(facts, link_backend);
-        let nf_backend = options.netfilter_backend.unwrap_or(netfilter::NetfilterBackend::Tracepoints);
-        let (nf_config, nf_coverage, record_formats) = netfilter::netfilter_config(facts, nf_backend);
+        let nf_chain: Vec<netfilter::NetfilterBackend> = match options.netfilter_backend {
+            Some(forced) => vec![forced],
+            None => netfilter::NetfilterBackend::CHAIN.to_vec(),
+        };
+        // The backends of one chain share their configuration (they differ in kprobes).
+        let (nf_config, _, record_formats) = netfilter::netfilter_config(facts, nf_chain[0]);
         let configs = Configs { links: link_config, netfilter: nf_config };
         for backend in chain {
             match attach_drops(facts, backend, options.buffer_bytes, &configs) {
@@ -150,25 +156,14 @@ impl Probes {
                     if options.links {
                         hooks.push(attach_links(&mut ebpf, &link_coverage, link_backend, &facts.kallsyms)?);
                     }
+                    let mut answer_functions = vec![];
                     if options.netfilter {
-                        let detail =
-                            netfilter::attach(&mut ebpf, &record_formats).map_err(|why| ProbeError::NoBackend {
-                                family: "netfilter",
-                                tried: format!("{}: {why}", nf_backend.name()),
-                            })?;
-                        for gap in &nf_coverage.gaps {
-                            log::info!("netfilter: {gap}");
-                        }
-                        hooks.push(HookStatus {
-                            family: "netfilter",
-                            backend_id: nf_backend.name().into(),
-                            backend: detail,
-                            coverage: serde_json::to_value(&nf_coverage).unwrap_or_default(),
-                            unavailable: vec![],
-                        });
+                        let (status, answers) = attach_netfilter(&mut ebpf, facts, &nf_chain)?;
+                        hooks.push(status);
+                        answer_functions = answers;
                     }
                     let record_formats = if options.netfilter { record_formats } else { Default::default() };
-                    return Ok(Self { ebpf, hooks, record_formats });
+                    return Ok(Self { ebpf, hooks, record_formats, answer_functions });
                 }
                 Err(why) => {
                     log::info!("drops: backend {backend} unavailable: {why}");
@@ -212,10 +207,20 @@ impl Probes {
             probes.push(probe("links", backend.name(), result));
         }
         for backend in netfilter::NetfilterBackend::ALL {
-            let (nf_config, nf_coverage, formats) = netfilter::netfilter_config(facts, backend);
+            let (nf_config, mut nf_coverage, formats) = netfilter::netfilter_config(facts, backend);
+            let answers = match backend {
+                netfilter::NetfilterBackend::Kprobes => netfilter::answer_functions(facts, &formats),
+                _ => vec![],
+            };
+            nf_coverage.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
             let configs = Configs { links: LinkConfig::absent(), netfilter: nf_config };
             let result = load_object(&DropConfig::absent(), &configs, 4096)
-                .and_then(|mut ebpf| netfilter::attach(&mut ebpf, &formats))
+                .and_then(|mut ebpf| match backend {
+                    netfilter::NetfilterBackend::Kprobes if !std::path::Path::new(KPROBE_PMU).exists() => {
+                        Err(format!("this kernel has no kprobes (no {KPROBE_PMU})"))
+                    }
+                    _ => netfilter::attach(&mut ebpf, &formats, &answers),
+                })
                 .map(|detail| (detail, serde_json::to_value(&nf_coverage).unwrap_or_default()));
             probes.push(probe("netfilter", backend.name(), result));
         }
@@ -233,6 +238,71 @@ impl Probes {
         let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
         array.get(&0, 0).map(|values| values.iter().sum()).unwrap_or(0)
     }
+}
+
+/// The netfilter family's status with the first backend of `chain` that attaches, and the
+/// answer functions it hooked.
+fn attach_netfilter(
+    ebpf: &mut Ebpf,
+    facts: &KernelFacts,
+    chain: &[netfilter::NetfilterBackend],
+) -> Result<(HookStatus, Vec<netfilter::AnswerFunction>), ProbeError> {
+    let mut unavailable = Vec::new();
+    for &backend in chain {
+        let (_, mut coverage, formats) = netfilter::netfilter_config(facts, backend);
+        let answers = match backend {
+            netfilter::NetfilterBackend::Kprobes => {
+                if !std::path::Path::new(KPROBE_PMU).exists() {
+                    let why = format!("this kernel has no kprobes (no {KPROBE_PMU})");
+                    unavailable.push(Unavailable { backend: backend.name().into(), why });
+                    continue;
+                }
+                netfilter::answer_functions(facts, &formats)
+            }
+            _ => vec![],
+        };
+        coverage.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
+        match netfilter::attach(ebpf, &formats, &answers) {
+            Ok(detail) => {
+                for gap in &coverage.gaps {
+                    log::info!("netfilter: {gap}");
+                }
+                let status = HookStatus {
+                    family: "netfilter",
+                    backend_id: backend.name().into(),
+                    backend: detail,
+                    coverage: serde_json::to_value(&coverage).unwrap_or_default(),
+                    unavailable,
+                };
+                return Ok((status, answers));
+            }
+            Err(why) => {
+                // Whatever attached before the failure is detached before the next backend.
+                for name in [
+                    names::PROG_ANSWER_SKB0,
+                    names::PROG_ANSWER_SKB1,
+                    names::PROG_ANSWER_SKB2,
+                    names::PROG_TCP_SEND_RESET,
+                    names::PROG_TCP_RECEIVE_RESET,
+                    names::PROG_ICMP_SEND,
+                    names::PROG_SOCK_SET_STATE,
+                ] {
+                    match ebpf.program_mut(name) {
+                        Some(aya::programs::Program::KProbe(p)) => {
+                            let _ = p.unload();
+                        }
+                        Some(aya::programs::Program::TracePoint(p)) => {
+                            let _ = p.unload();
+                        }
+                        _ => {}
+                    }
+                }
+                unavailable.push(Unavailable { backend: backend.name().into(), why });
+            }
+        }
+    }
+    let tried = unavailable.iter().map(|u| format!("{}: {}", u.backend, u.why)).collect::<Vec<_>>().join("; ");
+    Err(ProbeError::NoBackend { family: "netfilter", tried })
 }
 
 /// The links family's status, or an error when it was asked for and cannot attach.

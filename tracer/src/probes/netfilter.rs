@@ -14,6 +14,9 @@ use crate::kernel::{tracefs::TracepointFormat, KernelFacts};
 /// How the netfilter family observes the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetfilterBackend {
+    /// The tracepoints, plus kprobes on the functions that answer packets: who sent each RST
+    /// or ICMP error (the stack or a REJECT rule), on every kernel version.
+    Kprobes,
     /// The tracepoints above, each where this kernel has it, plus rule counters.
     Tracepoints,
     /// Without `tcp:tcp_send_reset` and `icmp:icmp_send`: what kernels before 4.15 (and,
@@ -22,10 +25,14 @@ pub enum NetfilterBackend {
 }
 
 impl NetfilterBackend {
-    pub const ALL: [NetfilterBackend; 2] = [NetfilterBackend::Tracepoints, NetfilterBackend::TracepointsNoReset];
+    pub const ALL: [NetfilterBackend; 3] =
+        [NetfilterBackend::Kprobes, NetfilterBackend::Tracepoints, NetfilterBackend::TracepointsNoReset];
+    /// Tried in this order when no backend is forced.
+    pub const CHAIN: [NetfilterBackend; 2] = [NetfilterBackend::Kprobes, NetfilterBackend::Tracepoints];
 
     pub fn name(self) -> &'static str {
         match self {
+            NetfilterBackend::Kprobes => "kprobes",
             NetfilterBackend::Tracepoints => "tracepoints",
             NetfilterBackend::TracepointsNoReset => "tracepoints-noreset",
         }
@@ -88,7 +95,66 @@ pub struct NetfilterCoverage {
     pub rule_counters: bool,
     /// Namespace and device of each record (BTF).
     pub device_and_netns: bool,
+    /// Kernel functions whose answers (RST, ICMP error) are seen by kprobe.
+    pub answer_functions: Vec<String>,
     pub gaps: Vec<String>,
+}
+
+/// A kernel function that answers a packet, and where its arguments are.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnswerFunction {
+    pub name: &'static str,
+    /// What the answer is: `stack-rst`, `reject-rst`, `reject-icmp`, `icmp`, `icmp6`.
+    pub answer: &'static str,
+    pub skb: usize,
+    pub sk: Option<usize>,
+    pub icmp_type: Option<usize>,
+    pub code: Option<usize>,
+}
+
+/// The answering functions: (name, answer, upstream argument names in order). BTF's
+/// parameter names replace the upstream list where the kernel has BTF.
+const ANSWERERS: [(&str, &str, &[&str]); 8] = [
+    ("tcp_v4_send_reset", "stack-rst", &["sk", "skb"]),
+    ("tcp_v6_send_reset", "stack-rst", &["sk", "skb"]),
+    ("nf_send_reset", "reject-rst", &["net", "sk", "oldskb"]),
+    ("nf_send_reset6", "reject-rst", &["net", "sk", "oldskb"]),
+    ("nf_send_unreach", "reject-icmp", &["skb_in", "code"]),
+    ("nf_send_unreach6", "reject-icmp", &["net", "skb_in", "code"]),
+    ("__icmp_send", "icmp", &["skb_in", "type", "code"]),
+    ("icmp6_send", "icmp6", &["skb", "type", "code"]),
+];
+
+/// The answering functions this kernel has, with their argument positions (the first three
+/// arguments only: that is what the programs read).
+pub fn answer_functions(facts: &KernelFacts, formats: &RecordFormats) -> Vec<AnswerFunction> {
+    // The tracepoints cover these where they exist: tcp_send_reset has resets without a
+    // socket since 6.10 (its `reason` field came with that), icmp_send exists since 6.15.
+    let reset_tracepoint_complete =
+        formats[RecordSource::TcpSendReset as usize].as_ref().is_some_and(|f| f.field("reason").is_some());
+    let icmp_tracepoint = formats[RecordSource::IcmpSend as usize].is_some();
+    ANSWERERS
+        .into_iter()
+        .filter(|(name, _, _)| !(reset_tracepoint_complete && name.starts_with("tcp_v")))
+        .filter(|(name, _, _)| !(icmp_tracepoint && *name == "__icmp_send"))
+        .filter(|(name, _, _)| facts.kallsyms.range(name).is_some())
+        .filter_map(|(name, answer, upstream)| {
+            let params: Vec<String> = facts
+                .btf
+                .as_ref()
+                .and_then(|b| b.function_params(name))
+                .unwrap_or_else(|| upstream.iter().map(|p| p.to_string()).collect());
+            let at = |names: &[&str]| params.iter().position(|p| names.contains(&p.as_str())).filter(|&i| i < 3);
+            Some(AnswerFunction {
+                name,
+                answer,
+                skb: at(&["skb", "oldskb", "skb_in"])?,
+                sk: at(&["sk"]),
+                icmp_type: at(&["type"]),
+                code: at(&["code"]),
+            })
+        })
+        .collect()
 }
 
 /// The formats of the family's tracepoints (None where the kernel lacks one), indexed by
@@ -180,9 +246,26 @@ fn which(tool: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Loads and attaches the programs for the sources this kernel has; `Err` when none attach.
-pub fn attach(ebpf: &mut Ebpf, formats: &RecordFormats) -> Result<String, String> {
+/// Loads and attaches the programs for the sources this kernel has, and kprobes on the
+/// `answers` functions; `Err` when nothing attaches or a kprobe fails.
+pub fn attach(ebpf: &mut Ebpf, formats: &RecordFormats, answers: &[AnswerFunction]) -> Result<String, String> {
     let mut attached = Vec::new();
+    if !answers.is_empty() {
+        if !std::path::Path::new(super::KPROBE_PMU).exists() {
+            return Err(format!("this kernel has no kprobes (no {})", super::KPROBE_PMU));
+        }
+        let programs = [names::PROG_ANSWER_SKB0, names::PROG_ANSWER_SKB1, names::PROG_ANSWER_SKB2];
+        for f in answers {
+            let name = programs[f.skb];
+            let program: &mut aya::programs::KProbe = program(ebpf, name)?;
+            if program.fd().is_err() {
+                program.load().map_err(|e| format!("{name}: {}", error_chain(&e)))?;
+            }
+            program.attach(f.name, 0).map_err(|e| format!("kprobe on {}: {}", f.name, error_chain(&e)))?;
+        }
+        attached.push(format!("kprobes {}", answers.iter().map(|f| f.name).collect::<Vec<_>>().join(" ")));
+    }
+    let mut tracepoints = Vec::new();
     for s in &SOURCES {
         if formats[s.source as usize].is_none() {
             continue;
@@ -190,7 +273,10 @@ pub fn attach(ebpf: &mut Ebpf, formats: &RecordFormats) -> Result<String, String
         let program: &mut TracePoint = program(ebpf, s.program)?;
         program.load().map_err(|e| format!("{}: {}", s.program, error_chain(&e)))?;
         program.attach(s.system, s.event).map_err(|e| format!("{}:{}: {}", s.system, s.event, error_chain(&e)))?;
-        attached.push(format!("{}:{}", s.system, s.event));
+        tracepoints.push(format!("{}:{}", s.system, s.event));
+    }
+    if !tracepoints.is_empty() {
+        attached.push(format!("tracepoints {}", tracepoints.join(" ")));
     }
     if attached.is_empty() {
         return Err(
@@ -198,7 +284,7 @@ pub fn attach(ebpf: &mut Ebpf, formats: &RecordFormats) -> Result<String, String
                 .into(),
         );
     }
-    Ok(format!("tracepoints {}", attached.join(" ")))
+    Ok(attached.join(" "))
 }
 
 /// Rulesets and bridges of the traced namespaces, read from userspace at the start and the

@@ -236,6 +236,9 @@ pub enum Source {
     Ip6tablesLegacy,
     /// `nft -j list tables`: which tables to list.
     NftTables,
+    /// `nft -j -t list sets` / `… list maps`: tables holding named sets or maps, which
+    /// iptables-nft never makes.
+    NftSets,
     /// `nft -j list ruleset` or `nft -j list table F T`: structure and counters.
     NftJson,
     /// `nft -a -s list ruleset` or `… list table F T`: rule texts by handle (`-s` leaves counter
@@ -282,24 +285,14 @@ impl RulesetSnapshot {
                 Job::new(Source::IptablesLegacy, "iptables-legacy-save", &["-c"]),
                 Job::new(Source::Ip6tablesLegacy, "ip6tables-legacy-save", &["-c"]),
                 Job::new(Source::NftTables, "nft", &["-j", "list", "tables"]),
+                Job::new(Source::NftSets, "nft", &["-j", "-t", "list", "sets"]),
+                Job::new(Source::NftSets, "nft", &["-j", "-t", "list", "maps"]),
             ],
         );
         // Then the nft tables that iptables-nft does not manage. Listing the whole ruleset
         // would decode iptables-nft's tables (kube-proxy's: thousands of rules) twice more, and
         // that is most of the time a snapshot takes on a busy node.
-        let managed: HashSet<(String, String)> = outputs
-            .iter()
-            .filter_map(|(source, output)| match (source, output) {
-                (Source::IptablesNft, Ok(text)) => Some(("ip", text)),
-                (Source::Ip6tablesNft, Ok(text)) => Some(("ip6", text)),
-                _ => None,
-            })
-            .flat_map(|(family, text)| {
-                text.lines()
-                    .filter_map(|l| l.strip_prefix('*'))
-                    .map(move |t| (family.to_string(), t.trim().to_string()))
-            })
-            .collect();
+        let managed = iptables_nft_managed(&outputs, &HashSet::new());
         let listed = outputs.iter().find_map(|(source, output)| match (source, output) {
             (Source::NftTables, Ok(json)) => Some(nft_table_list(json)),
             _ => None,
@@ -345,40 +338,42 @@ impl RulesetSnapshot {
     /// collects them. nft outputs may be of the whole ruleset or of single tables.
     pub fn from_outputs(netns: u32, outputs: &[(Source, Result<String, String>)]) -> RulesetSnapshot {
         let mut snapshot = RulesetSnapshot { netns, ..Default::default() };
-        let mut iptables_nft_tables = HashSet::new();
-        let (mut nft_json, mut texts) = (Vec::new(), HashMap::new());
+        let (mut documents, mut texts, mut native) = (Vec::new(), HashMap::new(), HashSet::new());
         for (source, output) in outputs {
-            let output = match output {
-                Ok(output) => output,
-                Err(e) => {
-                    snapshot.errors.push(e.clone());
-                    continue;
-                }
-            };
+            match (source, output) {
+                (_, Err(e)) => snapshot.errors.push(e.clone()),
+                (Source::NftJson, Ok(json)) => match serde_json::from_str::<Value>(json) {
+                    Ok(document) => {
+                        native.extend(tables_with_sets(&document));
+                        documents.push(document);
+                    }
+                    Err(e) => snapshot.errors.push(format!("nft -j: {e}")),
+                },
+                (Source::NftText, Ok(text)) => texts.extend(parse_nft_text(text)),
+                _ => {}
+            }
+        }
+        let managed = iptables_nft_managed(outputs, &native);
+        for (source, output) in outputs {
+            let Ok(output) = output else { continue };
             let (backend, family) = match source {
                 Source::IptablesNft => (IPTABLES_NFT, "ip"),
                 Source::Ip6tablesNft => (IPTABLES_NFT, "ip6"),
                 Source::IptablesLegacy => (IPTABLES_LEGACY, "ip"),
                 Source::Ip6tablesLegacy => (IPTABLES_LEGACY, "ip6"),
-                Source::NftTables => continue,
-                Source::NftJson => {
-                    nft_json.push(output.as_str());
-                    continue;
-                }
-                Source::NftText => {
-                    texts.extend(parse_nft_text(output));
-                    continue;
-                }
+                _ => continue,
             };
-            let tables = parse_iptables_save(output, backend, family, &mut snapshot.chains, &mut snapshot.rules);
-            if backend == IPTABLES_NFT {
-                iptables_nft_tables.extend(tables.into_iter().map(|t| (family.to_string(), t)));
-            }
+            let (mut chains, mut rules) = (Vec::new(), Vec::new());
+            parse_iptables_save(output, backend, family, &mut chains, &mut rules);
+            // iptables-nft-save also prints (lossily) native nft tables that happen to be
+            // named filter, nat, …: those are nft's to report.
+            let keep =
+                |table: &str| backend != IPTABLES_NFT || managed.contains(&(family.to_string(), table.to_string()));
+            snapshot.chains.extend(chains.into_iter().filter(|c| keep(&c.table)));
+            snapshot.rules.extend(rules.into_iter().filter(|r| keep(&r.table)));
         }
-        for json in nft_json {
-            if let Err(e) =
-                parse_nft_json(json, &texts, &iptables_nft_tables, &mut snapshot.chains, &mut snapshot.rules)
-            {
+        for document in &documents {
+            if let Err(e) = parse_nft_json(document, &texts, &managed, &mut snapshot.chains, &mut snapshot.rules) {
                 snapshot.errors.push(format!("nft: {e}"));
             }
         }
@@ -539,6 +534,55 @@ fn nft_table_list(json: &str) -> Result<Vec<(String, String)>, String> {
         .filter_map(|o| o.get("table"))
         .filter_map(|t| Some((t.get("family")?.as_str()?.to_string(), t.get("name")?.as_str()?.to_string())))
         .collect())
+}
+
+/// The (family, table) pairs iptables-nft manages: those iptables-nft-save prints, less those
+/// it calls incompatible and those holding named sets or maps (`native`, and in `NftSets`
+/// outputs), which only nft makes. iptables-nft 1.8.9 prints such a native table anyway, with
+/// what it cannot translate left out (`ip saddr @blocked drop` becomes `-j DROP`).
+fn iptables_nft_managed(
+    outputs: &[(Source, Result<String, String>)],
+    native: &HashSet<(String, String)>,
+) -> HashSet<(String, String)> {
+    let mut native = native.clone();
+    let mut listed = HashSet::new();
+    for (source, output) in outputs {
+        let Ok(output) = output else { continue };
+        let family = match source {
+            Source::IptablesNft => "ip",
+            Source::Ip6tablesNft => "ip6",
+            Source::NftSets => {
+                if let Ok(document) = serde_json::from_str::<Value>(output) {
+                    native.extend(tables_with_sets(&document));
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        for line in output.lines() {
+            if let Some(table) = line.strip_prefix('*') {
+                listed.insert((family.to_string(), table.trim().to_string()));
+            } else if let Some(rest) = line.strip_prefix("# Table `") {
+                // "# Table `nat' is incompatible, use 'nft' tool." and "… contains incompatible
+                // base-chains …"
+                if let Some((table, _)) = rest.split_once('\'') {
+                    native.insert((family.to_string(), table.to_string()));
+                }
+            }
+        }
+    }
+    listed.retain(|t| !native.contains(t));
+    listed
+}
+
+/// Tables that hold a named set or map in an `nft -j` document.
+fn tables_with_sets(document: &Value) -> Vec<(String, String)> {
+    let objects = document.get("nftables").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+    objects
+        .iter()
+        .filter_map(|o| o.get("set").or_else(|| o.get("map")))
+        .filter_map(|s| Some((s.get("family")?.as_str()?.to_string(), s.get("table")?.as_str()?.to_string())))
+        .collect()
 }
 
 /// Runs `program` inside the network namespace `ns` and returns its standard output.
@@ -912,23 +956,23 @@ fn brace_delta(line: &str) -> i32 {
     delta
 }
 
-/// Parses `nft -j list ruleset`, leaving out the tables iptables-nft manages (listed by
-/// iptables-nft-save, or holding `xt` compat expressions, which nft also flags with "table …
-/// is managed by iptables-nft, do not touch!").
+/// Parses an `nft -j list ruleset` (or `list table`) document, leaving out the tables in `skip`:
+/// those iptables-nft manages, reported from iptables-nft-save. nft 1.0.6 shows no table marker
+/// for them: their rules hold `xt` compat expressions (nft then warns "table ip filter is managed
+/// by iptables-nft, do not touch!"), but rules iptables-nft translates to native expressions have
+/// none, so iptables-nft-save's list of tables decides.
 fn parse_nft_json(
-    json: &str,
+    root: &Value,
     texts: &HashMap<(String, String, String, u64), String>,
-    iptables_nft_tables: &HashSet<(String, String)>,
+    skip: &HashSet<(String, String)>,
     chains: &mut Vec<ChainCounters>,
     rules: &mut Vec<RuleCounters>,
 ) -> Result<(), String> {
-    let root: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
     let objects = root.get("nftables").and_then(Value::as_array).ok_or("no `nftables` array")?;
     let str_of = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or("").to_string();
     let place = |v: &Value, table_key: &str| (str_of(v, "family"), str_of(v, table_key));
 
-    // First pass: what rules refer to (named counters, verdict maps) and which tables to skip.
-    let mut skip: HashSet<(String, String)> = iptables_nft_tables.clone();
+    // First pass: what rules refer to (named counters, verdict maps).
     let mut named_counters: HashMap<(String, String, String), (u64, u64)> = HashMap::new();
     let mut verdict_maps: HashMap<(String, String, String), Vec<String>> = HashMap::new();
     for object in objects {
@@ -941,12 +985,6 @@ fn parse_nft_json(
             collect_targets(map.get("elem").unwrap_or(&Value::Null), &mut targets);
             let (family, table) = place(map, "table");
             verdict_maps.insert((family, table, str_of(map, "name")), targets);
-        } else if let Some(rule) = object.get("rule") {
-            let (family, table) = place(rule, "table");
-            // ebtables-nft and arptables-nft use xt too; only ip/ip6 tables are iptables'.
-            if matches!(family.as_str(), "ip" | "ip6") && contains_key(rule.get("expr").unwrap_or(&Value::Null), "xt") {
-                skip.insert((family, table));
-            }
         }
     }
 
@@ -1030,14 +1068,6 @@ fn parse_nft_json(
 
 fn u64_of(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
-}
-
-fn contains_key(v: &Value, key: &str) -> bool {
-    match v {
-        Value::Object(map) => map.contains_key(key) || map.values().any(|v| contains_key(v, key)),
-        Value::Array(items) => items.iter().any(|v| contains_key(v, key)),
-        _ => false,
-    }
 }
 
 /// Every `jump`/`goto` target anywhere below `v` (inline verdict maps included).
@@ -1432,6 +1462,36 @@ mod tests {
     }
 
     #[test]
+    fn native_tables_named_like_iptables_ones_are_reported_by_nft() {
+        // iptables-nft-save printed both native tables: `filter` under "contains incompatible
+        // base-chains", `mangle` lossily (`-A PREROUTING -j DROP` for `ip daddr @blocked …`).
+        let s = fixture("native-named");
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert!(!s.chains.iter().any(|c| c.backend == IPTABLES_NFT && c.table != "nat"), "{:#?}", s.chains);
+        let iptables: Vec<_> = s.rules.iter().filter(|r| r.backend == IPTABLES_NFT).collect();
+        assert_eq!(iptables.len(), 1);
+        assert_eq!(iptables[0].rule, "-A POSTROUTING -o eth0 -j MASQUERADE");
+        assert_eq!(
+            (iptables[0].verdict.clone(), iptables[0].matches.out_iface.as_deref()),
+            (Verdict::Masquerade, Some("eth0"))
+        );
+        let nft: Vec<_> =
+            s.rules.iter().filter(|r| r.backend == NFTABLES).map(|r| (r.table.as_str(), r.rule.as_str())).collect();
+        assert_eq!(nft, [("filter", "ip saddr 1.2.3.4 counter drop"), ("mangle", "ip daddr @blocked counter drop")]);
+        let input = s.chain(NFTABLES, "ip", "filter", "input").unwrap();
+        assert_eq!(input.hooks, ["input"]);
+
+        // What `take` decides before listing tables one by one: sets come from `nft list sets`.
+        let save = std::fs::read_to_string(format!("{FIXTURES}/native-named/iptables-nft-save")).unwrap();
+        let sets = r#"{"nftables": [{"set": {"family": "ip", "name": "blocked", "table": "mangle", "type": "ipv4_addr", "handle": 2}}]}"#;
+        let managed = iptables_nft_managed(
+            &[(Source::IptablesNft, Ok(save)), (Source::NftSets, Ok(sets.to_string()))],
+            &HashSet::new(),
+        );
+        assert_eq!(managed, HashSet::from([("ip".to_string(), "nat".to_string())]));
+    }
+
+    #[test]
     fn counters_that_moved() {
         let (before, after) = (fixture("before"), fixture("after"));
         let hits = moved(Some(&before), &after);
@@ -1670,6 +1730,12 @@ mod tests {
             "reset",
         ]);
         ns.run(&["nft", "add", "rule", "inet", "t", "input", "udp", "dport", "9999", "drop"]);
+        // A native table with an iptables name: iptables-nft-save prints it (lossily), nft must
+        // report it.
+        ns.run(&["nft", "add", "table", "ip", "mangle"]);
+        ns.run(&["nft", "add", "set", "ip", "mangle", "blocked", "{ type ipv4_addr; elements = { 127.0.0.7 }; }"]);
+        ns.run(&["nft", "add", "chain", "ip", "mangle", "OUTPUT", "{ type route hook output priority -150; }"]);
+        ns.run(&["nft", "add", "rule", "ip", "mangle", "OUTPUT", "ip", "daddr", "@blocked", "counter", "drop"]);
 
         let started = Instant::now();
         let before = RulesetSnapshot::take(inode, &ns.path());
@@ -1681,6 +1747,7 @@ mod tests {
         let _ = ns.try_run(&["ping", "-6", "-c1", "-W1", "::1"]);
         let _ = ns.try_run(&["bash", "-c", "echo > /dev/tcp/127.0.0.1/6443"]);
         let _ = ns.try_run(&["bash", "-c", "echo > /dev/udp/127.0.0.1/53"]);
+        let _ = ns.try_run(&["bash", "-c", "echo > /dev/udp/127.0.0.7/7"]);
         let after = RulesetSnapshot::take(inode, &ns.path());
         // Only tools absent from this machine may fail.
         for e in &after.errors {
@@ -1699,7 +1766,13 @@ mod tests {
             assert_eq!(udp.packets, 1);
         }
         assert!(after.uncounted_drop_rules().any(|r| r.rule == "udp dport 9999 drop"));
-        // The iptables-nft tables are not reported twice.
-        assert!(!after.rules.iter().any(|r| r.backend == NFTABLES && r.family == "ip"));
+        let native = hit(&hits, NFTABLES, "OUTPUT", Some("ip daddr @blocked counter drop"));
+        assert_eq!(
+            (native.table.as_str(), native.packets, native.hooks.as_slice()),
+            ("mangle", 1, &["output".to_string()][..])
+        );
+        // Each table is reported once, by the tool that manages it.
+        assert!(!after.rules.iter().any(|r| r.backend == NFTABLES && r.family == "ip" && r.table != "mangle"));
+        assert!(!after.rules.iter().any(|r| r.backend == IPTABLES_NFT && r.table == "mangle"));
     }
 }

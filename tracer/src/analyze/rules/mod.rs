@@ -308,10 +308,14 @@ pub(crate) fn refusal<'a>(state: &'a Correlated, g: &DropGroup) -> Option<Refusa
                 .as_ref()
                 .is_some_and(|f| f.src == src && f.dst == dst && (f.dport.is_none() || f.dport == g.key.dport))
     });
-    // The client's socket: local end = the dropped packet's source.
+    // The RST the REJECT target sent (kprobe on nf_send_reset*: from the dropped packet's
+    // destination back to its source), or the one the client's socket received (its local
+    // end = the dropped packet's source).
     let client_reset = state.resets.iter().find(|r| {
-        r.direction == "received"
-            && r.flow.as_ref().is_some_and(|f| f.src == src && f.dst == dst && f.dport == g.key.dport)
+        r.flow.as_ref().is_some_and(|f| match r.direction {
+            "received" => f.src == src && f.dst == dst && f.dport == g.key.dport,
+            _ => r.by_reject && f.src == dst && f.dst == src && f.sport == g.key.dport,
+        })
     });
     (rule.is_some() || icmp.is_some() || client_reset.is_some()).then_some(Refusal { rule, icmp, client_reset })
 }

@@ -86,11 +86,13 @@ impl Rule for NoListener {
                 let reset = state.resets.iter().find(|r| {
                     r.direction == "sent"
                         && !r.socket
+                        && !r.by_reject
                         && r.netns == g.key.netns
                         && r.flow.as_ref().is_some_and(|f| answered(Some(f.src), Some(f.dst), f.sport))
                 });
                 let icmp = state.icmp_errors.iter().find(|i| {
-                    i.netns == g.key.netns
+                    !i.by_reject
+                        && i.netns == g.key.netns
                         && i.flow.as_ref().is_some_and(|f| answered(Some(f.dst), Some(f.src), f.dport))
                 });
                 finding.evidence.extend(reset.cloned().map(Event::TcpReset));
