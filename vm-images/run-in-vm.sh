@@ -264,8 +264,8 @@ for applet in $("$BUSYBOX" --list-full); do
   ln -sf /bin/busybox "$ROOT/$applet"
 done
 
-# bash (runs GUEST_SCRIPT), iproute2's ip, iptables-nft, nft.
-for bin in /usr/bin/bash /usr/sbin/ip /usr/sbin/xtables-nft-multi /usr/sbin/nft; do
+# bash (runs GUEST_SCRIPT), iproute2's ip, iptables-nft, iptables-legacy, nft.
+for bin in /usr/bin/bash /usr/sbin/ip /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /usr/sbin/nft; do
   rm -f "$ROOT$bin"
   copy_same_path "$bin"
   copy_libs "$bin"
@@ -274,6 +274,9 @@ for name in iptables ip6tables iptables-save ip6tables-save iptables-restore \
             ip6tables-restore iptables-nft ip6tables-nft iptables-nft-save \
             ip6tables-nft-save iptables-nft-restore ip6tables-nft-restore; do
   ln -sf xtables-nft-multi "$ROOT/usr/sbin/$name"
+done
+for name in iptables-legacy ip6tables-legacy iptables-legacy-save ip6tables-legacy-save; do
+  ln -sf xtables-legacy-multi "$ROOT/usr/sbin/$name"
 done
 # iptables dlopen()s its match/target extensions, ldd cannot see those.
 XTLIB=/usr/lib/x86_64-linux-gnu/xtables

@@ -43,6 +43,12 @@ pub mod names {
     pub const PROG_ANSWER_SKB0: &str = "answer_skb0";
     pub const PROG_ANSWER_SKB1: &str = "answer_skb1";
     pub const PROG_ANSWER_SKB2: &str = "answer_skb2";
+    /// kprobes on `nft_do_chain` and `ipt_do_table`/`ip6t_do_table`, and the kretprobe that
+    /// reports their DROP verdicts.
+    pub const PROG_NFT_ENTER: &str = "nft_chain_enter";
+    pub const PROG_IPT_ENTER: &str = "ipt_table_enter";
+    pub const PROG_VERDICT_EXIT: &str = "nf_verdict_exit";
+    pub const NF_CALLS: &str = "NF_CALLS";
 }
 
 /// Discriminates the records in the `EVENTS` ring buffer: each record starts with an
@@ -72,7 +78,16 @@ pub enum EventKind {
     /// A kernel function about to answer a packet with a RST or an ICMP error
     /// ([`AnswerEvent`]): `tcp_v4_send_reset`, `nf_send_reset`, `nf_send_unreach`, …
     PacketAnswer = 10,
+    /// A netfilter table or chain returned DROP ([`VerdictEvent`]).
+    NetfilterVerdict = 11,
 }
+
+/// Where a [`VerdictEvent`] comes from.
+pub const VERDICT_NFT: u32 = 1;
+pub const VERDICT_IPT: u32 = 2;
+
+/// Bytes kept of a table or chain name.
+pub const NF_NAME_BYTES: usize = 32;
 
 /// Tracepoints whose records the netfilter family copies whole: the `source` of a
 /// [`TraceRecordEvent`] and the index into [`NetfilterConfig::records`].
@@ -174,6 +189,44 @@ pub struct AnswerEvent {
     pub args: [u64; 3],
 }
 
+/// A DROP verdict of `nft_do_chain` (base chain and table) or `ipt_do_table` (table), with
+/// the packet as a [`DropEvent`] (its `location` is the function's address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct VerdictEvent {
+    pub packet: DropEvent,
+    pub table: [u8; NF_NAME_BYTES],
+    /// Empty for `ipt_do_table` (it sees tables, not chains).
+    pub chain: [u8; NF_NAME_BYTES],
+    /// `NFPROTO_*` of the table, and the `NF_INET_*` hook of the call.
+    pub family: u32,
+    pub hook: u32,
+    /// The function's return value (`NF_DROP` is 0).
+    pub verdict: u32,
+    /// [`VERDICT_NFT`] or [`VERDICT_IPT`].
+    pub source: u32,
+}
+
+/// One `nft_do_chain`/`ipt_do_table` call in progress, between its kprobe and kretprobe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NfFrame {
+    pub skb: u64,
+    /// The `nft_chain` or `xt_table`.
+    pub object: u64,
+    pub state: u64,
+    pub source: u64,
+}
+
+/// Calls in progress per thread: netfilter nests (a REJECT sends its answer through the
+/// OUTPUT hooks from inside the INPUT call), so each thread keeps a small stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NfStack {
+    pub depth: u64,
+    pub frames: [NfFrame; 4],
+}
+
 /// A tracepoint record, copied from just after its common header.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -228,7 +281,22 @@ pub struct NetfilterConfig {
     pub dev_net: u32,
     pub sk_net: u32,
     pub net_inum: u32,
-    pub _pad: u32,
+    /// Verdict kprobes: `nft_pktinfo.skb` / `.state` (or `.xt.state` before 5.16),
+    /// `nft_chain.name` / `.table`, `nft_table.name` / `.family`, `xt_table.name` / `.af`,
+    /// `nf_hook_state.hook` (BTF).
+    pub nft_pkt_skb: u32,
+    pub nft_pkt_state: u32,
+    pub nft_chain_name: u32,
+    pub nft_chain_table: u32,
+    pub nft_table_name: u32,
+    pub nft_table_family: u32,
+    pub xt_table_name: u32,
+    pub xt_table_af: u32,
+    pub state_hook: u32,
+    /// Which arguments of `ipt_do_table` are the skb, the hook state and the table.
+    pub ipt_arg_skb: u32,
+    pub ipt_arg_state: u32,
+    pub ipt_arg_table: u32,
 }
 
 impl NetfilterConfig {
@@ -244,7 +312,18 @@ impl NetfilterConfig {
             dev_net: ABSENT,
             sk_net: ABSENT,
             net_inum: ABSENT,
-            _pad: 0,
+            nft_pkt_skb: ABSENT,
+            nft_pkt_state: ABSENT,
+            nft_chain_name: ABSENT,
+            nft_chain_table: ABSENT,
+            nft_table_name: ABSENT,
+            nft_table_family: ABSENT,
+            xt_table_name: ABSENT,
+            xt_table_af: ABSENT,
+            state_hook: ABSENT,
+            ipt_arg_skb: ABSENT,
+            ipt_arg_state: ABSENT,
+            ipt_arg_table: ABSENT,
         }
     }
 }
@@ -397,4 +476,6 @@ mod user {
     unsafe impl aya::Pod for super::LinkConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NetfilterConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NfStack {}
 }

@@ -13,19 +13,24 @@
 //! `__icmp_send`/`icmp6_send` before 6.15. One program per position of the skb argument;
 //! the function is told by its address in userspace.
 //!
+//! And where kprobes exist, the verdicts themselves: `nft_do_chain` (table and base chain)
+//! and `ipt_do_table`/`ip6t_do_table` (iptables-legacy tables) returning DROP, with the hook.
+//!
 //! Each record is copied whole and decoded in userspace by field name with the tracefs
 //! format, so layout changes across kernels (`tcp_send_reset` changed twice) need no code
 //! here. Only the netns and device of the record's skb (or socket) are read here, with
 //! offsets from BTF in `NETFILTER_CONFIG`.
 
 use aya_ebpf::{
-    helpers::{bpf_get_func_ip, bpf_probe_read_kernel_buf},
-    macros::{kprobe, tracepoint},
-    programs::{ProbeContext, TracePointContext},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_func_ip, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes},
+    macros::{kprobe, kretprobe, map, tracepoint},
+    maps::HashMap,
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use tracer_ebpf::{
-    AnswerEvent, EventKind, NetfilterConfig, RecordSource, TraceRecordEvent, ABSENT, TRACE_RECORD_BYTES,
+    AnswerEvent, EventKind, NetfilterConfig, NfFrame, NfStack, RecordSource, TraceRecordEvent, VerdictEvent, ABSENT,
+    NF_NAME_BYTES, TRACE_RECORD_BYTES, VERDICT_IPT, VERDICT_NFT,
 };
 
 use crate::events::{count_lost, fill_header, probe_args, read_field, EVENTS};
@@ -157,4 +162,152 @@ fn answer(ctx: &ProbeContext, args: [u64; 3], skb: u64) {
     crate::drops::fill_packet(&cfg, &mut ev.packet, skb, function, ABSENT, protocol);
     ev.args = args;
     entry.submit(0);
+}
+
+/// Netfilter calls in progress, per thread (bounded: entries are removed when a thread's
+/// outermost call returns).
+#[map(name = "NF_CALLS")]
+static NF_CALLS: HashMap<u64, NfStack> = HashMap::with_max_entries(4096, 0);
+
+/// `NF_DROP` and `NF_STOLEN` (UAPI), and the verdict bits of a hook's return value.
+const NF_DROP: u32 = 0;
+const NF_STOLEN: u32 = 2;
+const NF_VERDICT_MASK: u32 = 0xff;
+
+/// A DROP verdict: `NF_DROP` (errno, if any, in the upper bits), or what newer kernels return
+/// when the chain freed the packet itself with a drop reason (`NF_DROP_REASON`: the skb is
+/// freed in nft_do_chain, which returns `NF_STOLEN` with the errno in the upper bits).
+#[inline(always)]
+fn is_drop(verdict: u32) -> bool {
+    let code = verdict & NF_VERDICT_MASK;
+    code == NF_DROP || (code == NF_STOLEN && verdict >> 16 != 0)
+}
+
+#[kprobe]
+pub fn nft_chain_enter(ctx: ProbeContext) -> u32 {
+    let cfg = config();
+    let args = probe_args(&ctx);
+    // nft_do_chain(struct nft_pktinfo *pkt, void *priv /* the nft_chain */)
+    let skb: u64 = read_field(args[0], cfg.nft_pkt_skb).unwrap_or(0);
+    let state: u64 = read_field(args[0], cfg.nft_pkt_state).unwrap_or(0);
+    push(NfFrame { skb, object: args[1], state, source: VERDICT_NFT as u64 });
+    0
+}
+
+#[kprobe]
+pub fn ipt_table_enter(ctx: ProbeContext) -> u32 {
+    let cfg = config();
+    let args = probe_args(&ctx);
+    let pick = |i: u32| match i {
+        0 => args[0],
+        1 => args[1],
+        2 => args[2],
+        _ => 0,
+    };
+    push(NfFrame {
+        skb: pick(cfg.ipt_arg_skb),
+        object: pick(cfg.ipt_arg_table),
+        state: pick(cfg.ipt_arg_state),
+        source: VERDICT_IPT as u64,
+    });
+    0
+}
+
+#[kretprobe]
+pub fn nf_verdict_exit(ctx: RetProbeContext) -> u32 {
+    let verdict: u32 = ctx.ret::<u64>() as u32;
+    if let Some(frame) = pop() {
+        if is_drop(verdict) && frame.skb != 0 {
+            report_verdict(&ctx, &frame, verdict);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn push(frame: NfFrame) {
+    let key = bpf_get_current_pid_tgid();
+    if NF_CALLS.get_ptr_mut(&key).is_none() {
+        let empty = NfStack { depth: 0, frames: [NfFrame { skb: 0, object: 0, state: 0, source: 0 }; 4] };
+        let _ = NF_CALLS.insert(&key, &empty, 0);
+    }
+    let Some(stack) = NF_CALLS.get_ptr_mut(&key) else { return };
+    // SAFETY: the map value stays valid while this program runs; only this thread uses it.
+    let stack = unsafe { &mut *stack };
+    // Deeper calls than the stack holds are counted, not kept, so returns stay paired.
+    // Constant indexes: the verifier rejects a map-value offset it cannot bound.
+    match stack.depth {
+        0 => stack.frames[0] = frame,
+        1 => stack.frames[1] = frame,
+        2 => stack.frames[2] = frame,
+        3 => stack.frames[3] = frame,
+        _ => {}
+    }
+    stack.depth += 1;
+}
+
+#[inline(always)]
+fn pop() -> Option<NfFrame> {
+    let key = bpf_get_current_pid_tgid();
+    let stack = NF_CALLS.get_ptr_mut(&key)?;
+    // SAFETY: as in `push`.
+    let stack = unsafe { &mut *stack };
+    if stack.depth == 0 {
+        return None;
+    }
+    stack.depth -= 1;
+    let frame = match stack.depth {
+        0 => Some(stack.frames[0]),
+        1 => Some(stack.frames[1]),
+        2 => Some(stack.frames[2]),
+        3 => Some(stack.frames[3]),
+        _ => None,
+    };
+    if stack.depth == 0 {
+        let _ = NF_CALLS.remove(&key);
+    }
+    frame
+}
+
+#[inline(always)]
+fn report_verdict(ctx: &RetProbeContext, frame: &NfFrame, verdict: u32) {
+    let cfg = config();
+    let drops = crate::drops::config();
+    let Some(mut entry) = EVENTS.reserve::<VerdictEvent>(0) else {
+        count_lost();
+        return;
+    };
+    // SAFETY: the entry is `size_of::<VerdictEvent>()` bytes we own until submit.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut ev.packet.header, EventKind::NetfilterVerdict);
+    // SAFETY: plain helper on the program's own context.
+    let function = unsafe { bpf_get_func_ip(ctx.as_ptr()) };
+    let protocol = u16::from_be(read_field(frame.skb, drops.skb_protocol).unwrap_or(0));
+    crate::drops::fill_packet(&drops, &mut ev.packet, frame.skb, function, ABSENT, protocol);
+    ev.verdict = verdict;
+    ev.source = frame.source as u32;
+    ev.hook = read_field::<u8>(frame.state, cfg.state_hook).map_or(ABSENT, |h| h as u32);
+    ev.table = [0; NF_NAME_BYTES];
+    ev.chain = [0; NF_NAME_BYTES];
+    if frame.source == VERDICT_NFT as u64 {
+        read_name(read_field(frame.object, cfg.nft_chain_name).unwrap_or(0), &mut ev.chain);
+        let table: u64 = read_field(frame.object, cfg.nft_chain_table).unwrap_or(0);
+        read_name(read_field(table, cfg.nft_table_name).unwrap_or(0), &mut ev.table);
+        ev.family = read_field::<u16>(table, cfg.nft_table_family).map_or(ABSENT, |f| f as u32);
+    } else {
+        if cfg.xt_table_name != ABSENT && frame.object != 0 {
+            read_name(frame.object + cfg.xt_table_name as u64, &mut ev.table);
+        }
+        ev.family = read_field::<u8>(frame.object, cfg.xt_table_af).map_or(ABSENT, |f| f as u32);
+    }
+    entry.submit(0);
+}
+
+/// Copies a NUL-terminated kernel string (a table or chain name).
+#[inline(always)]
+fn read_name(src: u64, dst: &mut [u8; NF_NAME_BYTES]) {
+    if src != 0 {
+        // SAFETY: the helper checks the source address; dst is ours.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(src as *const u8, dst) };
+    }
 }

@@ -72,6 +72,7 @@ impl EventFilter {
             // Counters belong to the namespace: they attribute the device's drops too.
             Event::RuleCounter(c) => self.in_netns(Some(c.netns)),
             Event::Bridge(b) => self.in_netns(Some(b.netns)) && self.on_iface(Some(&b.bridge)),
+            Event::NetfilterVerdict(v) => self.in_netns(v.netns) && self.on_iface(v.device.as_deref()),
         }
     }
 

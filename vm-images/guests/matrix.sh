@@ -25,7 +25,7 @@
 set -u
 [ -f /etc/dptrace-matrix.env ] && . /etc/dptrace-matrix.env
 DPTRACE="${DPTRACE:-dptrace}"
-BACKENDS="${DPTRACE_MATRIX_BACKENDS:-drops=tracepoint drops=tracepoint-noreason drops=fentry drops=kprobe}"
+BACKENDS="${DPTRACE_MATRIX_BACKENDS:-drops=tracepoint drops=tracepoint-noreason drops=fentry drops=kprobe netfilter=kprobes netfilter=tracepoints}"
 IN_VM=1
 [ "${DPTRACE_MATRIX_HOST:-0}" = 1 ] && IN_VM=0
 
@@ -96,11 +96,35 @@ make_topology() {
   ip -n "$CLIENT" addr add fd00:77::1/64 dev c0 nodad
   ip -n "$SERVER" addr add "$SERVER_V6/64" dev s0 nodad
   ip -n "$CLIENT" link set c0 up && ip -n "$SERVER" link set s0 up
+  # For the netfilter backends: native nftables rules WITHOUT counters, so only the kernel
+  # can tell which table and chain gave the verdict (a DROP on udp/9998, a REJECT on tcp/6443).
+  ip netns exec "$SERVER" nft -f - <<NFT || return 1
+table inet mxguard {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    udp dport 9998 drop
+    tcp dport 6443 reject with tcp reset
+  }
+}
+NFT
+  # And an iptables-legacy DROP (udp/9997), where the legacy tool exists.
+  if command -v iptables-legacy >/dev/null; then
+    ip netns exec "$SERVER" iptables-legacy -w -A INPUT -p udp --dport 9997 -j DROP || return 1
+  fi
 }
 
 forced_backend() {
-  "$DPTRACE" trace --json --backend "$1" --netns "$SERVER" -- \
-    ip netns exec "$CLIENT" bash -c "echo x > /dev/udp/$SERVER_V4/$PORT; echo x > /dev/udp/$SERVER_V6/$PORT"
+  case "$1" in
+    netfilter=*)
+      # Traced without a namespace filter: the client's received RST is part of the evidence.
+      "$DPTRACE" trace --json --backend "$1" -- ip netns exec "$CLIENT" bash -c \
+        "echo x > /dev/udp/$SERVER_V4/9998; echo x > /dev/udp/$SERVER_V4/9997; timeout 2 bash -c 'echo > /dev/tcp/$SERVER_V4/6443'; sleep 0.3"
+      ;;
+    *)
+      "$DPTRACE" trace --json --backend "$1" --netns "$SERVER" -- \
+        ip netns exec "$CLIENT" bash -c "echo x > /dev/udp/$SERVER_V4/$PORT; echo x > /dev/udp/$SERVER_V6/$PORT"
+      ;;
+  esac
 }
 
 # A human verdict for one forced run (the host makes its own from the JSON).
@@ -108,6 +132,12 @@ say_backend() {
   local backend="$1" rc="$2"
   if [ "$rc" = 2 ] && grep -qiE "unexpected argument '--backend'|invalid value .* for '--backend" "$WORK/err"; then
     echo "NOTE: $backend: backend not available in this dptrace"
+  elif [ "${backend%%=*}" = netfilter ]; then
+    if grep '"rule":"netfilter-drop"' "$WORK/out" | grep -q ':9998"' && grep -q '"rule":"reject-by-rule"' "$WORK/out"; then
+      echo "OK: $backend: the DROP and the REJECT were told apart"
+    else
+      echo "FAIL: $backend: no netfilter-drop for udp/9998 or no reject-by-rule for tcp/6443 (exit $rc)"
+    fi
   elif grep '"type":"event"' "$WORK/out" | grep -q "\"dport\":$PORT"; then
     echo "OK: $backend: the test drops were seen"
   elif grep '"type":"event"' "$WORK/out" | grep -q '"reason":"NO_SOCKET"'; then

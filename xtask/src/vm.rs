@@ -752,12 +752,16 @@ fn backend_verdict(spec: &str, console: &Console, check: Option<&Value>) -> (Ver
     if rc == Some(2) && stderr.iter().any(|l| rejects_backend(l)) {
         return (Verdict::NotInDptrace, format!("this dptrace does not accept --backend {spec}"));
     }
-    let why = match test_drops_seen(&console.json(&section)) {
+    let (family, backend) = spec.split_once('=').unwrap_or(("drops", spec));
+    let seen = match family {
+        "netfilter" => netfilter_told_apart(&console.json(&section), backend),
+        _ => test_drops_seen(&console.json(&section)),
+    };
+    let why = match seen {
         Ok(seen) => return (Verdict::Worked, seen),
         Err(why) => why,
     };
-    let backend = spec.split_once('=').map_or(spec, |(_, name)| name);
-    if let Some(reason) = check.and_then(|c| unavailable_in_check(c, backend)) {
+    if let Some(reason) = check.and_then(|c| unavailable_in_check(c, family, backend)) {
         return (Verdict::Unsupported, reason);
     }
     let error = console.error_line(&section).filter(|l| l.contains("error"));
@@ -771,11 +775,18 @@ fn rejects_backend(stderr_line: &str) -> bool {
 }
 
 /// `dptrace check` lists every backend it probed, with why it could not attach.
-fn unavailable_in_check(check: &Value, backend: &str) -> Option<String> {
-    check["backends"].as_array()?.iter().find(|b| b["backend"] == backend && b["available"] == false).map(|b| {
-        let detail = b["detail"].as_str().unwrap_or("not available");
-        format!("dptrace check: {detail}")
-    })
+fn unavailable_in_check(check: &Value, family: &str, backend: &str) -> Option<String> {
+    let probes = check["backends"].as_array()?;
+    // Older reports have no `family`: then the backend name alone decides.
+    probes
+        .iter()
+        .find(|b| {
+            (b["family"] == family || b["family"].is_null()) && b["backend"] == backend && b["available"] == false
+        })
+        .map(|b| {
+            let detail = b["detail"].as_str().unwrap_or("not available");
+            format!("dptrace check: {detail}")
+        })
 }
 
 /// Did the trace report the drops of matrix.sh's test packets? Each must be a drop event of
@@ -811,6 +822,56 @@ fn test_drops_seen(output: &[Value]) -> Result<String, String> {
         return Ok(format!("{flowless} NO_SOCKET drops without packet headers"));
     }
     Err(format!("{} ({} drop events)", missing.join("; "), drops.len()))
+}
+
+/// Did the trace tell matrix.sh's netfilter faults apart? Native nftables rules without
+/// counters: a DROP of udp/9998 must be a `netfilter-drop` and a REJECT (tcp reset) of
+/// tcp/6443 a `reject-by-rule`. With `kprobes`, the kernel's verdict must also name the
+/// table and chain (no counter can).
+fn netfilter_told_apart(output: &[Value], backend: &str) -> Result<String, String> {
+    let findings: Vec<&Value> = output.iter().filter(|v| v["type"] == "finding").collect();
+    let for_port = |rule: &str, port: &str| {
+        findings.iter().copied().find(|f| {
+            f["rule"] == rule
+                && f["flows"].as_array().into_iter().flatten().any(|fl| fl.as_str().is_some_and(|s| s.ends_with(port)))
+        })
+    };
+    let mut missing = Vec::new();
+    let mut seen = Vec::new();
+    // udp/9997: an iptables-legacy DROP, where the guest has iptables-legacy (its counter
+    // attributes it with either backend; with kprobes ipt_do_table may name it first).
+    let legacy = for_port("netfilter-drop", ":9997");
+    if let Some(f) = legacy {
+        let nf = &f["netfilter"];
+        if nf["table"] == "filter" {
+            seen.push(format!("netfilter-drop :9997 in filter {}", nf["source"].as_str().unwrap_or("?")));
+        } else {
+            missing.push(format!("netfilter-drop :9997 without its table (netfilter: {nf})"));
+        }
+    }
+    for (rule, port) in [("netfilter-drop", ":9998"), ("reject-by-rule", ":6443")] {
+        match for_port(rule, port) {
+            None => missing.push(format!("no {rule} for {port}")),
+            Some(f) if backend == "kprobes" => {
+                let nf = &f["netfilter"];
+                if nf["table"] == "mxguard" && nf["chain"] == "input" {
+                    seen.push(format!(
+                        "{rule} {port} in {} {}",
+                        nf["table"].as_str().unwrap_or("?"),
+                        nf["source"].as_str().unwrap_or("?")
+                    ));
+                } else {
+                    missing.push(format!("{rule} {port} without the kernel's verdict (netfilter: {nf})"));
+                }
+            }
+            Some(_) => seen.push(format!("{rule} {port}")),
+        }
+    }
+    if missing.is_empty() {
+        Ok(seen.join(", "))
+    } else {
+        Err(missing.join("; "))
+    }
 }
 
 fn on_device(event: &Value) -> String {

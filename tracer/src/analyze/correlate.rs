@@ -4,7 +4,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use crate::decode::{
     links::{Actor, KernelMessage, LinkRequest, LinkState, ModuleEvent, NetlinkAck},
-    netfilter::{BridgeState, IcmpError, RuleCounter, TcpConnect, TcpReset},
+    netfilter::{BridgeState, IcmpError, NfVerdict, RuleCounter, TcpConnect, TcpReset},
     DropRecord, Event,
 };
 
@@ -131,6 +131,7 @@ pub struct Correlated {
     pub connects: Vec<TcpConnect>,
     pub rule_counters: Vec<RuleCounter>,
     pub bridges: Vec<BridgeState>,
+    pub nf_verdicts: Vec<NfVerdict>,
     /// Resets, ICMP errors, connects, counters and bridges beyond `MAX_PACKET_ANSWERS`.
     pub unkept_answers: u64,
     pub events: u64,
@@ -200,6 +201,7 @@ impl Correlated {
             Event::TcpConnect(c) => keep(&mut self.connects, c, &mut self.unkept_answers),
             Event::RuleCounter(c) => keep(&mut self.rule_counters, c, &mut self.unkept_answers),
             Event::Bridge(b) => keep(&mut self.bridges, b, &mut self.unkept_answers),
+            Event::NetfilterVerdict(v) => keep(&mut self.nf_verdicts, v, &mut self.unkept_answers),
         }
     }
 

@@ -14,7 +14,9 @@ use std::{
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use serde::Serialize;
-use tracer_ebpf::{AnswerEvent, DropEvent, EventHeader, EventKind, NetlinkEvent, TraceRecordEvent, ABSENT};
+use tracer_ebpf::{
+    AnswerEvent, DropEvent, EventHeader, EventKind, NetlinkEvent, TraceRecordEvent, VerdictEvent, ABSENT, VERDICT_NFT,
+};
 
 use crate::kernel::{drop_reasons::DropReasons, kallsyms::Kallsyms, netns::NetnsNames};
 
@@ -51,6 +53,8 @@ pub enum Event {
     RuleCounter(netfilter::RuleCounter),
     /// A bridge and the br_netfilter state of its namespace, with the traffic it carried.
     Bridge(netfilter::BridgeState),
+    /// A DROP verdict read in the kernel (kprobes).
+    NetfilterVerdict(netfilter::NfVerdict),
 }
 
 impl Event {
@@ -68,6 +72,7 @@ impl Event {
             Event::TcpConnect(e) => e.ts_ns,
             Event::RuleCounter(e) => e.ts_ns,
             Event::Bridge(e) => e.ts_ns,
+            Event::NetfilterVerdict(e) => e.ts_ns,
         }
     }
 }
@@ -228,6 +233,27 @@ impl Decoder {
                     Some(netfilter::NetfilterEvent::Icmp(i)) => Ok(Event::IcmpError(i)),
                     _ => Err(DecodeError::UnknownRecord(u16::MAX)),
                 }
+            }
+            k if k == EventKind::NetfilterVerdict as u16 => {
+                let raw: VerdictEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+                let packet = self.decode_drop(&raw.packet);
+                let chain = c_string(&raw.chain);
+                Ok(Event::NetfilterVerdict(netfilter::NfVerdict {
+                    time: packet.time,
+                    ts_ns: packet.ts_ns,
+                    netns: packet.netns,
+                    netns_name: packet.netns_name,
+                    device: packet.device,
+                    flow: packet.flow,
+                    skb: packet.skb,
+                    family: netfilter::nfproto_name(raw.family),
+                    table: c_string(&raw.table),
+                    chain: (raw.source == VERDICT_NFT && !chain.is_empty()).then_some(chain),
+                    hook: (raw.hook != ABSENT).then(|| netfilter::hook_name(raw.family, raw.hook)).flatten(),
+                    // The kernel side keeps only drops (NF_DROP, or NF_STOLEN with an errno).
+                    verdict: "drop",
+                    origin: packet.function.unwrap_or_else(|| "?".into()),
+                }))
             }
             other => Err(DecodeError::UnknownKind(other)),
         }

@@ -349,6 +349,57 @@ pub fn decode_answer(
     }
 }
 
+/// A DROP verdict read in the kernel (kprobes on `nft_do_chain` / `ipt_do_table`).
+#[derive(Debug, Clone, Serialize)]
+pub struct NfVerdict {
+    pub time: String,
+    pub ts_ns: u64,
+    pub netns: Option<u32>,
+    pub netns_name: Option<String>,
+    pub device: Option<String>,
+    pub flow: Option<Flow>,
+    pub skb: String,
+    /// nftables family name (`ip`, `ip6`, `inet`, `bridge`, `arp`, `netdev`).
+    pub family: String,
+    pub table: String,
+    /// The base chain (`nft_do_chain`); None for iptables-legacy tables.
+    pub chain: Option<String>,
+    /// `prerouting`, `input`, `forward`, `output`, `postrouting` (`ingress` for netdev).
+    pub hook: Option<String>,
+    pub verdict: &'static str,
+    /// `nft_do_chain` (nf_tables: nftables and iptables-nft) or `ipt_do_table`/`ip6t_do_table`.
+    pub origin: String,
+}
+
+/// `NFPROTO_*` (UAPI) as nftables names its families.
+pub fn nfproto_name(family: u32) -> String {
+    match family {
+        1 => "inet".into(),
+        2 => "ip".into(),
+        3 => "arp".into(),
+        5 => "netdev".into(),
+        7 => "bridge".into(),
+        10 => "ip6".into(),
+        other => format!("family-{other}"),
+    }
+}
+
+/// `NF_INET_*` hooks (UAPI); netdev chains have only ingress (0) and egress (1).
+pub fn hook_name(family: u32, hook: u32) -> Option<String> {
+    let name = match (family, hook) {
+        (5, 0) => "ingress",
+        (5, 1) => "egress",
+        (_, 0) => "prerouting",
+        (_, 1) => "input",
+        (_, 2) => "forward",
+        (_, 3) => "output",
+        (_, 4) => "postrouting",
+        (_, 5) => "ingress",
+        _ => return None,
+    };
+    Some(name.into())
+}
+
 /// Names of ICMPv6 destination-unreachable codes (RFC 4443).
 pub fn icmp6_meaning(icmp_type: u8, code: u8) -> String {
     match (icmp_type, code) {

@@ -35,6 +35,14 @@ impl KernelBtf {
         Ok(Self { btf })
     }
 
+    /// The BTF of a loaded module (split BTF on top of this one), for types that live in
+    /// modules on distribution kernels (`nf_tables`, `x_tables`, `ip_tables`). None when the
+    /// module is not loaded, built in (its types are then in vmlinux), or has no BTF.
+    pub fn module(&self, module: &str) -> Option<KernelBtf> {
+        let path = Path::new(VMLINUX).with_file_name(module);
+        Btf::from_split_file(&path, &self.btf).ok().map(|btf| KernelBtf { btf })
+    }
+
     /// Resolves a dotted member path such as `nd_net.net` inside `struct <strct>`.
     pub fn member(&self, strct: &str, path: &str) -> Result<MemberLocation, KernelError> {
         let missing = |why: String| KernelError::MissingMember { member: format!("struct {strct}.{path}"), why };

@@ -136,6 +136,20 @@ pub fn event_line(event: &Event) -> String {
             let netns = c.netns_name.clone().unwrap_or_else(|| c.netns.to_string());
             format!("{} counter +{} packet(s) {} netns {netns}", clock(&c.time), c.packets, c.describe())
         }
+        Event::NetfilterVerdict(v) => {
+            let netns = v.netns_name.clone().or(v.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+            let flow = v.flow.as_ref().map_or_else(|| v.skb.clone(), ToString::to_string);
+            let chain = v.chain.as_deref().map(|c| format!(" chain {c}")).unwrap_or_default();
+            let hook = v.hook.as_deref().map(|h| format!(" hook {h}")).unwrap_or_default();
+            format!(
+                "{} verdict {} {} table {}{chain}{hook} ({}) {flow} netns {netns}",
+                clock(&v.time),
+                v.verdict,
+                v.family,
+                v.table,
+                v.origin
+            )
+        }
         Event::Bridge(b) => {
             let netns = b.netns_name.clone().unwrap_or_else(|| b.netns.to_string());
             let nf = |v: Option<bool>| v.map_or("absent", |on| if on { "1" } else { "0" });

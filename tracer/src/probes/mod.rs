@@ -208,18 +208,21 @@ impl Probes {
         }
         for backend in netfilter::NetfilterBackend::ALL {
             let (nf_config, mut nf_coverage, formats) = netfilter::netfilter_config(facts, backend);
-            let answers = match backend {
-                netfilter::NetfilterBackend::Kprobes => netfilter::answer_functions(facts, &formats),
-                _ => vec![],
+            let (answers, verdicts) = match backend {
+                netfilter::NetfilterBackend::Kprobes => {
+                    (netfilter::answer_functions(facts, &formats), netfilter::verdict_functions(facts, &nf_config))
+                }
+                _ => (vec![], vec![]),
             };
             nf_coverage.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
+            nf_coverage.verdict_functions = verdicts.iter().map(|(f, _)| f.to_string()).collect();
             let configs = Configs { links: LinkConfig::absent(), netfilter: nf_config };
             let result = load_object(&DropConfig::absent(), &configs, 4096)
                 .and_then(|mut ebpf| match backend {
                     netfilter::NetfilterBackend::Kprobes if !std::path::Path::new(KPROBE_PMU).exists() => {
                         Err(format!("this kernel has no kprobes (no {KPROBE_PMU})"))
                     }
-                    _ => netfilter::attach(&mut ebpf, &formats, &answers),
+                    _ => netfilter::attach(&mut ebpf, &formats, &answers, &verdicts),
                 })
                 .map(|detail| (detail, serde_json::to_value(&nf_coverage).unwrap_or_default()));
             probes.push(probe("netfilter", backend.name(), result));
@@ -249,20 +252,21 @@ fn attach_netfilter(
 ) -> Result<(HookStatus, Vec<netfilter::AnswerFunction>), ProbeError> {
     let mut unavailable = Vec::new();
     for &backend in chain {
-        let (_, mut coverage, formats) = netfilter::netfilter_config(facts, backend);
-        let answers = match backend {
+        let (config, mut coverage, formats) = netfilter::netfilter_config(facts, backend);
+        let (answers, verdicts) = match backend {
             netfilter::NetfilterBackend::Kprobes => {
                 if !std::path::Path::new(KPROBE_PMU).exists() {
                     let why = format!("this kernel has no kprobes (no {KPROBE_PMU})");
                     unavailable.push(Unavailable { backend: backend.name().into(), why });
                     continue;
                 }
-                netfilter::answer_functions(facts, &formats)
+                (netfilter::answer_functions(facts, &formats), netfilter::verdict_functions(facts, &config))
             }
-            _ => vec![],
+            _ => (vec![], vec![]),
         };
         coverage.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
-        match netfilter::attach(ebpf, &formats, &answers) {
+        coverage.verdict_functions = verdicts.iter().map(|(f, _)| f.to_string()).collect();
+        match netfilter::attach(ebpf, &formats, &answers, &verdicts) {
             Ok(detail) => {
                 for gap in &coverage.gaps {
                     log::info!("netfilter: {gap}");
@@ -286,6 +290,9 @@ fn attach_netfilter(
                     names::PROG_TCP_RECEIVE_RESET,
                     names::PROG_ICMP_SEND,
                     names::PROG_SOCK_SET_STATE,
+                    names::PROG_NFT_ENTER,
+                    names::PROG_IPT_ENTER,
+                    names::PROG_VERDICT_EXIT,
                 ] {
                     match ebpf.program_mut(name) {
                         Some(aya::programs::Program::KProbe(p)) => {

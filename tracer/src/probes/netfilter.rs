@@ -97,6 +97,9 @@ pub struct NetfilterCoverage {
     pub device_and_netns: bool,
     /// Kernel functions whose answers (RST, ICMP error) are seen by kprobe.
     pub answer_functions: Vec<String>,
+    /// Functions whose DROP verdicts are seen by kprobe/kretprobe (`nft_do_chain`,
+    /// `ipt_do_table`, `ip6t_do_table`): table and chain without rule counters.
+    pub verdict_functions: Vec<String>,
     pub gaps: Vec<String>,
 }
 
@@ -155,6 +158,22 @@ pub fn answer_functions(facts: &KernelFacts, formats: &RecordFormats) -> Vec<Ans
             })
         })
         .collect()
+}
+
+/// The functions whose DROP verdicts the kprobes backend reports, with the program that
+/// reads their arguments: those this kernel has (modules loaded) and whose layout BTF gave.
+pub fn verdict_functions(facts: &KernelFacts, cfg: &NetfilterConfig) -> Vec<(&'static str, &'static str)> {
+    let nft_ready = cfg.nft_pkt_skb != ABSENT && cfg.nft_chain_name != ABSENT && cfg.nft_table_name != ABSENT;
+    let ipt_ready = cfg.ipt_arg_skb != ABSENT && cfg.ipt_arg_table != ABSENT && cfg.xt_table_name != ABSENT;
+    [
+        ("nft_do_chain", names::PROG_NFT_ENTER, nft_ready),
+        ("ipt_do_table", names::PROG_IPT_ENTER, ipt_ready),
+        ("ip6t_do_table", names::PROG_IPT_ENTER, ipt_ready),
+    ]
+    .into_iter()
+    .filter(|(name, _, ready)| *ready && facts.kallsyms.range(name).is_some())
+    .map(|(name, program, _)| (name, program))
+    .collect()
 }
 
 /// The formats of the family's tracepoints (None where the kernel lacks one), indexed by
@@ -227,6 +246,36 @@ pub fn netfilter_config(
             cfg.sk_net = member("sock", "__sk_common.skc_net.net");
             cfg.net_inum = member("net", "ns.inum");
             cov.device_and_netns = cfg.net_inum != ABSENT && cfg.skb_dev != ABSENT;
+            // Verdict kprobes (optional: missing members only disable them, quietly). Their
+            // types live in modules on distribution kernels: vmlinux first, then module BTF.
+            let modules: Vec<_> = ["nf_tables", "x_tables", "ip_tables"].iter().filter_map(|m| btf.module(m)).collect();
+            let optional = |strct: &str, paths: &[&str]| {
+                std::iter::once(btf)
+                    .chain(modules.iter())
+                    .find_map(|b| paths.iter().find_map(|p| b.member(strct, p).ok()))
+                    .map_or(ABSENT, |m| m.offset)
+            };
+            cfg.nft_pkt_skb = optional("nft_pktinfo", &["skb"]);
+            // `pkt->state` since 5.16, `pkt->xt.state` before.
+            cfg.nft_pkt_state = optional("nft_pktinfo", &["state", "xt.state"]);
+            cfg.nft_chain_name = optional("nft_chain", &["name"]);
+            cfg.nft_chain_table = optional("nft_chain", &["table"]);
+            cfg.nft_table_name = optional("nft_table", &["name"]);
+            cfg.nft_table_family = optional("nft_table", &["family"]);
+            cfg.xt_table_name = optional("xt_table", &["name"]);
+            cfg.xt_table_af = optional("xt_table", &["af"]);
+            cfg.state_hook = optional("nf_hook_state", &["hook"]);
+            // ipt_do_table(priv, skb, state) since 5.16; (skb, state, table) before.
+            let params = std::iter::once(btf)
+                .chain(modules.iter())
+                .find_map(|b| b.function_params("ipt_do_table"))
+                .unwrap_or_default();
+            let at = |names: &[&str]| {
+                params.iter().position(|p| names.contains(&p.as_str())).filter(|&i| i < 3).map_or(ABSENT, |i| i as u32)
+            };
+            cfg.ipt_arg_skb = at(&["skb"]);
+            cfg.ipt_arg_state = at(&["state"]);
+            cfg.ipt_arg_table = at(&["table", "priv"]);
         }
         None => cov.gaps.push("namespace and device of resets and ICMP errors: no kernel BTF".into()),
     }
@@ -248,8 +297,25 @@ fn which(tool: &str) -> Option<std::path::PathBuf> {
 
 /// Loads and attaches the programs for the sources this kernel has, and kprobes on the
 /// `answers` functions; `Err` when nothing attaches or a kprobe fails.
-pub fn attach(ebpf: &mut Ebpf, formats: &RecordFormats, answers: &[AnswerFunction]) -> Result<String, String> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    formats: &RecordFormats,
+    answers: &[AnswerFunction],
+    verdicts: &[(&'static str, &'static str)],
+) -> Result<String, String> {
     let mut attached = Vec::new();
+    if !verdicts.is_empty() {
+        for (function, entry) in verdicts {
+            for name in [*entry, names::PROG_VERDICT_EXIT] {
+                let program: &mut aya::programs::KProbe = program(ebpf, name)?;
+                if program.fd().is_err() {
+                    program.load().map_err(|e| format!("{name}: {}", error_chain(&e)))?;
+                }
+                program.attach(*function, 0).map_err(|e| format!("{name} on {function}: {}", error_chain(&e)))?;
+            }
+        }
+        attached.push(format!("verdicts {}", verdicts.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(" ")));
+    }
     if !answers.is_empty() {
         if !std::path::Path::new(super::KPROBE_PMU).exists() {
             return Err(format!("this kernel has no kprobes (no {})", super::KPROBE_PMU));

@@ -19,7 +19,7 @@ use super::{
     Finding, NetfilterVerdict, Place, Rule, Severity,
 };
 use crate::{
-    decode::netfilter::{IcmpError, RuleCounter, TcpReset},
+    decode::netfilter::{IcmpError, NfVerdict, RuleCounter, TcpReset},
     decode::Event,
     probes::rule_counters::Verdict,
 };
@@ -325,3 +325,42 @@ pub(crate) fn is_reply(g: &DropGroup) -> bool {
     g.key.l4.as_deref() == Some("tcp")
         && g.first.flow.as_ref().and_then(|f| f.tcp_flags.as_deref()).is_some_and(|flags| flags.contains("ACK"))
 }
+
+/// The DROP verdict the kernel itself reported for the group's packets (kprobes on
+/// `nft_do_chain`/`ipt_do_table`), if one was seen.
+pub(crate) fn kernel_verdict<'a>(state: &'a Correlated, g: &DropGroup) -> Option<&'a NfVerdict> {
+    state.nf_verdicts.iter().find(|v| {
+        v.netns == g.key.netns
+            && v.flow.as_ref().is_some_and(|f| {
+                Some(f.src) == g.key.src
+                    && Some(f.dst) == g.key.dst
+                    && f.dport == g.key.dport
+                    && f.l4.as_str() == g.key.l4.as_deref().unwrap_or("")
+            })
+    })
+}
+
+/// The finding's view of a kernel verdict: table, base chain and hook, no rule.
+pub(crate) fn verdict_from_kernel(v: &NfVerdict, packets: u64) -> NetfilterVerdict {
+    NetfilterVerdict {
+        source: v.origin.clone(),
+        backend: if v.origin.starts_with("nft_") { "nf_tables" } else { "iptables-legacy" }.into(),
+        family: v.family.clone(),
+        table: v.table.clone(),
+        chain: v.chain.clone().unwrap_or_default(),
+        hook: v.hook.clone(),
+        rule: None,
+        verdict: v.verdict.into(),
+        packets,
+    }
+}
+
+/// `table inet dptlab chain input (hook input)`, for summaries.
+pub(crate) fn describe_kernel_verdict(v: &NfVerdict) -> String {
+    let chain = v.chain.as_deref().map(|c| format!(" chain {c}")).unwrap_or_default();
+    let hook = v.hook.as_deref().map(|h| format!(" (hook {h})")).unwrap_or_default();
+    format!("{} table {} {}{chain}{hook}", v.origin, v.family, v.table)
+}
+
+#[cfg(test)]
+mod tests;

@@ -49,6 +49,7 @@ impl Rule for NetfilterDrop {
                 let counter = matching_counters(state, g, |v| matches!(v, Verdict::Drop | Verdict::PolicyDrop))
                     .into_iter()
                     .next();
+                let kernel = super::kernel_verdict(state, g);
                 let (by, remediation) = match counter {
                     Some(c) => (
                         format!(" by {}", c.describe()),
@@ -59,6 +60,20 @@ impl Rule for NetfilterDrop {
                             how_to_remove(c, &ns)
                         ),
                     ),
+                    None if kernel.is_some() => {
+                        let v = kernel.expect("checked");
+                        let list = match v.chain.as_deref() {
+                            Some(chain) => format!("`{ns}nft -a list chain {} {} {chain}`", v.family, v.table),
+                            None => format!("`{ns}iptables-legacy-save -c -t {}`", v.table),
+                        };
+                        (
+                            format!(" in {}", super::describe_kernel_verdict(v)),
+                            format!(
+                                "The kernel reported the DROP verdict of {} (no rule counter that fits the flow moved, so the rule itself is not known: nftables rules count only with a `counter` statement, and nftables policies never do). List it with {list}, find the rule or policy matching {what}, then remove or narrow it, or add an accept before it. Left-over rules from an earlier CNI or kubeadm install are a common cause (`kubeadm reset` does not flush them).",
+                                super::describe_kernel_verdict(v)
+                            ),
+                        )
+                    }
                     None => (
                         String::new(),
                         format!(
@@ -73,7 +88,10 @@ impl Rule for NetfilterDrop {
                 if let Some(c) = counter {
                     finding.netfilter = Some(verdict_of(c));
                     finding.evidence.push(counter_event(c));
+                } else if let Some(v) = kernel {
+                    finding.netfilter = Some(super::verdict_from_kernel(v, count));
                 }
+                finding.evidence.extend(kernel.cloned().map(crate::decode::Event::NetfilterVerdict));
                 finding
             })
             .collect()

@@ -83,10 +83,15 @@ impl Rule for RejectByRule {
                 };
                 let mut finding =
                     finding_from_groups(self.id(), Severity::Error, summary + inferred_note(&groups), &groups, remediation);
+                let kernel = super::kernel_verdict(state, g);
                 if let Some(rule) = answer.rule {
                     finding.netfilter = Some(verdict_of(rule));
                     finding.evidence.push(counter_event(rule));
+                } else if let Some(v) = kernel {
+                    finding.netfilter = Some(super::verdict_from_kernel(v, count));
+                    finding.summary.push_str(&format!(" (verdict of {})", super::describe_kernel_verdict(v)));
                 }
+                finding.evidence.extend(kernel.cloned().map(Event::NetfilterVerdict));
                 finding.evidence.extend(answer.icmp.cloned().map(Event::IcmpError));
                 finding.evidence.extend(answer.client_reset.cloned().map(Event::TcpReset));
                 finding
