@@ -28,7 +28,12 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         .take(1)
         .collect();
     chosen.extend(backends.iter().find(|p| p.family == "links" && p.available));
-    chosen.extend(backends.iter().find(|p| p.family == "netfilter" && p.available));
+    chosen.extend(
+        crate::probes::netfilter::NetfilterBackend::CHAIN
+            .iter()
+            .filter_map(|b| backends.iter().find(|p| p.family == "netfilter" && p.backend == b.name() && p.available))
+            .take(1),
+    );
     let mut problems = attach_method_notes(&backends);
     problems.extend(features.problems.iter().cloned());
     if chosen.is_empty() {

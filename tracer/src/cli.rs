@@ -95,7 +95,9 @@ pub struct BackendArgs {
     /// Force a hook family's backend instead of the best one this kernel offers, e.g.
     /// `drops=kprobe`. Drops: tracepoint, tracepoint-noreason (as kernels before 5.17), fentry,
     /// kprobe. Links: tracepoints, tracepoints-noextack (as kernels before 4.16), kprobes.
-    /// Netfilter: tracepoints, tracepoints-noreset (as kernels without tcp_send_reset/icmp_send).
+    /// Netfilter: verdicts (kprobes on nft_do_chain/ipt_do_table: table and chain of every DROP,
+    /// per-packet cost), kprobes, tracepoints, tracepoints-noreset (as kernels without
+    /// tcp_send_reset/icmp_send).
     #[arg(long = "backend", value_name = "FAMILY=BACKEND", value_delimiter = ',', value_parser = parse_backend)]
     pub backend: Vec<ForcedBackend>,
 }
@@ -138,7 +140,7 @@ pub fn parse_backend(text: &str) -> Result<ForcedBackend, String> {
             format!("unknown backend `{backend}` for links; available: tracepoints, tracepoints-noextack, kprobes")
         }),
         "netfilter" => NetfilterBackend::from_name(backend).map(ForcedBackend::Netfilter).ok_or_else(|| {
-            format!("unknown backend `{backend}` for netfilter; available: tracepoints, tracepoints-noreset")
+            format!("unknown backend `{backend}` for netfilter; available: verdicts, kprobes, tracepoints, tracepoints-noreset")
         }),
         _ => Err(format!("unknown hook family `{family}`; available: {}", HOOK_FAMILIES.join(", "))),
     }

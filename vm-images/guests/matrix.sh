@@ -25,7 +25,7 @@
 set -u
 [ -f /etc/dptrace-matrix.env ] && . /etc/dptrace-matrix.env
 DPTRACE="${DPTRACE:-dptrace}"
-BACKENDS="${DPTRACE_MATRIX_BACKENDS:-drops=tracepoint drops=tracepoint-noreason drops=fentry drops=kprobe netfilter=kprobes netfilter=tracepoints}"
+BACKENDS="${DPTRACE_MATRIX_BACKENDS:-drops=tracepoint drops=tracepoint-noreason drops=fentry drops=kprobe netfilter=verdicts netfilter=kprobes netfilter=tracepoints}"
 IN_VM=1
 [ "${DPTRACE_MATRIX_HOST:-0}" = 1 ] && IN_VM=0
 

@@ -826,7 +826,7 @@ fn test_drops_seen(output: &[Value]) -> Result<String, String> {
 
 /// Did the trace tell matrix.sh's netfilter faults apart? Native nftables rules without
 /// counters: a DROP of udp/9998 must be a `netfilter-drop` and a REJECT (tcp reset) of
-/// tcp/6443 a `reject-by-rule`. With `kprobes`, the kernel's verdict must also name the
+/// tcp/6443 a `reject-by-rule`. With `verdicts`, the kernel's verdict must also name the
 /// table and chain (no counter can).
 fn netfilter_told_apart(output: &[Value], backend: &str) -> Result<String, String> {
     let findings: Vec<&Value> = output.iter().filter(|v| v["type"] == "finding").collect();
@@ -852,7 +852,7 @@ fn netfilter_told_apart(output: &[Value], backend: &str) -> Result<String, Strin
     for (rule, port) in [("netfilter-drop", ":9998"), ("reject-by-rule", ":6443")] {
         match for_port(rule, port) {
             None => missing.push(format!("no {rule} for {port}")),
-            Some(f) if backend == "kprobes" => {
+            Some(f) if backend == "verdicts" => {
                 let nf = &f["netfilter"];
                 if nf["table"] == "mxguard" && nf["chain"] == "input" {
                     seen.push(format!(

@@ -208,18 +208,13 @@ impl Probes {
         }
         for backend in netfilter::NetfilterBackend::ALL {
             let (nf_config, mut nf_coverage, formats) = netfilter::netfilter_config(facts, backend);
-            let (answers, verdicts) = match backend {
-                netfilter::NetfilterBackend::Kprobes => {
-                    (netfilter::answer_functions(facts, &formats), netfilter::verdict_functions(facts, &nf_config))
-                }
-                _ => (vec![], vec![]),
-            };
+            let (answers, verdicts) = netfilter_kprobes(facts, backend, &nf_config, &formats);
             nf_coverage.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
             nf_coverage.verdict_functions = verdicts.iter().map(|(f, _)| f.to_string()).collect();
             let configs = Configs { links: LinkConfig::absent(), netfilter: nf_config };
             let result = load_object(&DropConfig::absent(), &configs, 4096)
                 .and_then(|mut ebpf| match backend {
-                    netfilter::NetfilterBackend::Kprobes if !std::path::Path::new(KPROBE_PMU).exists() => {
+                    b if b.uses_kprobes() && !std::path::Path::new(KPROBE_PMU).exists() => {
                         Err(format!("this kernel has no kprobes (no {KPROBE_PMU})"))
                     }
                     _ => netfilter::attach(&mut ebpf, &formats, &answers, &verdicts),
@@ -243,6 +238,21 @@ impl Probes {
     }
 }
 
+/// The answer functions and verdict functions `backend` hooks with kprobes on this kernel.
+fn netfilter_kprobes(
+    facts: &KernelFacts,
+    backend: netfilter::NetfilterBackend,
+    config: &NetfilterConfig,
+    formats: &netfilter::RecordFormats,
+) -> (Vec<netfilter::AnswerFunction>, Vec<(&'static str, &'static str)>) {
+    let answers = if backend.uses_kprobes() { netfilter::answer_functions(facts, formats) } else { vec![] };
+    let verdicts = match backend {
+        netfilter::NetfilterBackend::Verdicts => netfilter::verdict_functions(facts, config),
+        _ => vec![],
+    };
+    (answers, verdicts)
+}
+
 /// The netfilter family's status with the first backend of `chain` that attaches, and the
 /// answer functions it hooked.
 fn attach_netfilter(
@@ -253,17 +263,12 @@ fn attach_netfilter(
     let mut unavailable = Vec::new();
     for &backend in chain {
         let (config, mut coverage, formats) = netfilter::netfilter_config(facts, backend);
-        let (answers, verdicts) = match backend {
-            netfilter::NetfilterBackend::Kprobes => {
-                if !std::path::Path::new(KPROBE_PMU).exists() {
-                    let why = format!("this kernel has no kprobes (no {KPROBE_PMU})");
-                    unavailable.push(Unavailable { backend: backend.name().into(), why });
-                    continue;
-                }
-                (netfilter::answer_functions(facts, &formats), netfilter::verdict_functions(facts, &config))
-            }
-            _ => (vec![], vec![]),
-        };
+        if backend.uses_kprobes() && !std::path::Path::new(KPROBE_PMU).exists() {
+            let why = format!("this kernel has no kprobes (no {KPROBE_PMU})");
+            unavailable.push(Unavailable { backend: backend.name().into(), why });
+            continue;
+        }
+        let (answers, verdicts) = netfilter_kprobes(facts, backend, &config, &formats);
         coverage.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
         coverage.verdict_functions = verdicts.iter().map(|(f, _)| f.to_string()).collect();
         match netfilter::attach(ebpf, &formats, &answers, &verdicts) {

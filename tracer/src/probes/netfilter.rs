@@ -14,8 +14,14 @@ use crate::kernel::{tracefs::TracepointFormat, KernelFacts};
 /// How the netfilter family observes the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetfilterBackend {
+    /// `kprobes` plus kprobe/kretprobe on `nft_do_chain` and `ipt_do_table`: the kernel names
+    /// the table and chain of each DROP, also for rules without counters. Runs for every
+    /// packet through every chain, so it is not the default: ask for it when a finding says
+    /// the rule could not be found.
+    Verdicts,
     /// The tracepoints, plus kprobes on the functions that answer packets: who sent each RST
-    /// or ICMP error (the stack or a REJECT rule), on every kernel version.
+    /// or ICMP error (the stack or a REJECT rule), on every kernel version. Fires only when
+    /// a packet is answered.
     Kprobes,
     /// The tracepoints above, each where this kernel has it, plus rule counters.
     Tracepoints,
@@ -25,13 +31,18 @@ pub enum NetfilterBackend {
 }
 
 impl NetfilterBackend {
-    pub const ALL: [NetfilterBackend; 3] =
-        [NetfilterBackend::Kprobes, NetfilterBackend::Tracepoints, NetfilterBackend::TracepointsNoReset];
+    pub const ALL: [NetfilterBackend; 4] = [
+        NetfilterBackend::Verdicts,
+        NetfilterBackend::Kprobes,
+        NetfilterBackend::Tracepoints,
+        NetfilterBackend::TracepointsNoReset,
+    ];
     /// Tried in this order when no backend is forced.
     pub const CHAIN: [NetfilterBackend; 2] = [NetfilterBackend::Kprobes, NetfilterBackend::Tracepoints];
 
     pub fn name(self) -> &'static str {
         match self {
+            NetfilterBackend::Verdicts => "verdicts",
             NetfilterBackend::Kprobes => "kprobes",
             NetfilterBackend::Tracepoints => "tracepoints",
             NetfilterBackend::TracepointsNoReset => "tracepoints-noreset",
@@ -40,6 +51,10 @@ impl NetfilterBackend {
 
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    pub fn uses_kprobes(self) -> bool {
+        matches!(self, NetfilterBackend::Verdicts | NetfilterBackend::Kprobes)
     }
 }
 

@@ -77,7 +77,7 @@ impl Rule for NetfilterDrop {
                     None => (
                         String::new(),
                         format!(
-                            "A DROP rule or a chain policy in this namespace matched; no rule counter that fits the flow moved (nftables rules count only with a `counter` statement, and nftables policies never do). Find it with `{ns}iptables-save -c` (iptables-nft and legacy) or `{ns}nft -a list ruleset`, look for DROP rules and policies matching {what}, then remove or narrow the rule, or add an ACCEPT before it. Left-over rules from an earlier CNI or kubeadm install are a common cause (`kubeadm reset` does not flush them)."
+                            "A DROP rule or a chain policy in this namespace matched; no rule counter that fits the flow moved (nftables rules count only with a `counter` statement, and nftables policies never do). Find it with `{ns}iptables-save -c` (iptables-nft and legacy) or `{ns}nft -a list ruleset`, look for DROP rules and policies matching {what}, then remove or narrow the rule, or add an ACCEPT before it. On kernels with kprobes, `dptrace trace --backend netfilter=verdicts` has the kernel name the table and chain. Left-over rules from an earlier CNI or kubeadm install are a common cause (`kubeadm reset` does not flush them)."
                         ),
                     ),
                 };
