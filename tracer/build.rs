@@ -6,7 +6,12 @@
 //!    target) with `bpf-linker` in `.tools/bin` or on PATH: what `cargo xtask setup` installs.
 //! 2. rustup nightly with `rust-src` and `bpf-linker`: the usual aya path (`-Z build-std`).
 //!
-//! `DPTRACE_EBPF_OBJECT=/path/to/object` skips the build and embeds that object instead.
+//! The same cargo call builds `lab-fixtures`, the XDP programs `dptrace lab` attaches inside
+//! its namespaces (`src/lab/fixtures.rs` embeds them as `$OUT_DIR/lab-fixtures`).
+//!
+//! `DPTRACE_EBPF_OBJECT=/path/to/object` skips the build and embeds that object instead; the
+//! lab's fixtures then come from `DPTRACE_LAB_FIXTURES=/path/to/object`, or are left empty
+//! (the lab's XDP scenarios then say that this build has no fixtures).
 
 use std::{
     env,
@@ -15,18 +20,31 @@ use std::{
 };
 
 const TARGET: &str = "bpfel-unknown-none";
+/// The lab's XDP test fixtures: the bin's name in tracer-ebpf and the file in `OUT_DIR`.
+const FIXTURES: &str = "lab-fixtures";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
-    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("tracer-ebpf");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let out = out_dir.join("tracer-ebpf");
+    let fixtures_out = out_dir.join(FIXTURES);
     println!("cargo:rerun-if-env-changed=DPTRACE_EBPF_OBJECT");
+    println!("cargo:rerun-if-env-changed=DPTRACE_LAB_FIXTURES");
     println!("cargo:rerun-if-changed=../tracer-ebpf/src");
     println!("cargo:rerun-if-changed=../tracer-ebpf/Cargo.toml");
 
     if let Ok(object) = env::var("DPTRACE_EBPF_OBJECT") {
         std::fs::copy(&object, &out)
             .unwrap_or_else(|e| fail(&format!("cannot copy DPTRACE_EBPF_OBJECT={object}: {e}")));
+        match env::var("DPTRACE_LAB_FIXTURES") {
+            Ok(fixtures) => std::fs::copy(&fixtures, &fixtures_out)
+                .map(drop)
+                .unwrap_or_else(|e| fail(&format!("cannot copy DPTRACE_LAB_FIXTURES={fixtures}: {e}"))),
+            // No toolchain, no fixtures: the lab's XDP scenarios say so and are skipped.
+            Err(_) => std::fs::write(&fixtures_out, b"")
+                .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", fixtures_out.display()))),
+        }
         return;
     }
     let linker_dir =
@@ -64,15 +82,17 @@ fn main() {
     let path = format!("{}:{}", linker_dir.display(), env::var("PATH").unwrap_or_default());
     cmd.env("PATH", path)
         .current_dir(&workspace)
-        .args(["--release", "--package", "tracer-ebpf", "--bin", "tracer-ebpf", "--target", TARGET])
+        .args(["--release", "--package", "tracer-ebpf", "--bin", "tracer-ebpf", "--bin", FIXTURES, "--target", TARGET])
         .arg("--target-dir")
         .arg(&target_dir);
     let status = cmd.status().unwrap_or_else(|e| fail(&format!("cannot run {cmd:?}: {e}")));
     if !status.success() {
         fail(&format!("building the eBPF programs failed ({status}); command: {cmd:?}"));
     }
-    let built = target_dir.join(TARGET).join("release").join("tracer-ebpf");
-    std::fs::copy(&built, &out).unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", built.display())));
+    for (bin, dest) in [("tracer-ebpf", &out), (FIXTURES, &fixtures_out)] {
+        let built = target_dir.join(TARGET).join("release").join(bin);
+        std::fs::copy(&built, dest).unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", built.display())));
+    }
 }
 
 enum Toolchain {

@@ -49,6 +49,13 @@ pub mod names {
     pub const PROG_IPT_ENTER: &str = "ipt_table_enter";
     pub const PROG_VERDICT_EXIT: &str = "nf_verdict_exit";
     pub const NF_CALLS: &str = "NF_CALLS";
+    pub const XDP_CONFIG: &str = "XDP_CONFIG";
+    pub const XDP_EXCEPTIONS: &str = "XDP_EXCEPTIONS";
+    pub const PROG_BPF_ENTER: &str = "bpf_enter";
+    pub const PROG_BPF_EXIT: &str = "bpf_exit";
+    pub const PROG_XDP_ATTACH_FAILED: &str = "xdp_attach_failed";
+    pub const PROG_XDP_EXCEPTION_RAW: &str = "xdp_exception_raw";
+    pub const PROG_XDP_EXCEPTION_TP: &str = "xdp_exception_tp";
 }
 
 /// Discriminates the records in the `EVENTS` ring buffer: each record starts with an
@@ -80,6 +87,124 @@ pub enum EventKind {
     PacketAnswer = 10,
     /// A netfilter table or chain returned DROP ([`VerdictEvent`]).
     NetfilterVerdict = 11,
+    /// A `bpf()` command that loads or attaches something, and its result ([`BpfEvent`]).
+    BpfCommand = 12,
+}
+
+/// Bytes of `union bpf_attr` and of the kernel's message a [`BpfEvent`] carries.
+pub const BPF_ATTR_BYTES: usize = 128;
+pub const BPF_MESSAGE_BYTES: usize = 128;
+
+/// A `bpf()` command (PROG_LOAD, BTF_LOAD, LINK_CREATE) and what it returned. `attr` is the
+/// caller's `union bpf_attr` (UAPI, append-only: userspace decodes it by the UAPI layout);
+/// `message` is the kernel's text for a failed XDP link attach
+/// (`xdp:bpf_xdp_link_attach_failed`), when there was one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BpfEvent {
+    pub header: EventHeader,
+    pub actor: Actor,
+    /// The syscall's return value (a new fd, or -errno).
+    pub ret: i64,
+    pub cmd: u32,
+    pub attr_len: u32,
+    pub message_len: u32,
+    pub _pad: u32,
+    pub attr: [u8; BPF_ATTR_BYTES],
+    pub message: [u8; BPF_MESSAGE_BYTES],
+}
+
+/// A `bpf()` command between syscall entry and exit (per thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BpfPending {
+    pub cmd: u32,
+    pub attr_len: u32,
+    pub message_len: u32,
+    pub _pad: u32,
+    pub attr: [u8; BPF_ATTR_BYTES],
+    pub message: [u8; BPF_MESSAGE_BYTES],
+}
+
+/// Key of the in-kernel XDP exception counters: where and which program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct XdpExceptionKey {
+    pub netns: u32,
+    pub ifindex: u32,
+    pub prog_id: u32,
+    /// The XDP action that raised it (XDP_ABORTED = 0, or an invalid one).
+    pub action: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct XdpExceptionCount {
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub ifname: [u8; 16],
+    pub prog_name: [u8; 16],
+}
+
+/// Offsets and values the XDP/BPF programs need (tracefs, BTF, UAPI enum values via BTF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// `sys_enter_bpf`: `cmd`, `uattr`, `size`; `sys_exit_bpf`: `ret`.
+    pub tp_bpf_cmd: u32,
+    pub tp_bpf_uattr: u32,
+    pub tp_bpf_size: u32,
+    pub tp_bpf_ret: u32,
+    /// `xdp:bpf_xdp_link_attach_failed`: the `msg` data_loc field.
+    pub tp_attach_failed_msg: u32,
+    /// `xdp:xdp_exception` (classic tracepoint backend): `prog_id`, `act`, `ifindex`.
+    pub tp_exc_prog_id: u32,
+    pub tp_exc_act: u32,
+    pub tp_exc_ifindex: u32,
+    /// `enum bpf_cmd` values kept.
+    pub cmd_prog_load: u32,
+    pub cmd_btf_load: u32,
+    pub cmd_link_create: u32,
+    /// dptrace's own process: its bpf() calls are not reported.
+    pub own_tgid: u32,
+    /// `net_device.ifindex` / `name` / `nd_net.net`, `net.ns.inum`, `bpf_prog.aux`,
+    /// `bpf_prog_aux.id` / `name` (BTF; raw tracepoint backend).
+    pub dev_ifindex: u32,
+    pub dev_name: u32,
+    pub dev_net: u32,
+    pub net_inum: u32,
+    pub prog_aux: u32,
+    pub aux_id: u32,
+    pub aux_name: u32,
+    pub _pad: u32,
+}
+
+impl XdpConfig {
+    pub const fn absent() -> Self {
+        Self {
+            tp_bpf_cmd: ABSENT,
+            tp_bpf_uattr: ABSENT,
+            tp_bpf_size: ABSENT,
+            tp_bpf_ret: ABSENT,
+            tp_attach_failed_msg: ABSENT,
+            tp_exc_prog_id: ABSENT,
+            tp_exc_act: ABSENT,
+            tp_exc_ifindex: ABSENT,
+            cmd_prog_load: ABSENT,
+            cmd_btf_load: ABSENT,
+            cmd_link_create: ABSENT,
+            own_tgid: 0,
+            dev_ifindex: ABSENT,
+            dev_name: ABSENT,
+            dev_net: ABSENT,
+            net_inum: ABSENT,
+            prog_aux: ABSENT,
+            aux_id: ABSENT,
+            aux_name: ABSENT,
+            _pad: 0,
+        }
+    }
 }
 
 /// Where a [`VerdictEvent`] comes from.
@@ -478,4 +603,10 @@ mod user {
     unsafe impl aya::Pod for super::NetfilterConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NfStack {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::XdpConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::XdpExceptionKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::XdpExceptionCount {}
 }

@@ -48,7 +48,7 @@ static RTNL_SEQ: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 static NL_RECV: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
-fn config() -> LinkConfig {
+pub fn config() -> LinkConfig {
     // Volatile: patched at load time (see drops.rs).
     unsafe { core::ptr::read_volatile(&LINK_CONFIG) }
 }
@@ -74,7 +74,7 @@ fn first_iov(cfg: &LinkConfig, msghdr: u64) -> Option<(u64, u64)> {
 }
 
 #[inline(always)]
-fn fill_actor(cfg: &LinkConfig, actor: &mut Actor) {
+pub fn fill_actor(cfg: &LinkConfig, actor: &mut Actor) {
     let task = unsafe { bpf_get_current_task() };
     let nsproxy: u64 = read_field(task, cfg.task_nsproxy).unwrap_or(0);
     let net: u64 = read_field(nsproxy, cfg.nsproxy_net).unwrap_or(0);

@@ -11,6 +11,8 @@ mod events;
 mod links;
 #[cfg(target_arch = "bpf")]
 mod netfilter;
+#[cfg(target_arch = "bpf")]
+mod xdp;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

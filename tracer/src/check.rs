@@ -34,6 +34,7 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
             .filter_map(|b| backends.iter().find(|p| p.family == "netfilter" && p.backend == b.name() && p.available))
             .take(1),
     );
+    chosen.extend(backends.iter().find(|p| p.family == "xdp" && p.available));
     let mut problems = attach_method_notes(&backends);
     problems.extend(features.problems.iter().cloned());
     if chosen.is_empty() {

@@ -4,7 +4,9 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::probes::{drops::DropBackend, links::LinkBackend, netfilter::NetfilterBackend, ProbeOptions};
+use crate::probes::{
+    drops::DropBackend, links::LinkBackend, netfilter::NetfilterBackend, xdp::XdpBackend, ProbeOptions,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,8 +47,8 @@ pub struct TraceArgs {
     pub json: bool,
     /// Comma-separated hook families to attach: drops (always on), links (rtnetlink link
     /// requests, their errors and kernel messages) and netfilter (resets, ICMP errors and
-    /// connection attempts; rule counters).
-    #[arg(long, value_delimiter = ',', default_value = "drops,links,netfilter")]
+    /// connection attempts; rule counters) and xdp (BPF loads and attaches, XDP exceptions).
+    #[arg(long, value_delimiter = ',', default_value = "drops,links,netfilter,xdp")]
     pub hooks: Vec<String>,
     /// Keep only events on this network device (by name).
     #[arg(long, value_parser = parse_ifname)]
@@ -97,7 +99,7 @@ pub struct BackendArgs {
     /// kprobe. Links: tracepoints, tracepoints-noextack (as kernels before 4.16), kprobes.
     /// Netfilter: verdicts (kprobes on nft_do_chain/ipt_do_table: table and chain of every DROP,
     /// per-packet cost), kprobes, tracepoints, tracepoints-noreset (as kernels without
-    /// tcp_send_reset/icmp_send).
+    /// tcp_send_reset/icmp_send). Xdp: raw-tracepoint, tracepoints (exceptions without names).
     #[arg(long = "backend", value_name = "FAMILY=BACKEND", value_delimiter = ',', value_parser = parse_backend)]
     pub backend: Vec<ForcedBackend>,
 }
@@ -108,6 +110,7 @@ pub enum ForcedBackend {
     Drops(DropBackend),
     Links(LinkBackend),
     Netfilter(NetfilterBackend),
+    Xdp(XdpBackend),
 }
 
 impl BackendArgs {
@@ -124,7 +127,20 @@ impl BackendArgs {
             ForcedBackend::Netfilter(n) => Some(*n),
             _ => None,
         });
-        ProbeOptions { buffer_bytes, drops_backend, links: true, links_backend, netfilter: true, netfilter_backend }
+        let xdp_backend = self.backend.iter().rev().find_map(|b| match b {
+            ForcedBackend::Xdp(x) => Some(*x),
+            _ => None,
+        });
+        ProbeOptions {
+            buffer_bytes,
+            drops_backend,
+            links: true,
+            links_backend,
+            netfilter: true,
+            netfilter_backend,
+            xdp: true,
+            xdp_backend,
+        }
     }
 }
 
@@ -142,12 +158,15 @@ pub fn parse_backend(text: &str) -> Result<ForcedBackend, String> {
         "netfilter" => NetfilterBackend::from_name(backend).map(ForcedBackend::Netfilter).ok_or_else(|| {
             format!("unknown backend `{backend}` for netfilter; available: verdicts, kprobes, tracepoints, tracepoints-noreset")
         }),
+        "xdp" => XdpBackend::from_name(backend)
+            .map(ForcedBackend::Xdp)
+            .ok_or_else(|| format!("unknown backend `{backend}` for xdp; available: raw-tracepoint, tracepoints")),
         _ => Err(format!("unknown hook family `{family}`; available: {}", HOOK_FAMILIES.join(", "))),
     }
 }
 
 /// Known hook families.
-pub const HOOK_FAMILIES: [&str; 3] = ["drops", "links", "netfilter"];
+pub const HOOK_FAMILIES: [&str; 4] = ["drops", "links", "netfilter", "xdp"];
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| format!("{e}; use a duration such as 500ms, 10s, 2m"))?;
@@ -226,7 +245,8 @@ mod tests {
             Ok(ForcedBackend::Links(LinkBackend::TracepointsNoExtack))
         );
         assert!(parse_backend("links=kprobe").unwrap_err().contains("tracepoints-noextack"));
-        assert!(parse_backend("xdp=kprobe").unwrap_err().contains("unknown hook family"));
+        assert!(parse_backend("xdp=kprobe").unwrap_err().contains("raw-tracepoint"));
+        assert!(parse_backend("bridge=kprobe").unwrap_err().contains("unknown hook family"));
         assert!(parse_backend("kprobe").is_err());
     }
 

@@ -61,6 +61,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
     let mut probes = args.backends.probe_options(args.buffer_size);
     probes.links = args.hooks.iter().any(|h| h == "links");
     probes.netfilter = args.hooks.iter().any(|h| h == "netfilter");
+    probes.xdp = args.hooks.iter().any(|h| h == "xdp");
     let monitor_netns = args.netns.as_deref().map(|spec| vec![cli::netns_path(spec)]);
     // Registered before attaching: a signal that arrives while the probes attach and the
     // rulesets are read still ends the session cleanly, with its summary.

@@ -73,6 +73,9 @@ impl EventFilter {
             Event::RuleCounter(c) => self.in_netns(Some(c.netns)),
             Event::Bridge(b) => self.in_netns(Some(b.netns)) && self.on_iface(Some(&b.bridge)),
             Event::NetfilterVerdict(v) => self.in_netns(v.netns) && self.on_iface(v.device.as_deref()),
+            // Loads name no device; attaches name an ifindex only.
+            Event::BpfCommand(c) => self.in_netns(c.actor.netns) && self.iface.is_none(),
+            Event::XdpException(x) => self.in_netns(x.netns) && self.on_iface(x.device.as_deref()),
         }
     }
 
@@ -185,6 +188,12 @@ impl Session {
             clock: WallClock::now(),
             record_formats: std::sync::Arc::new(probes.record_formats.clone()),
             answer_functions: std::sync::Arc::new(probes.answer_functions.clone()),
+            bpf_cmds: {
+                let (xdp, _) = crate::probes::xdp::xdp_config(&facts, crate::probes::xdp::XdpBackend::Tracepoints);
+                [xdp.cmd_prog_load, xdp.cmd_btf_load, xdp.cmd_link_create]
+            },
+            bpf_names: std::sync::Arc::new(crate::decode::xdp::BpfNames::resolve(facts.btf.as_ref())),
+            ifnames: Default::default(),
         };
         let namespaces = namespace_reader.and_then(|reader| reader.join().ok());
         let monitor = options.probes.links.then(|| LinkMonitor::start(options.monitor_netns));
@@ -249,6 +258,18 @@ impl Session {
         }
     }
 
+    /// Feeds the XDP exception counters the kernel kept into the pipeline as events.
+    fn xdp_exceptions(&mut self, sink: &mut dyn Sink) {
+        let counters = self.probes.xdp_exceptions();
+        for (key, value) in counters {
+            let decoder = &mut self.pipeline.decoder;
+            let times = (decoder.wall_time(value.first_ns), decoder.wall_time(value.last_ns));
+            let name = (key.netns != 0).then(|| decoder.name_netns(key.netns)).flatten();
+            let event = crate::decode::xdp::decode_exception(&key, &value, times, name);
+            self.pipeline.process(Ok(Event::XdpException(event)), sink);
+        }
+    }
+
     /// Feeds what changed in the watched namespaces (rule counters, bridge traffic) into the
     /// pipeline as events.
     fn namespace_changes(&mut self, watch: &NamespaceWatch, sink: &mut dyn Sink) {
@@ -290,6 +311,7 @@ impl Session {
         if let Some(watch) = self.namespaces.take() {
             self.namespace_changes(&watch, sink);
         }
+        self.xdp_exceptions(sink);
         let kernel = self.facts.summary();
         let analyzer = &self.pipeline.analyzer;
         let findings = analyzer.findings(&kernel);

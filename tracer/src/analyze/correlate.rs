@@ -5,6 +5,7 @@ use std::{collections::HashMap, net::IpAddr};
 use crate::decode::{
     links::{Actor, KernelMessage, LinkRequest, LinkState, ModuleEvent, NetlinkAck},
     netfilter::{BridgeState, IcmpError, NfVerdict, RuleCounter, TcpConnect, TcpReset},
+    xdp::{BpfCommand, XdpException},
     DropRecord, Event,
 };
 
@@ -132,6 +133,8 @@ pub struct Correlated {
     pub rule_counters: Vec<RuleCounter>,
     pub bridges: Vec<BridgeState>,
     pub nf_verdicts: Vec<NfVerdict>,
+    pub bpf_commands: Vec<BpfCommand>,
+    pub xdp_exceptions: Vec<XdpException>,
     /// Resets, ICMP errors, connects, counters and bridges beyond `MAX_PACKET_ANSWERS`.
     pub unkept_answers: u64,
     pub events: u64,
@@ -202,6 +205,8 @@ impl Correlated {
             Event::RuleCounter(c) => keep(&mut self.rule_counters, c, &mut self.unkept_answers),
             Event::Bridge(b) => keep(&mut self.bridges, b, &mut self.unkept_answers),
             Event::NetfilterVerdict(v) => keep(&mut self.nf_verdicts, v, &mut self.unkept_answers),
+            Event::BpfCommand(c) => keep(&mut self.bpf_commands, c, &mut self.unkept_answers),
+            Event::XdpException(x) => keep(&mut self.xdp_exceptions, x, &mut self.unkept_answers),
         }
     }
 

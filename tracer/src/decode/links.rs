@@ -77,12 +77,38 @@ pub struct LinkRequest {
     pub new_name: Option<String>,
     /// Where the link is moved to (`IFLA_NET_NS_PID`/`_FD`), as `pid N` or `fd N`.
     pub to_netns: Option<String>,
+    /// An XDP attach or detach (`IFLA_XDP`), if the request carries one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<XdpRequest>,
     /// `netlink` or `ioctl`.
     pub via: &'static str,
     /// The request did not fit the captured bytes and could not be parsed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
     pub actor: Actor,
+}
+
+/// An XDP attach (or detach: `fd` -1) asked for over netlink.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct XdpRequest {
+    pub fd: i32,
+    /// `native` (XDP_FLAGS_DRV_MODE), `generic` (SKB_MODE), `offload` (HW_MODE) or `any`
+    /// (no mode flag: the kernel picks native when the driver has it, else generic).
+    pub mode: &'static str,
+    pub flags: u32,
+    /// XDP_FLAGS_UPDATE_IF_NOEXIST: fail if a program is already attached.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub if_noexist: bool,
+}
+
+/// The XDP mode an `XDP_FLAGS_*` value asks for (UAPI `if_link.h`).
+pub fn xdp_mode(flags: u32) -> &'static str {
+    match flags & 0xe {
+        2 => "generic",
+        4 => "native",
+        8 => "offload",
+        _ => "any",
+    }
 }
 
 /// The kernel's answer to a request of the same thread.
@@ -139,6 +165,8 @@ pub struct ModuleEvent {
 }
 
 /// One link event, decoded.
+// Transient: each is moved into an `Event` right away, so boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
 pub enum LinkEvent {
     Request(LinkRequest),
     Ack(NetlinkAck),
@@ -147,26 +175,57 @@ pub enum LinkEvent {
 }
 
 impl Decoder {
-    pub(super) fn decode_netlink(&mut self, raw: &NetlinkEvent) -> Option<LinkEvent> {
-        let h = &raw.header;
-        let time = self.time(h.ts_ns);
+    /// The actor of an event: the task in its header plus what the kernel side read.
+    pub(super) fn actor(&mut self, h: &tracer_ebpf::EventHeader, a: &tracer_ebpf::Actor) -> Actor {
         let actor = Actor {
             pid: h.pid,
             tid: h.tid,
             comm: c_string(&h.comm),
-            parent_pid: (raw.actor.parent_pid != 0).then_some(raw.actor.parent_pid),
-            parent_comm: (raw.actor.parent_pid != 0).then(|| c_string(&raw.actor.parent_comm)),
-            netns: (raw.actor.netns != 0).then_some(raw.actor.netns),
-            netns_name: self.netns.name(raw.actor.netns).map(str::to_string),
+            parent_pid: (a.parent_pid != 0).then_some(a.parent_pid),
+            parent_comm: (a.parent_pid != 0).then(|| c_string(&a.parent_comm)),
+            netns: (a.netns != 0).then_some(a.netns),
+            netns_name: self.netns.name(a.netns).map(str::to_string),
             cgroup: None,
             pod_uid: None,
             container: None,
         };
-        let actor = self.with_cgroup(actor, raw.actor.cgroup_id);
+        self.with_cgroup(actor, a.cgroup_id)
+    }
+
+    /// The name of `ifindex` in the actor's namespace, if the namespace can still be entered
+    /// (named, the host's, or ours); cached, as agents repeat their requests.
+    fn ifname(&mut self, actor: &Actor, ifindex: u32) -> Option<String> {
+        let netns = actor.netns?;
+        if let Some(name) = self.ifnames.get(&(netns, ifindex)) {
+            return Some(name.clone());
+        }
+        let own = crate::kernel::netns::inode_of(std::path::Path::new("/proc/self/ns/net"));
+        let path = if own == Some(netns) {
+            std::path::PathBuf::from("/proc/self/ns/net")
+        } else {
+            crate::kernel::netns::path_of_name(actor.netns_name.as_deref()?)
+        };
+        let name = crate::kernel::netns::ifname_in(&path, ifindex)?;
+        if self.ifnames.len() > 4096 {
+            self.ifnames.clear();
+        }
+        self.ifnames.insert((netns, ifindex), name.clone());
+        Some(name)
+    }
+
+    pub(super) fn decode_netlink(&mut self, raw: &NetlinkEvent) -> Option<LinkEvent> {
+        let h = &raw.header;
+        let time = self.time(h.ts_ns);
+        let actor = self.actor(h, &raw.actor);
         let data = &raw.data[..(raw.len as usize).min(raw.data.len())];
         match h.kind {
             k if k == EventKind::NetlinkRequest as u16 => {
-                Some(LinkEvent::Request(parse_request(data, time, h.ts_ns, actor)?))
+                let mut request = parse_request(data, time, h.ts_ns, actor)?;
+                // iproute2 and most agents name the device by index only when changing it.
+                if request.ifname.is_none() {
+                    request.ifname = request.ifindex.and_then(|i| self.ifname(&request.actor, i));
+                }
+                Some(LinkEvent::Request(request))
             }
             k if k == EventKind::NetlinkAck as u16 => {
                 let (seq, errno) = parse_ack(data)?;
@@ -250,6 +309,7 @@ fn empty_request() -> LinkRequest {
         admin: None,
         new_name: None,
         to_netns: None,
+        xdp: None,
         via: "netlink",
         truncated: false,
         actor: Actor {
@@ -313,6 +373,22 @@ fn fill_from_link(request: &mut LinkRequest, link: &LinkMessage) {
             LinkAttribute::NetNsPid(pid) => request.to_netns = Some(format!("pid {pid}")),
             LinkAttribute::NetNsFd(fd) => request.to_netns = Some(format!("fd {fd}")),
             LinkAttribute::Address(mac) => request.mac = Some(format_mac(mac)),
+            LinkAttribute::Xdp(xdp) => {
+                use netlink_packet_route::link::LinkXdp;
+                let mut x = XdpRequest { fd: -1, mode: "any", flags: 0, if_noexist: false };
+                for attr in xdp {
+                    match attr {
+                        LinkXdp::Fd(fd) => x.fd = *fd,
+                        LinkXdp::Flags(flags) => {
+                            x.flags = *flags;
+                            x.mode = xdp_mode(*flags);
+                            x.if_noexist = flags & 1 != 0;
+                        }
+                        _ => {}
+                    }
+                }
+                request.xdp = Some(x);
+            }
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {

@@ -4,6 +4,7 @@
 
 pub mod links;
 pub mod netfilter;
+pub mod xdp;
 
 use std::{
     fmt,
@@ -15,7 +16,8 @@ use std::{
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use serde::Serialize;
 use tracer_ebpf::{
-    AnswerEvent, DropEvent, EventHeader, EventKind, NetlinkEvent, TraceRecordEvent, VerdictEvent, ABSENT, VERDICT_NFT,
+    AnswerEvent, BpfEvent, DropEvent, EventHeader, EventKind, NetlinkEvent, TraceRecordEvent, VerdictEvent, ABSENT,
+    VERDICT_NFT,
 };
 
 use crate::kernel::{drop_reasons::DropReasons, kallsyms::Kallsyms, netns::NetnsNames};
@@ -55,6 +57,10 @@ pub enum Event {
     Bridge(netfilter::BridgeState),
     /// A DROP verdict read in the kernel (kprobes).
     NetfilterVerdict(netfilter::NfVerdict),
+    /// A BPF object load or attach (`bpf()`), and its result.
+    BpfCommand(xdp::BpfCommand),
+    /// XDP exceptions counted in the kernel for one device and program.
+    XdpException(xdp::XdpException),
 }
 
 impl Event {
@@ -73,6 +79,8 @@ impl Event {
             Event::RuleCounter(e) => e.ts_ns,
             Event::Bridge(e) => e.ts_ns,
             Event::NetfilterVerdict(e) => e.ts_ns,
+            Event::BpfCommand(e) => e.ts_ns,
+            Event::XdpException(e) => e.ts_ns,
         }
     }
 }
@@ -188,6 +196,12 @@ pub struct Decoder {
     pub record_formats: Arc<crate::probes::netfilter::RecordFormats>,
     /// Functions the answer kprobes are attached to, with their argument positions.
     pub answer_functions: Arc<Vec<crate::probes::netfilter::AnswerFunction>>,
+    /// This kernel's `enum bpf_cmd` values of PROG_LOAD, BTF_LOAD, LINK_CREATE, and the names
+    /// of program and attach types.
+    pub bpf_cmds: [u32; 3],
+    pub bpf_names: Arc<xdp::BpfNames>,
+    /// Interface names by (netns inode, ifindex), for requests that name only the index.
+    pub ifnames: std::collections::HashMap<(u32, u32), String>,
 }
 
 impl Decoder {
@@ -254,6 +268,12 @@ impl Decoder {
                     verdict: "drop",
                     origin: packet.function.unwrap_or_else(|| "?".into()),
                 }))
+            }
+            k if k == EventKind::BpfCommand as u16 => {
+                let raw: BpfEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+                let time = self.time(raw.header.ts_ns);
+                let actor = self.actor(&raw.header, &raw.actor);
+                Ok(Event::BpfCommand(xdp::decode_command(&raw, self.bpf_cmds, &self.bpf_names, time, actor)))
             }
             other => Err(DecodeError::UnknownKind(other)),
         }
@@ -345,7 +365,7 @@ fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
     })
 }
 
-fn c_string(bytes: &[u8]) -> String {
+pub(crate) fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
@@ -427,6 +447,9 @@ mod tests {
             clock: WallClock::now(),
             record_formats: Default::default(),
             answer_functions: Default::default(),
+            bpf_cmds: [5, 18, 28],
+            bpf_names: Default::default(),
+            ifnames: Default::default(),
         }
     }
 

@@ -55,3 +55,27 @@ impl NetnsNames {
 pub fn inode_of(path: &Path) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.ino() as u32)
 }
+
+/// The name of interface `ifindex` in the namespace at `netns_path`, asked from inside that
+/// namespace (a short-lived thread enters it: interface indexes are per namespace).
+pub fn ifname_in(netns_path: &Path, ifindex: u32) -> Option<String> {
+    let file = std::fs::File::open(netns_path).ok()?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            nix::net::if_::if_indextoname(ifindex).ok().map(|n| n.to_string_lossy().into_owned())
+        })
+        .join()
+        .ok()
+        .flatten()
+    })
+}
+
+/// Where a named namespace can be opened: `/run/netns/NAME`, or PID 1's for `host`.
+pub fn path_of_name(name: &str) -> std::path::PathBuf {
+    if name == "host" {
+        "/proc/1/ns/net".into()
+    } else {
+        Path::new(NAMED_NETNS_DIR).join(name)
+    }
+}

@@ -2,10 +2,12 @@
 //! dptrace explains each with the expected finding. Used by `dptrace lab`, the demo and the
 //! tests; everything it creates is removed afterwards, also when a step fails.
 
+pub mod fixtures;
 pub mod netns;
 pub mod scenarios;
 pub mod topology;
 pub mod traffic;
+pub mod xdp;
 
 use std::{collections::HashSet, time::Duration};
 

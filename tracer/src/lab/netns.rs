@@ -18,7 +18,7 @@ const NETNS_DIR: &str = "/run/netns";
 pub struct Lab {
     prefix: String,
     namespaces: Vec<String>,
-    /// Scratch directory for actor binaries (`/tmp/dptlab-<pid>`), created on demand.
+    /// Scratch directory for actor binaries and files (`/tmp/dptlab-<pid>`), created on demand.
     scratch: Option<PathBuf>,
     /// Cgroups created for actors (under `<cgroup2>/dptlab-<pid>.slice`), deepest last.
     cgroups: Vec<PathBuf>,
@@ -58,15 +58,7 @@ impl Lab {
     /// A copy of `program` (found on PATH) named `name`, so that the kernel sees the process
     /// as `name` (its comm): how the lab plays agents such as `flanneld` with real tools.
     pub fn actor_binary(&mut self, program: &str, name: &str) -> anyhow::Result<PathBuf> {
-        let dir = match &self.scratch {
-            Some(dir) => dir.clone(),
-            None => {
-                let dir = std::env::temp_dir().join(self.prefix.trim_end_matches('-'));
-                std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-                self.scratch = Some(dir.clone());
-                dir
-            }
-        };
+        let dir = self.scratch_dir()?;
         let source = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
             .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
             .map(|d| d.join(program))
@@ -76,6 +68,25 @@ impl Lab {
         std::fs::copy(&source, &target)
             .with_context(|| format!("copy {} to {}", source.display(), target.display()))?;
         Ok(target)
+    }
+
+    /// Writes `bytes` to file `name` in the lab's scratch directory (removed with the lab), for
+    /// tools that need a file, such as an object file for `ip link set … xdp obj FILE`.
+    pub fn scratch_file(&mut self, name: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
+        let path = self.scratch_dir()?.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("write {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// `/tmp/dptlab-<pid>`, created on first use.
+    fn scratch_dir(&mut self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.scratch {
+            return Ok(dir.clone());
+        }
+        let dir = std::env::temp_dir().join(self.prefix.trim_end_matches('-'));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        self.scratch = Some(dir.clone());
+        Ok(dir)
     }
 
     /// A cgroup `<cgroup2>/dptlab-<pid>.slice/<relative>` for an actor to run in (so the

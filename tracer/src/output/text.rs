@@ -150,6 +150,41 @@ pub fn event_line(event: &Event) -> String {
                 v.origin
             )
         }
+        Event::BpfCommand(c) => {
+            let mut line = format!("{} bpf {}", clock(&c.time), c.command);
+            for (label, value) in [("type", &c.prog_type), ("name", &c.prog_name), ("attach", &c.attach_type)] {
+                if let Some(v) = value {
+                    line.push_str(&format!(" {label} {v}"));
+                }
+            }
+            if let Some(ifindex) = c.target_ifindex {
+                line.push_str(&format!(" ifindex {ifindex}"));
+            }
+            if let Some(mode) = c.xdp_mode {
+                line.push_str(&format!(" mode {mode}"));
+            }
+            match &c.error {
+                Some(e) => line.push_str(&format!(" -> {e}")),
+                None => line.push_str(&format!(" -> fd {}", c.result)),
+            }
+            if let Some(m) = &c.message {
+                line.push_str(&format!(" \"{m}\""));
+            }
+            line.push_str(&format!(" by {}", c.actor));
+            line
+        }
+        Event::XdpException(x) => {
+            let netns = x.netns_name.clone().or(x.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+            format!(
+                "{} xdp {} x{} on {} netns {netns} by prog {} ({})",
+                clock(&x.time),
+                x.action,
+                x.count,
+                x.device.clone().unwrap_or_else(|| format!("ifindex {}", x.ifindex)),
+                x.prog_id,
+                x.prog_name.as_deref().unwrap_or("?")
+            )
+        }
         Event::Bridge(b) => {
             let netns = b.netns_name.clone().unwrap_or_else(|| b.netns.to_string());
             let nf = |v: Option<bool>| v.map_or("absent", |on| if on { "1" } else { "0" });

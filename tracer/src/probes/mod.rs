@@ -8,6 +8,7 @@ pub mod link_monitor;
 pub mod links;
 pub mod netfilter;
 pub mod rule_counters;
+pub mod xdp;
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
@@ -19,7 +20,7 @@ use tracer_ebpf::{names, DropConfig};
 
 use self::drops::{DropBackend, DropCoverage};
 use crate::kernel::KernelFacts;
-use tracer_ebpf::{LinkConfig, NetfilterConfig};
+use tracer_ebpf::{LinkConfig, NetfilterConfig, XdpConfig};
 
 /// The kernel-side object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -87,6 +88,10 @@ pub struct ProbeOptions {
     pub netfilter: bool,
     /// Forces one netfilter backend.
     pub netfilter_backend: Option<netfilter::NetfilterBackend>,
+    /// Attach the xdp family (BPF loads and attaches, XDP exceptions) too.
+    pub xdp: bool,
+    /// Forces one xdp backend.
+    pub xdp_backend: Option<xdp::XdpBackend>,
 }
 
 impl Default for ProbeOptions {
@@ -98,6 +103,8 @@ impl Default for ProbeOptions {
             links_backend: None,
             netfilter: true,
             netfilter_backend: None,
+            xdp: true,
+            xdp_backend: None,
         }
     }
 }
@@ -139,7 +146,12 @@ impl Probes {
         };
         // The backends of one chain share their configuration (they differ in kprobes).
         let (nf_config, _, record_formats) = netfilter::netfilter_config(facts, nf_chain[0]);
-        let configs = Configs { links: link_config, netfilter: nf_config };
+        let xdp_chain: Vec<xdp::XdpBackend> = match options.xdp_backend {
+            Some(forced) => vec![forced],
+            None => xdp::XdpBackend::CHAIN.to_vec(),
+        };
+        let (xdp_config, _) = xdp::xdp_config(facts, xdp_chain[0]);
+        let configs = Configs { links: link_config, netfilter: nf_config, xdp: xdp_config };
         for backend in chain {
             match attach_drops(facts, backend, options.buffer_bytes, &configs) {
                 Ok((mut ebpf, detail, coverage)) => {
@@ -162,6 +174,9 @@ impl Probes {
                         hooks.push(status);
                         answer_functions = answers;
                     }
+                    if options.xdp {
+                        hooks.push(attach_xdp(&mut ebpf, facts, &xdp_chain)?);
+                    }
                     let record_formats = if options.netfilter { record_formats } else { Default::default() };
                     return Ok(Self { ebpf, hooks, record_formats, answer_functions });
                 }
@@ -178,7 +193,7 @@ impl Probes {
     /// Tries every backend of every family (attaching and detaching each): what `check` reports.
     pub fn survey(facts: &KernelFacts) -> Vec<BackendProbe> {
         let (link_config, _) = links::link_config(facts, links::LinkBackend::Tracepoints);
-        let configs = Configs { links: link_config, netfilter: NetfilterConfig::absent() };
+        let configs = Configs { links: link_config, netfilter: NetfilterConfig::absent(), xdp: XdpConfig::absent() };
         let probe =
             |family: &'static str, backend: &'static str, result: Result<(String, serde_json::Value), String>| {
                 match result {
@@ -200,7 +215,8 @@ impl Probes {
             .collect();
         for backend in [links::LinkBackend::Tracepoints, links::LinkBackend::Kprobes] {
             let (link_config, link_coverage) = links::link_config(facts, backend);
-            let configs = Configs { links: link_config, netfilter: NetfilterConfig::absent() };
+            let configs =
+                Configs { links: link_config, netfilter: NetfilterConfig::absent(), xdp: XdpConfig::absent() };
             let result = load_object(&DropConfig::absent(), &configs, 4096)
                 .and_then(|mut ebpf| links::attach(&mut ebpf, &link_coverage, backend, &facts.kallsyms))
                 .map(|detail| (detail, serde_json::to_value(&link_coverage).unwrap_or_default()));
@@ -211,7 +227,7 @@ impl Probes {
             let (answers, verdicts) = netfilter_kprobes(facts, backend, &nf_config, &formats);
             nf_coverage.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
             nf_coverage.verdict_functions = verdicts.iter().map(|(f, _)| f.to_string()).collect();
-            let configs = Configs { links: LinkConfig::absent(), netfilter: nf_config };
+            let configs = Configs { links: LinkConfig::absent(), netfilter: nf_config, xdp: XdpConfig::absent() };
             let result = load_object(&DropConfig::absent(), &configs, 4096)
                 .and_then(|mut ebpf| match backend {
                     b if b.uses_kprobes() && !std::path::Path::new(KPROBE_PMU).exists() => {
@@ -222,7 +238,24 @@ impl Probes {
                 .map(|detail| (detail, serde_json::to_value(&nf_coverage).unwrap_or_default()));
             probes.push(probe("netfilter", backend.name(), result));
         }
+        for backend in xdp::XdpBackend::CHAIN {
+            let (config, coverage) = xdp::xdp_config(facts, backend);
+            let configs = Configs { links: LinkConfig::absent(), netfilter: NetfilterConfig::absent(), xdp: config };
+            let result = load_object(&DropConfig::absent(), &configs, 4096)
+                .and_then(|mut ebpf| {
+                    let mut parts = xdp::attach_commands(&mut ebpf, &coverage)?;
+                    parts.push(xdp::attach_exceptions(&mut ebpf, backend, &coverage)?);
+                    Ok(parts.join(" "))
+                })
+                .map(|detail| (detail, serde_json::to_value(&coverage).unwrap_or_default()));
+            probes.push(probe("xdp", backend.name(), result));
+        }
         probes
+    }
+
+    /// XDP exceptions the kernel side counted (per namespace, device, program and action).
+    pub fn xdp_exceptions(&self) -> Vec<(tracer_ebpf::XdpExceptionKey, tracer_ebpf::XdpExceptionCount)> {
+        xdp::exceptions(&self.ebpf)
     }
 
     /// The event ring buffer; can be taken once.
@@ -236,6 +269,36 @@ impl Probes {
         let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
         array.get(&0, 0).map(|values| values.iter().sum()).unwrap_or(0)
     }
+}
+
+/// The xdp family's status with the first exception backend of `chain` that attaches.
+fn attach_xdp(ebpf: &mut Ebpf, facts: &KernelFacts, chain: &[xdp::XdpBackend]) -> Result<HookStatus, ProbeError> {
+    let (_, first) = xdp::xdp_config(facts, chain[0]);
+    let commands = xdp::attach_commands(ebpf, &first)
+        .map_err(|why| ProbeError::NoBackend { family: "xdp", tried: format!("bpf() tracepoints: {why}") })?;
+    let mut unavailable = Vec::new();
+    for &backend in chain {
+        let (_, coverage) = xdp::xdp_config(facts, backend);
+        match xdp::attach_exceptions(ebpf, backend, &coverage) {
+            Ok(detail) => {
+                for gap in &coverage.gaps {
+                    log::info!("xdp: {gap}");
+                }
+                let mut parts = commands.clone();
+                parts.push(detail);
+                return Ok(HookStatus {
+                    family: "xdp",
+                    backend_id: backend.name().into(),
+                    backend: format!("tracepoints {}", parts.join(" ")),
+                    coverage: serde_json::to_value(&coverage).unwrap_or_default(),
+                    unavailable,
+                });
+            }
+            Err(why) => unavailable.push(Unavailable { backend: backend.name().into(), why }),
+        }
+    }
+    let tried = unavailable.iter().map(|u| format!("{}: {}", u.backend, u.why)).collect::<Vec<_>>().join("; ");
+    Err(ProbeError::NoBackend { family: "xdp", tried })
 }
 
 /// The answer functions and verdict functions `backend` hooks with kprobes on this kernel.
@@ -343,6 +406,7 @@ fn attach_links(
 struct Configs {
     links: LinkConfig,
     netfilter: NetfilterConfig,
+    xdp: XdpConfig,
 }
 
 /// Loads the object with this kernel's configuration (nothing attached yet).
@@ -351,6 +415,7 @@ fn load_object(drop_config: &DropConfig, configs: &Configs, buffer_bytes: u32) -
         .override_global(names::DROP_CONFIG, drop_config, true)
         .override_global(names::LINK_CONFIG, &configs.links, true)
         .override_global(names::NETFILTER_CONFIG, &configs.netfilter, true)
+        .override_global(names::XDP_CONFIG, &configs.xdp, true)
         .map_max_entries(names::EVENTS, buffer_bytes)
         .load(EBPF_OBJECT)
         .map_err(|e| format!("loading the object: {}", error_chain(&e)))

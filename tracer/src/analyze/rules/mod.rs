@@ -11,6 +11,8 @@ mod no_listener;
 mod packet_drop;
 mod reject_by_rule;
 mod veth_mac_changed;
+mod xdp_aborted;
+mod xdp_attach_failed;
 
 use std::collections::BTreeMap;
 
@@ -36,6 +38,8 @@ pub fn all() -> Vec<Box<dyn Rule + Send>> {
         Box::new(netfilter_drop::NetfilterDrop),
         Box::new(bridge_bypasses_netfilter::BridgeBypassesNetfilter),
         Box::new(br_netfilter_missing::BrNetfilterMissing),
+        Box::new(xdp_attach_failed::XdpAttachFailed),
+        Box::new(xdp_aborted::XdpAborted),
         Box::new(packet_drop::PacketDrop),
     ]
 }

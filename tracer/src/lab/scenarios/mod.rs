@@ -3,12 +3,15 @@
 
 mod apiserver_down;
 mod apiserver_rejected;
+mod bpf_load_retry_loop;
 mod br_netfilter_off;
 mod link_flap;
 mod node_icmp_blocked;
 mod udp_closed_port;
 mod veth_mac_rewrite;
 mod wireguard_unsupported;
+mod xdp_aborted;
+mod xdp_native_unsupported;
 
 use std::{
     any::Any,
@@ -93,6 +96,9 @@ pub fn all() -> Vec<&'static dyn AnyScenario> {
         &wireguard_unsupported::WireguardUnsupported,
         &veth_mac_rewrite::VethMacRewrite,
         &link_flap::LinkFlap,
+        &xdp_native_unsupported::XdpNativeUnsupported,
+        &xdp_aborted::XdpAborted,
+        &bpf_load_retry_loop::BpfLoadRetryLoop,
     ]
 }
 

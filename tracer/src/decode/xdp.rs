@@ -1,0 +1,193 @@
+//! `bpf()` commands and XDP exception counters → events. `union bpf_attr` is read by its
+//! UAPI layout (append-only, the same on every kernel); enum names come from BTF where it
+//! exists, else from the UAPI values of the common ones.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use tracer_ebpf::{BpfEvent, XdpExceptionCount, XdpExceptionKey};
+
+use super::{c_string, links::Actor};
+
+/// A BPF object load or attach and what the kernel answered.
+#[derive(Debug, Clone, Serialize)]
+pub struct BpfCommand {
+    pub time: String,
+    pub ts_ns: u64,
+    /// `prog-load`, `btf-load` or `link-create`.
+    pub command: &'static str,
+    /// The new fd, or the negative errno.
+    pub result: i64,
+    /// `EINVAL`, `EOPNOTSUPP`, … when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// PROG_LOAD: the program's type (`xdp`, `sched_cls`, …), name and size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prog_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prog_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<u32>,
+    /// LINK_CREATE: the attach type (`xdp`, `tcx_ingress`, …), the target interface and, for
+    /// XDP, the mode asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_ifindex: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp_mode: Option<&'static str>,
+    /// The kernel's reason for a failed XDP link attach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub actor: Actor,
+}
+
+impl BpfCommand {
+    pub fn failed(&self) -> bool {
+        self.result < 0
+    }
+
+    pub fn is_xdp(&self) -> bool {
+        self.prog_type.as_deref() == Some("xdp") || self.attach_type.as_deref() == Some("xdp")
+    }
+}
+
+/// XDP_ABORTED (or invalid actions) counted in the kernel for one device and program.
+#[derive(Debug, Clone, Serialize)]
+pub struct XdpException {
+    pub time: String,
+    pub ts_ns: u64,
+    pub last_time: String,
+    pub netns: Option<u32>,
+    pub netns_name: Option<String>,
+    pub ifindex: u32,
+    pub device: Option<String>,
+    pub prog_id: u32,
+    pub prog_name: Option<String>,
+    /// `aborted`, or `invalid action N`.
+    pub action: String,
+    pub count: u64,
+}
+
+/// Names of `enum bpf_prog_type` and `enum bpf_attach_type` values, without their prefixes,
+/// lowercase (`xdp`, `sched_cls`).
+#[derive(Debug, Clone, Default)]
+pub struct BpfNames {
+    prog_types: HashMap<u32, String>,
+    attach_types: HashMap<u32, String>,
+}
+
+impl BpfNames {
+    pub fn resolve(btf: Option<&crate::kernel::btf::KernelBtf>) -> Self {
+        let table = |name: &str, prefix: &str, uapi: &[(u32, &str)]| -> HashMap<u32, String> {
+            let from_btf: HashMap<u32, String> = btf
+                .and_then(|b| b.enum_values(name).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(n, v)| Some((v as u32, n.strip_prefix(prefix)?.to_ascii_lowercase())))
+                .collect();
+            if from_btf.is_empty() {
+                uapi.iter().map(|(v, n)| (*v, n.to_string())).collect()
+            } else {
+                from_btf
+            }
+        };
+        Self {
+            prog_types: table(
+                "bpf_prog_type",
+                "BPF_PROG_TYPE_",
+                &[
+                    (1, "socket_filter"),
+                    (2, "kprobe"),
+                    (3, "sched_cls"),
+                    (4, "sched_act"),
+                    (5, "tracepoint"),
+                    (6, "xdp"),
+                ],
+            ),
+            attach_types: table("bpf_attach_type", "BPF_", &[(37, "xdp")]),
+        }
+    }
+
+    fn prog_type(&self, v: u32) -> String {
+        self.prog_types.get(&v).cloned().unwrap_or_else(|| format!("type-{v}"))
+    }
+
+    fn attach_type(&self, v: u32) -> String {
+        self.attach_types.get(&v).cloned().unwrap_or_else(|| format!("attach-{v}"))
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Decodes a `bpf()` command; `cmds` are this kernel's PROG_LOAD, BTF_LOAD, LINK_CREATE values.
+pub fn decode_command(raw: &BpfEvent, cmds: [u32; 3], names: &BpfNames, time: String, actor: Actor) -> BpfCommand {
+    let attr = &raw.attr[..(raw.attr_len as usize).min(raw.attr.len())];
+    let message = c_string(&raw.message[..(raw.message_len as usize).min(raw.message.len())]);
+    let command = match raw.cmd {
+        c if c == cmds[0] => "prog-load",
+        c if c == cmds[1] => "btf-load",
+        _ => "link-create",
+    };
+    let mut out = BpfCommand {
+        time,
+        ts_ns: raw.header.ts_ns,
+        command,
+        result: raw.ret,
+        error: (raw.ret < 0).then(|| format!("{:?}", nix::errno::Errno::from_raw(-raw.ret as i32))),
+        prog_type: None,
+        prog_name: None,
+        instructions: None,
+        attach_type: None,
+        target_ifindex: None,
+        xdp_mode: None,
+        message: (!message.is_empty()).then_some(message),
+        actor,
+    };
+    match command {
+        // UAPI: prog_type@0, insn_cnt@4, ... prog_name[16]@48.
+        "prog-load" => {
+            out.prog_type = u32_at(attr, 0).map(|t| names.prog_type(t));
+            out.instructions = u32_at(attr, 4);
+            out.prog_name = attr.get(48..64).map(c_string).filter(|n| !n.is_empty());
+        }
+        // UAPI: prog_fd@0, target_fd or target_ifindex@4, attach_type@8, flags@12.
+        "link-create" => {
+            out.attach_type = u32_at(attr, 8).map(|t| names.attach_type(t));
+            if out.attach_type.as_deref() == Some("xdp") {
+                out.target_ifindex = u32_at(attr, 4);
+                out.xdp_mode = u32_at(attr, 12).map(super::links::xdp_mode);
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// One kernel counter → an event (`time` of first and last exception).
+pub fn decode_exception(
+    key: &XdpExceptionKey,
+    value: &XdpExceptionCount,
+    times: (String, String),
+    netns_name: Option<String>,
+) -> XdpException {
+    let device = c_string(&value.ifname);
+    let prog_name = c_string(&value.prog_name);
+    XdpException {
+        time: times.0,
+        ts_ns: value.first_ns,
+        last_time: times.1,
+        netns: (key.netns != 0).then_some(key.netns),
+        netns_name,
+        ifindex: key.ifindex,
+        device: (!device.is_empty()).then_some(device),
+        prog_id: key.prog_id,
+        prog_name: (!prog_name.is_empty()).then_some(prog_name),
+        // XDP_ABORTED is 0 (UAPI); anything the kernel calls an exception otherwise is an
+        // action it does not know.
+        action: if key.action == 0 { "aborted".into() } else { format!("invalid action {}", key.action) },
+        count: value.count,
+    }
+}
