@@ -6,7 +6,7 @@ use dptrace_e2e::{dptrace, json_lines, namespaces_with_prefix, of_type, require_
 use serde_json::Value;
 
 /// Every scenario, in `lab list` order.
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 11] = [
     "udp-closed-port",
     "node-icmp-blocked",
     "apiserver-rejected",
@@ -15,6 +15,9 @@ const SCENARIOS: [&str; 8] = [
     "wireguard-unsupported",
     "veth-mac-rewrite",
     "link-flap",
+    "xdp-native-unsupported",
+    "xdp-aborted",
+    "bpf-load-retry-loop",
 ];
 
 #[test]
@@ -42,6 +45,32 @@ fn in_role(f: &Value, role: &str) -> bool {
     f["place"]["netns_name"].as_str().is_some_and(|n| n.starts_with("dptlab-") && n.ends_with(&format!("-{role}")))
 }
 
+/// Whether a finding's actor ran in the lab namespace of role `role` (for findings about a
+/// request that names no device, such as a failed BPF program load).
+fn actor_in_role(f: &Value, role: &str) -> bool {
+    f["actor"]["netns_name"].as_str().is_some_and(|n| n.starts_with("dptlab-") && n.ends_with(&format!("-{role}")))
+}
+
+/// Each interface's XDP state as `ip -d link show` prints it (the mode word and the
+/// `prog/xdp id N` of each program), for the interfaces of this (the host's) namespace.
+fn host_xdp_state() -> BTreeSet<String> {
+    let out = std::process::Command::new("ip").args(["-d", "-o", "link", "show"]).output().expect("ip -d link show");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let name = words.get(1).copied().unwrap_or("?");
+            let modes = words
+                .iter()
+                .skip(2)
+                .filter(|w| ["xdp", "xdpgeneric", "xdpdrv", "xdpoffload", "xdpmulti"].contains(w))
+                .map(|w| w.to_string());
+            let progs = words.windows(3).filter(|w| w[0] == "prog/xdp").map(|w| w.join(" "));
+            format!("{name} {}", modes.chain(progs).collect::<Vec<_>>().join(" "))
+        })
+        .collect()
+}
+
 fn of_rule_in<'a>(findings: &[&'a Value], rule: &str, role: &str) -> Vec<&'a Value> {
     findings.iter().copied().filter(|f| f["rule"] == rule && in_role(f, role)).collect()
 }
@@ -58,6 +87,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
     require_root!();
     let host_before = host_bridge_sysctls();
+    let host_xdp_before = host_xdp_state();
     // A leftover from a "crashed" run (a pid that cannot exist) must be removed.
     let stale = "dptlab-4999999-server";
     sh("ip", &["netns", "add", stale]);
@@ -68,8 +98,13 @@ fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
     assert_eq!(results.len(), SCENARIOS.len(), "{lines:#?}");
     for (r, name) in results.iter().zip(SCENARIOS) {
         assert_eq!(r["scenario"], name, "{r}");
-        // A scenario may only be skipped when this kernel cannot show its failure.
+        // A scenario may only be skipped when this kernel cannot show its failure, and says why.
         assert!(r["diagnosed"] == true || r["skipped"] == true, "{r}");
+        if r["skipped"] == true {
+            let why = r["problems"][0].as_str().unwrap_or_default();
+            assert!(!why.is_empty(), "skipped without a reason: {r}");
+            eprintln!("SKIPPED {name}: {why}");
+        }
     }
     let result = |name: &str| *results.iter().find(|r| r["scenario"] == name).unwrap();
     let findings = of_type(&lines, "finding");
@@ -146,11 +181,73 @@ fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
         assert_eq!(f["actor"]["comm"], "flanneld");
         assert_eq!(f["place"]["device"], "flannel-wg");
     }
+
+    // Field report 4, XDP. Native XDP asked for on a bridge, whose driver has none, 3 times:
+    if result("xdp-native-unsupported")["diagnosed"] == true {
+        let failed = of_rule_in(&findings, "xdp-attach-failed", "xdp-nodrv");
+        let f = failed.iter().find(|f| f["actor"]["comm"] == "calico-node").expect("calico-node's attach");
+        assert_eq!(f["place"]["device"], "br-uplink", "{f}");
+        assert!(f["summary"].as_str().unwrap().contains("native"), "{f}");
+    }
+    // ... a program returning XDP_ABORTED on the server's veth, 4 pings over IPv4 and IPv6 each:
+    if result("xdp-aborted")["diagnosed"] == true {
+        let aborted = of_rule_in(&findings, "xdp-aborted", "xdp-host");
+        assert!(
+            aborted.iter().any(|f| f["place"]["device"] == "s0" && f["count"].as_u64().is_some_and(|n| n >= 8)),
+            "{aborted:#?}"
+        );
+        assert!(of_rule_in(&findings, "xdp-aborted", "xdp-peer").is_empty(), "the client has no XDP: {findings:#?}");
+    }
+    // ... and a loader retrying a program the verifier rejects, 4 times:
+    if result("bpf-load-retry-loop")["diagnosed"] == true {
+        let f = findings
+            .iter()
+            .find(|f| f["rule"] == "xdp-attach-failed" && f["actor"]["comm"] == "calico-felix")
+            .expect("calico-felix's load");
+        assert!(actor_in_role(f, "bpf-retry") || in_role(f, "bpf-retry"), "{f}");
+        assert!(f["count"].as_u64().is_some_and(|n| n >= 4), "{f}");
+        assert!(f["summary"].as_str().unwrap().to_lowercase().contains("load"), "{f}");
+    }
+    // Every XDP program the lab attached was inside its namespaces.
+    assert_eq!(host_xdp_state(), host_xdp_before, "the XDP state of a host interface changed");
+
     assert!(stderr(&out).contains("left behind") || namespaces_with_prefix(stale).is_empty());
     assert!(
         namespaces_with_prefix(&format!("dptlab-{}", "")).iter().all(|n| !n.starts_with("dptlab-4999999")),
         "stale namespace left"
     );
+}
+
+/// The XDP scenarios reproduce the kernel's own failures, whatever dptrace makes of them:
+/// what the agents saw (stderr) is the kernel's extended ack, the verifier's reason, and the
+/// aborting program attached to the lab's veth.
+#[test]
+fn xdp_scenarios_reproduce_the_kernel_failures() {
+    require_root!();
+    let host_xdp_before = host_xdp_state();
+    let out = dptrace(&["lab", "run", "xdp-native-unsupported", "xdp-aborted", "bpf-load-retry-loop", "--json"]);
+    let lines = json_lines(&out);
+    let results = of_type(&lines, "lab-result");
+    assert_eq!(results.len(), 3, "{}\n{lines:#?}", stderr(&out));
+    let err = stderr(&out);
+    let expect = [
+        ("xdp-native-unsupported", "calico-node: `calico-node link set dev br-uplink xdpdrv obj "),
+        ("xdp-native-unsupported", "Error: Underlying driver does not support XDP in native mode. (3 of 3 attempts)"),
+        ("xdp-aborted", "s0 now has xdp prog/xdp id "),
+        ("xdp-aborted", " name lab_xdp_aborted "),
+        ("bpf-load-retry-loop", "calico-felix: `calico-felix link set dev eth0 xdpgeneric obj "),
+        ("bpf-load-retry-loop", "BPF program load failed: Permission denied"),
+        ("bpf-load-retry-loop", "verifier: invalid bpf_context access off=400 size=4 (4 of 4 attempts)"),
+    ];
+    for (scenario, text) in expect {
+        let r = results.iter().find(|r| r["scenario"] == scenario).unwrap();
+        if r["skipped"] == true {
+            eprintln!("SKIPPED {scenario}: {}", r["problems"][0]);
+            continue;
+        }
+        assert!(err.contains(text), "{scenario}: `{text}` not in:\n{err}");
+    }
+    assert_eq!(host_xdp_state(), host_xdp_before, "the XDP state of a host interface changed");
 }
 
 #[test]

@@ -151,6 +151,9 @@ pub struct LinkState {
     pub up: bool,
     /// Carrier (IFF_LOWER_UP).
     pub carrier: bool,
+    /// The attached XDP program (`native prog 42`, `generic prog 7`, `none`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<String>,
 }
 
 /// The kernel asked for a module (`requested`, e.g. `rtnl-link-wireguard` while creating a
@@ -290,8 +293,37 @@ impl Decoder {
             mac: request.mac,
             up: link.header.flags.contains(LinkFlags::Up),
             carrier: link.header.flags.contains(LinkFlags::LowerUp),
+            xdp: attached_xdp(&link),
         })
     }
+}
+
+/// The XDP program attached to a link as the kernel reports it (`IFLA_XDP_ATTACHED` and
+/// the program id): `native prog 42`, `generic prog 7`, `none`; None when not reported.
+fn attached_xdp(link: &netlink_packet_route::link::LinkMessage) -> Option<String> {
+    use netlink_packet_route::link::{LinkXdp, XdpAttached};
+    let xdp = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Xdp(x) => Some(x),
+        _ => None,
+    })?;
+    let mut mode = None;
+    let mut prog = None;
+    for attr in xdp {
+        match attr {
+            LinkXdp::Attached(XdpAttached::None) => mode = Some("none"),
+            LinkXdp::Attached(XdpAttached::Driver) => mode = Some("native"),
+            LinkXdp::Attached(XdpAttached::SocketBuffer) => mode = Some("generic"),
+            LinkXdp::Attached(XdpAttached::Hardware) => mode = Some("offload"),
+            LinkXdp::Attached(XdpAttached::Multiple) => mode = Some("multiple"),
+            LinkXdp::ProgId(id) => prog = Some(*id),
+            _ => {}
+        }
+    }
+    Some(match (mode?, prog) {
+        ("none", _) => "none".to_string(),
+        (m, Some(id)) => format!("{m} prog {id}"),
+        (m, None) => m.to_string(),
+    })
 }
 
 fn empty_request() -> LinkRequest {

@@ -191,3 +191,82 @@ pub fn decode_exception(
         count: value.count,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_ebpf::{Actor as RawActor, EventHeader, EventKind, BPF_ATTR_BYTES, BPF_MESSAGE_BYTES};
+
+    fn event(cmd: u32, ret: i64, attr: &[(usize, &[u8])], message: &str) -> BpfEvent {
+        let mut a = [0u8; BPF_ATTR_BYTES];
+        for (at, bytes) in attr {
+            a[*at..*at + bytes.len()].copy_from_slice(bytes);
+        }
+        let mut m = [0u8; BPF_MESSAGE_BYTES];
+        m[..message.len()].copy_from_slice(message.as_bytes());
+        BpfEvent {
+            header: EventHeader {
+                kind: EventKind::BpfCommand as u16,
+                _pad: 0,
+                cpu: 0,
+                ts_ns: 7,
+                pid: 9,
+                tid: 9,
+                comm: [0; 16],
+            },
+            actor: RawActor { netns: 0, parent_pid: 0, parent_comm: [0; 16], cgroup_id: 0 },
+            ret,
+            cmd,
+            attr_len: 120,
+            message_len: message.len() as u32,
+            _pad: 0,
+            attr: a,
+            message: m,
+        }
+    }
+
+    fn actor() -> Actor {
+        Actor {
+            pid: 9,
+            tid: 9,
+            comm: "calico-node".into(),
+            parent_pid: None,
+            parent_comm: None,
+            netns: None,
+            netns_name: None,
+            cgroup: None,
+            pod_uid: None,
+            container: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_xdp_link_create_carries_device_mode_and_message() {
+        // prog_fd@0 = 5, target_ifindex@4 = 3, attach_type@8 = BPF_XDP (37), flags@12 = DRV_MODE (4).
+        let raw = event(
+            28,
+            -95,
+            &[(0, &5u32.to_ne_bytes()), (4, &3u32.to_ne_bytes()), (8, &37u32.to_ne_bytes()), (12, &4u32.to_ne_bytes())],
+            "Underlying driver does not support XDP in native mode",
+        );
+        let c = decode_command(&raw, [5, 18, 28], &BpfNames::resolve(None), "t".into(), actor());
+        assert_eq!(c.command, "link-create");
+        assert_eq!((c.attach_type.as_deref(), c.target_ifindex, c.xdp_mode), (Some("xdp"), Some(3), Some("native")));
+        assert_eq!(c.error.as_deref(), Some("EOPNOTSUPP"));
+        assert!(c.failed() && c.is_xdp());
+        assert_eq!(c.message.as_deref(), Some("Underlying driver does not support XDP in native mode"));
+    }
+
+    #[test]
+    fn a_prog_load_names_type_program_and_size() {
+        let mut name = [0u8; 16];
+        name[..7].copy_from_slice(b"xdp_fw1");
+        let raw = event(5, -13, &[(0, &6u32.to_ne_bytes()), (4, &42u32.to_ne_bytes()), (48, &name)], "");
+        let c = decode_command(&raw, [5, 18, 28], &BpfNames::resolve(None), "t".into(), actor());
+        assert_eq!(
+            (c.command, c.prog_type.as_deref(), c.prog_name.as_deref()),
+            ("prog-load", Some("xdp"), Some("xdp_fw1"))
+        );
+        assert_eq!((c.instructions, c.error.as_deref(), c.message.as_deref()), (Some(42), Some("EACCES"), None));
+    }
+}

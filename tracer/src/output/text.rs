@@ -104,6 +104,9 @@ pub fn event_line(event: &Event) -> String {
             }
             line.push_str(if l.up { " up" } else { " down" });
             line.push_str(if l.carrier { " carrier" } else { " no-carrier" });
+            if let Some(xdp) = l.xdp.as_deref().filter(|x| *x != "none") {
+                line.push_str(&format!(" xdp {xdp}"));
+            }
             line
         }
         Event::TcpReset(r) => {
