@@ -93,12 +93,13 @@ pub enum EventKind {
 
 /// Bytes of `union bpf_attr` and of the kernel's message a [`BpfEvent`] carries.
 pub const BPF_ATTR_BYTES: usize = 128;
-pub const BPF_MESSAGE_BYTES: usize = 128;
+pub const BPF_MESSAGE_BYTES: usize = 256;
 
 /// A `bpf()` command (PROG_LOAD, BTF_LOAD, LINK_CREATE) and what it returned. `attr` is the
 /// caller's `union bpf_attr` (UAPI, append-only: userspace decodes it by the UAPI layout);
 /// `message` is the kernel's text for a failed XDP link attach
-/// (`xdp:bpf_xdp_link_attach_failed`), when there was one.
+/// (`xdp:bpf_xdp_link_attach_failed`), or the start of the verifier log of a failed
+/// PROG_LOAD that asked for one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct BpfEvent {

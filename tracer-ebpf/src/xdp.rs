@@ -13,7 +13,10 @@
 //! XDP attaches over netlink (`IFLA_XDP` in RTM_SETLINK) are seen by the links family.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes,
+    },
     macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::{RawTracePointContext, TracePointContext},
@@ -101,6 +104,26 @@ pub fn bpf_exit(ctx: TracePointContext) -> u32 {
     ev._pad = 0;
     ev.attr = pending.attr;
     ev.message = pending.message;
+    if ret < 0 && pending.cmd == cfg.cmd_prog_load && pending.message_len == 0 {
+        // The verifier's log, when the loader asked for one (UAPI: log_level@24, log_buf@32).
+        let log_level = u32::from_ne_bytes([pending.attr[24], pending.attr[25], pending.attr[26], pending.attr[27]]);
+        let log_buf = u64::from_ne_bytes([
+            pending.attr[32],
+            pending.attr[33],
+            pending.attr[34],
+            pending.attr[35],
+            pending.attr[36],
+            pending.attr[37],
+            pending.attr[38],
+            pending.attr[39],
+        ]);
+        if log_level != 0 && log_buf != 0 {
+            ev.message_len = match unsafe { bpf_probe_read_user_str_bytes(log_buf as *const u8, &mut ev.message) } {
+                Ok(text) => text.len() as u32,
+                Err(_) => 0,
+            };
+        }
+    }
     entry.submit(0);
     let _ = BPF_PENDING.remove(&tid);
     0

@@ -125,7 +125,9 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 /// Decodes a `bpf()` command; `cmds` are this kernel's PROG_LOAD, BTF_LOAD, LINK_CREATE values.
 pub fn decode_command(raw: &BpfEvent, cmds: [u32; 3], names: &BpfNames, time: String, actor: Actor) -> BpfCommand {
     let attr = &raw.attr[..(raw.attr_len as usize).min(raw.attr.len())];
-    let message = c_string(&raw.message[..(raw.message_len as usize).min(raw.message.len())]);
+    let text = c_string(&raw.message[..(raw.message_len as usize).min(raw.message.len())]);
+    // A verifier log: its verdict is the last complete line before the statistics.
+    let message = if raw.ret < 0 && raw.cmd == cmds[0] { verifier_verdict(&text) } else { text };
     let command = match raw.cmd {
         c if c == cmds[0] => "prog-load",
         c if c == cmds[1] => "btf-load",
@@ -164,6 +166,26 @@ pub fn decode_command(raw: &BpfEvent, cmds: [u32; 3], names: &BpfNames, time: St
         _ => {}
     }
     out
+}
+
+/// The line of a (possibly truncated) verifier log that says why it refused the program:
+/// the last complete line that is not an instruction dump, a register state or a statistic.
+fn verifier_verdict(log: &str) -> String {
+    let complete = match log.rfind('\n') {
+        Some(end) => &log[..end],
+        None => log,
+    };
+    complete
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .filter(|l| {
+            !l.starts_with("processed ") && !l.starts_with("verification time") && !l.starts_with("stack depth")
+        })
+        .filter(|l| !l.starts_with(';') && !l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .next_back()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// One kernel counter → an event (`time` of first and last exception).
@@ -255,6 +277,14 @@ mod tests {
         assert_eq!(c.error.as_deref(), Some("EOPNOTSUPP"));
         assert!(c.failed() && c.is_xdp());
         assert_eq!(c.message.as_deref(), Some("Underlying driver does not support XDP in native mode"));
+    }
+
+    #[test]
+    fn the_verifier_verdict_is_the_last_line_that_explains() {
+        let log = "func#0 @0\n0: R1=ctx() R10=fp0\n; let v = ... @ lab_fixtures.rs:30\n0: (61) r1 = *(u32 *)(r1 +400)\ninvalid bpf_context access off=400 size=4\nprocessed 1 insns (limit 1000000)\n";
+        assert_eq!(verifier_verdict(log), "invalid bpf_context access off=400 size=4");
+        // Truncated in the middle of a line: that line is left out.
+        assert_eq!(verifier_verdict("func#0 @0\nR1 type=ctx expected=fp\n0: (85) cal"), "R1 type=ctx expected=fp");
     }
 
     #[test]

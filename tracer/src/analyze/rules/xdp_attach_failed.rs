@@ -94,9 +94,14 @@ impl Rule for XdpAttachFailed {
                     remedy(first.xdp_mode.unwrap_or("any"), &error, first.message.as_deref(), &what, kernel),
                 )
             } else {
+                let verifier = cmds
+                    .iter()
+                    .find_map(|c| c.message.as_deref())
+                    .map(|m| format!(" (verifier: \"{m}\")"))
+                    .unwrap_or_default();
                 (
                     format!(
-                        "{comm} failed to load XDP program {what} ({} instructions): the kernel refused it with {error}; {how_often}{}",
+                        "{comm} failed to load XDP program {what} ({} instructions): the kernel refused it with {error}{verifier}; {how_often}{}",
                         first.instructions.map_or("?".into(), |n| n.to_string()),
                         retry_note(runs)
                     ),
