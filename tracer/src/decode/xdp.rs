@@ -175,17 +175,15 @@ fn verifier_verdict(log: &str) -> String {
         Some(end) => &log[..end],
         None => log,
     };
-    complete
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .filter(|l| {
-            !l.starts_with("processed ") && !l.starts_with("verification time") && !l.starts_with("stack depth")
-        })
-        .filter(|l| !l.starts_with(';') && !l.chars().next().is_some_and(|c| c.is_ascii_digit()))
-        .next_back()
-        .unwrap_or("")
-        .to_string()
+    let explains = |l: &&str| {
+        !l.is_empty()
+            && !l.starts_with("processed ")
+            && !l.starts_with("verification time")
+            && !l.starts_with("stack depth")
+            && !l.starts_with(';')
+            && !l.chars().next().is_some_and(|c| c.is_ascii_digit())
+    };
+    complete.lines().map(str::trim).rfind(explains).unwrap_or("").to_string()
 }
 
 /// One kernel counter → an event (`time` of first and last exception).
