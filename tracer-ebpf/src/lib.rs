@@ -56,6 +56,7 @@ pub mod names {
     pub const PROG_XDP_ATTACH_FAILED: &str = "xdp_attach_failed";
     pub const PROG_XDP_EXCEPTION_RAW: &str = "xdp_exception_raw";
     pub const PROG_XDP_EXCEPTION_TP: &str = "xdp_exception_tp";
+    pub const PROG_XDP_REDIRECT_ERR_RAW: &str = "xdp_redirect_err_raw";
 }
 
 /// Discriminates the records in the `EVENTS` ring buffer: each record starts with an
@@ -134,9 +135,13 @@ pub struct XdpExceptionKey {
     pub netns: u32,
     pub ifindex: u32,
     pub prog_id: u32,
-    /// The XDP action that raised it (XDP_ABORTED = 0, or an invalid one).
+    /// The XDP action that raised it (XDP_ABORTED = 0, or an invalid one), or
+    /// [`XDP_REDIRECT_FAILED`] | -errno for a redirect that failed.
     pub action: u32,
 }
+
+/// Marks a failed XDP_REDIRECT in [`XdpExceptionKey::action`]; the low bits hold the errno.
+pub const XDP_REDIRECT_FAILED: u32 = 0x8000_0000;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

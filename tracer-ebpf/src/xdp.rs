@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use tracer_ebpf::{
     BpfEvent, BpfPending, EventKind, XdpConfig, XdpExceptionCount, XdpExceptionKey, ABSENT, BPF_ATTR_BYTES,
-    BPF_MESSAGE_BYTES,
+    BPF_MESSAGE_BYTES, XDP_REDIRECT_FAILED,
 };
 
 use crate::events::{count_lost, fill_header, read_field, EVENTS};
@@ -171,6 +171,25 @@ pub fn xdp_exception_raw(ctx: RawTracePointContext) -> u32 {
         ifindex: read_field(dev, cfg.dev_ifindex).unwrap_or(0),
         prog_id: read_field(aux, cfg.aux_id).unwrap_or(0),
         action: act,
+    };
+    count_exception(&key, dev, aux, &cfg);
+    0
+}
+
+/// `xdp_redirect_err(dev, xdp, tgt, int err, ...)`: a redirect the program asked for failed
+/// (no such device, full queue, map entry missing), so the packet was dropped.
+#[raw_tracepoint(tracepoint = "xdp_redirect_err")]
+pub fn xdp_redirect_err_raw(ctx: RawTracePointContext) -> u32 {
+    let cfg = config();
+    let args: [u64; 4] = [ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3)];
+    let (dev, prog, err) = (args[0], args[1], args[3] as i32);
+    let net: u64 = read_field(dev, cfg.dev_net).unwrap_or(0);
+    let aux: u64 = read_field(prog, cfg.prog_aux).unwrap_or(0);
+    let key = XdpExceptionKey {
+        netns: read_field(net, cfg.net_inum).unwrap_or(0),
+        ifindex: read_field(dev, cfg.dev_ifindex).unwrap_or(0),
+        prog_id: read_field(aux, cfg.aux_id).unwrap_or(0),
+        action: XDP_REDIRECT_FAILED | (err.unsigned_abs() & 0xffff),
     };
     count_exception(&key, dev, aux, &cfg);
     0

@@ -207,7 +207,14 @@ pub fn decode_exception(
         prog_name: (!prog_name.is_empty()).then_some(prog_name),
         // XDP_ABORTED is 0 (UAPI); anything the kernel calls an exception otherwise is an
         // action it does not know.
-        action: if key.action == 0 { "aborted".into() } else { format!("invalid action {}", key.action) },
+        action: match key.action {
+            0 => "aborted".into(),
+            a if a & tracer_ebpf::XDP_REDIRECT_FAILED != 0 => {
+                let errno = (a & 0xffff) as i32;
+                format!("redirect failed ({:?})", nix::errno::Errno::from_raw(errno))
+            }
+            a => format!("invalid action {a}"),
+        },
         count: value.count,
     }
 }

@@ -147,6 +147,12 @@ pub fn attach_exceptions(ebpf: &mut Ebpf, backend: XdpBackend, coverage: &XdpCov
             p.load().map_err(|e| format!("{}: {}", names::PROG_XDP_EXCEPTION_RAW, error_chain(&e)))?;
             p.attach("xdp_exception").map_err(|e| format!("raw tracepoint xdp_exception: {}", error_chain(&e)))?;
             attached.push("raw tracepoint xdp_exception".into());
+            // Redirect errors: the same counters (raw tracepoint only: it names the device).
+            let p: &mut RawTracePoint = program(ebpf, names::PROG_XDP_REDIRECT_ERR_RAW)?;
+            p.load().map_err(|e| format!("{}: {}", names::PROG_XDP_REDIRECT_ERR_RAW, error_chain(&e)))?;
+            p.attach("xdp_redirect_err")
+                .map_err(|e| format!("raw tracepoint xdp_redirect_err: {}", error_chain(&e)))?;
+            attached.push("xdp_redirect_err".into());
         }
         XdpBackend::Tracepoints => {
             let p: &mut TracePoint = program(ebpf, names::PROG_XDP_EXCEPTION_TP)?;

@@ -1,8 +1,10 @@
 //! `xdp-aborted`: an XDP program returned XDP_ABORTED (or an action the kernel does not
-//! know) on a device: each such packet is dropped, and a broken program drops them all.
+//! know), or its XDP_REDIRECT failed, on a device: each such packet is dropped, and a broken
+//! program drops them all.
 //!
-//! Evidence: `xdp_exception` (raw tracepoint, or the classic `xdp:xdp_exception`), counted in
-//! the kernel per namespace, device, program and action for the whole session.
+//! Evidence: `xdp_exception` (raw tracepoint, or the classic `xdp:xdp_exception`) and
+//! `xdp_redirect_err` (raw tracepoint), counted in the kernel per namespace, device, program
+//! and action (or errno) for the whole session.
 
 use crate::{
     analyze::{correlate::Correlated, Finding, Place, Rule, Severity},
@@ -38,7 +40,11 @@ impl Rule for XdpAborted {
                     severity: Severity::Error,
                     summary: format!(
                         "XDP program {prog} on {device}{where_} {} {} packet(s): XDP drops each of them before the network stack sees it",
-                        if x.action == "aborted" { "aborted (XDP_ABORTED)".to_string() } else { format!("returned an {}", x.action) },
+                        match x.action.as_str() {
+                            "aborted" => "aborted (XDP_ABORTED)".to_string(),
+                            a if a.starts_with("redirect") => format!("had XDP_REDIRECT fail: {a}, for"),
+                            a => format!("returned an {a} for"),
+                        },
                         x.count
                     ),
                     place: Place {

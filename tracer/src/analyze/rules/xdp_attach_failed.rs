@@ -48,8 +48,19 @@ impl Rule for XdpAttachFailed {
             let error = first.ack.as_ref().and_then(|a| a.error.clone()).unwrap_or_else(|| "an error".into());
             let message = first.message.as_ref().map(|m| m.message.clone());
             let said = message.as_deref().map(|m| format!(" \"{m}\"")).unwrap_or_default();
+            // The program behind the fd: the same process's last successful XDP PROG_LOAD
+            // before the request (loaders such as libbpf dup the fd, so fds do not match).
+            let program = state
+                .bpf_commands
+                .iter()
+                .rev()
+                .filter(|c| c.ts_ns <= r.ts_ns && c.actor.pid == r.actor.pid)
+                .find(|c| c.command == "prog-load" && c.result >= 0 && c.prog_type.as_deref() == Some("xdp"))
+                .and_then(|c| c.prog_name.clone())
+                .map(|n| format!(" program {n}"))
+                .unwrap_or_default();
             let summary = format!(
-                "{} could not attach XDP in {} mode to {device}{}: {error}{said}; {}{}",
+                "{} could not attach XDP{program} in {} mode to {device}{}: {error}{said}; {}{}",
                 r.actor.comm,
                 x.mode,
                 netns_part(r.actor.netns_name.as_deref(), r.actor.netns),
