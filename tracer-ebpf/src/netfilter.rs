@@ -68,7 +68,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let newstate: i32 = unsafe { ctx.read_at(cfg.state_newstate as usize) }.unwrap_or(-1);
-    let protocol: u16 = unsafe { ctx.read_at(cfg.state_protocol as usize) }.unwrap_or(0);
+    // `__u8 protocol` before 5.6, `__u16` since: the first byte is the value either way
+    // (little-endian).
+    let protocol: u8 = unsafe { ctx.read_at(cfg.state_protocol as usize) }.unwrap_or(0);
     if newstate as u32 == cfg.tcp_syn_sent && protocol as u32 == cfg.ipproto_tcp {
         copy_record(&ctx, &cfg, RecordSource::TcpConnect);
     }
@@ -224,9 +226,22 @@ pub fn nf_verdict_exit(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// The thread a call runs on; softirqs interrupting the idle task all run as pid 0, so
+/// those are told apart by CPU (a softirq does not migrate).
+#[inline(always)]
+fn call_key() -> u64 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if pid_tgid >> 32 == 0 {
+        // SAFETY: helper without arguments.
+        (1 << 63) | unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } as u64
+    } else {
+        pid_tgid
+    }
+}
+
 #[inline(always)]
 fn push(frame: NfFrame) {
-    let key = bpf_get_current_pid_tgid();
+    let key = call_key();
     if NF_CALLS.get_ptr_mut(&key).is_none() {
         let empty = NfStack { depth: 0, frames: [NfFrame { skb: 0, object: 0, state: 0, source: 0 }; 4] };
         let _ = NF_CALLS.insert(&key, &empty, 0);
@@ -241,14 +256,19 @@ fn push(frame: NfFrame) {
         1 => stack.frames[1] = frame,
         2 => stack.frames[2] = frame,
         3 => stack.frames[3] = frame,
-        _ => {}
+        // Returns were missed (a kretprobe that could not fire): start over rather than
+        // lose this thread's verdicts for good.
+        _ => {
+            stack.depth = 0;
+            stack.frames[0] = frame;
+        }
     }
     stack.depth += 1;
 }
 
 #[inline(always)]
 fn pop() -> Option<NfFrame> {
-    let key = bpf_get_current_pid_tgid();
+    let key = call_key();
     let stack = NF_CALLS.get_ptr_mut(&key)?;
     // SAFETY: as in `push`.
     let stack = unsafe { &mut *stack };

@@ -231,8 +231,9 @@ impl<'a> Record<'a> {
         let v6 = match family {
             Some(AF_INET6) => {
                 // IPv4-mapped peers of a dual-stack socket are IPv4 traffic.
-                let mapped =
-                    self.bytes("daddr_v6").is_some_and(|a| a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255]);
+                let mapped = self
+                    .bytes("daddr_v6")
+                    .is_some_and(|a| a.get(..12) == Some(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255][..]));
                 !mapped
             }
             Some(_) => false,

@@ -138,7 +138,7 @@ pub fn decode_command(raw: &BpfEvent, cmds: [u32; 3], names: &BpfNames, time: St
         ts_ns: raw.header.ts_ns,
         command,
         result: raw.ret,
-        error: (raw.ret < 0).then(|| format!("{:?}", nix::errno::Errno::from_raw(-raw.ret as i32))),
+        error: (raw.ret < 0).then(|| format!("{:?}", nix::errno::Errno::from_raw(raw.ret.saturating_neg() as i32))),
         prog_type: None,
         prog_name: None,
         instructions: None,

@@ -321,7 +321,8 @@ pub fn attach(
     let mut attached = Vec::new();
     if !verdicts.is_empty() {
         for (function, entry) in verdicts {
-            for name in [*entry, names::PROG_VERDICT_EXIT] {
+            // The return probe first: an entry without its return would leave a frame behind.
+            for name in [names::PROG_VERDICT_EXIT, *entry] {
                 let program: &mut aya::programs::KProbe = program(ebpf, name)?;
                 if program.fd().is_err() {
                     program.load().map_err(|e| format!("{name}: {}", error_chain(&e)))?;

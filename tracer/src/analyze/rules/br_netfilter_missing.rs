@@ -24,7 +24,9 @@ impl Rule for BrNetfilterMissing {
         state
             .bridges
             .iter()
-            .filter(|b| b.packets > 0 && (!b.calls_netfilter(false) || !b.calls_netfilter(true)))
+            // IPv4 bridged past iptables is the failure; IPv6 alone (ip6tables off, or no
+            // IPv6 sysctl at all) only matters on IPv6 clusters and is reported as info.
+            .filter(|b| b.packets > 0 && (!b.calls_netfilter(false) || b.call_ip6tables == Some(false)))
             .map(|b| finding(self.id(), b))
             .collect()
     }
@@ -58,9 +60,10 @@ fn finding(rule: &'static str, b: &BridgeState) -> Finding {
             ),
         )
     };
+    let severity = if b.calls_netfilter(false) { Severity::Info } else { Severity::Warning };
     Finding {
         rule,
-        severity: Severity::Warning,
+        severity,
         summary: format!(
             "bridge {} in netns {ns_label} carried {} packet(s) that iptables/nftables never saw: {why}; Service NAT (kube-proxy) and network policies do not apply to traffic bridged between its ports ({})",
             b.bridge,

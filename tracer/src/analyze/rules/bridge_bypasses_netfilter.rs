@@ -173,7 +173,7 @@ fn bypass<'a>(state: &'a Correlated, g: &'a DropGroup) -> Option<Bypass<'a>> {
     let bridge = state
         .bridges
         .iter()
-        .filter(|b| bridge_ns.is_none_or(|n| n == b.netns) && !b.calls_netfilter(v6))
+        .filter(|b| b.packets > 0 && bridge_ns.is_none_or(|n| n == b.netns) && !b.calls_netfilter(v6))
         .max_by_key(|b| b.packets);
     // With bridge state known, a bridge that does call netfilter means another cause.
     if !state.bridges.is_empty() && bridge.is_none() {
