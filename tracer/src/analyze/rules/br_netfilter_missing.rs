@@ -34,10 +34,7 @@ impl Rule for BrNetfilterMissing {
 
 fn finding(rule: &'static str, b: &BridgeState) -> Finding {
     let ns_label = b.netns_name.clone().unwrap_or_else(|| b.netns.to_string());
-    let in_ns = match b.netns_name.as_deref() {
-        Some("host") | None => String::new(),
-        Some(name) => format!("ip netns exec {name} "),
-    };
+    let in_ns = super::in_named_netns(b.netns_name.as_deref());
     let (why, fix) = if !b.br_netfilter_loaded {
         (
             "br_netfilter is not loaded (no /proc/sys/net/bridge)".to_string(),

@@ -112,11 +112,7 @@ impl BridgeBypassesNetfilter {
         evidence.extend(b.connect.cloned().map(Event::TcpConnect));
         evidence.extend(b.dnat.map(counter_event));
         evidence.extend(b.bridge.cloned().map(Event::Bridge));
-        let in_ns = |name: Option<&str>| match name {
-            Some("host") | None => String::new(),
-            Some(n) => format!("ip netns exec {n} "),
-        };
-        let ns = in_ns(b.bridge.and_then(|br| br.netns_name.as_deref()));
+        let ns = super::in_named_netns(b.bridge.and_then(|br| br.netns_name.as_deref()));
         let table = if v6 { "ip6tables" } else { "iptables" };
         let remediation = format!(
             "Make bridged traffic pass netfilter so conntrack can reverse the Service NAT: `modprobe br_netfilter` (persist in /etc/modules-load.d/), then `{ns}sysctl -w net.bridge.bridge-nf-call-{table}=1` (persist in /etc/sysctl.d/). Alternatives: kube-proxy's `--masquerade-all`, or a CNI that does not bridge pods (routed or eBPF datapath)."

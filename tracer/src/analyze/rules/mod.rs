@@ -130,7 +130,13 @@ pub(crate) fn netns_label(group: &DropGroup) -> String {
 
 /// The command prefix that runs a command in the group's namespace.
 pub(crate) fn in_netns(group: &DropGroup) -> String {
-    match group.first.netns_name.as_deref() {
+    in_named_netns(group.first.netns_name.as_deref())
+}
+
+/// The command prefix that runs a command in the namespace named `name` (none for the
+/// host's or an unnamed one).
+pub(crate) fn in_named_netns(name: Option<&str>) -> String {
+    match name {
         Some("host") | None => String::new(),
         Some(name) => format!("ip netns exec {name} "),
     }

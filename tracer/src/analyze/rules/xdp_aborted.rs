@@ -31,10 +31,7 @@ impl Rule for XdpAborted {
                     Some(name) => format!("{name} (id {})", x.prog_id),
                     None => format!("id {}", x.prog_id),
                 };
-                let in_ns = match x.netns_name.as_deref() {
-                    Some("host") | None => String::new(),
-                    Some(n) => format!("ip netns exec {n} "),
-                };
+                let in_ns = super::in_named_netns(x.netns_name.as_deref());
                 Finding {
                     rule: self.id(),
                     severity: Severity::Error,
