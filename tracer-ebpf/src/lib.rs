@@ -57,6 +57,13 @@ pub mod names {
     pub const PROG_XDP_EXCEPTION_RAW: &str = "xdp_exception_raw";
     pub const PROG_XDP_EXCEPTION_TP: &str = "xdp_exception_tp";
     pub const PROG_XDP_REDIRECT_ERR_RAW: &str = "xdp_redirect_err_raw";
+    pub const PATH_CONFIG: &str = "PATH_CONFIG";
+    pub const PATH_HOPS: &str = "PATH_HOPS";
+    pub const PROG_PATH_RECEIVE: &str = "path_receive";
+    pub const PROG_PATH_QUEUE: &str = "path_queue";
+    pub const PROG_PATH_XMIT: &str = "path_xmit";
+    pub const PROG_PATH_FREE: &str = "path_free";
+    pub const PROG_PATH_CONSUME: &str = "path_consume";
 }
 
 /// Discriminates the records in the `EVENTS` ring buffer: each record starts with an
@@ -90,6 +97,8 @@ pub enum EventKind {
     NetfilterVerdict = 11,
     /// A `bpf()` command that loads or attaches something, and its result ([`BpfEvent`]).
     BpfCommand = 12,
+    /// A traced packet seen at a device or freed ([`PathEvent`]).
+    PacketHop = 13,
 }
 
 /// Bytes of `union bpf_attr` and of the kernel's message a [`BpfEvent`] carries.
@@ -599,6 +608,213 @@ impl DropConfig {
     }
 }
 
+/// Bytes of a traced packet a [`PathEvent`] carries, from its link-layer header (else its
+/// network header): outer Ethernet + IPv6 + UDP + VXLAN + inner Ethernet + IPv6 + TCP fit.
+pub const PATH_SNAP_BYTES: usize = 256;
+
+/// Where on its way a [`PathEvent`] saw the packet (`PathEvent::hook`).
+pub mod path_hook {
+    /// `net:netif_receive_skb`: a device received it.
+    pub const RECEIVE: u32 = 1;
+    /// `net:net_dev_queue`: handed to a device for transmission.
+    pub const QUEUE: u32 = 2;
+    /// `net:net_dev_xmit` with a non-zero return code: the driver refused it.
+    pub const XMIT_ERROR: u32 = 3;
+    /// `skb:kfree_skb`: dropped (`result` is the drop reason).
+    pub const FREE: u32 = 4;
+    /// `skb:consume_skb`: delivered or done with, normally.
+    pub const CONSUME: u32 = 5;
+    /// How many hook kinds there are (array sizes in [`super::PathConfig`]).
+    pub const COUNT: usize = 6;
+}
+
+/// One sighting of a traced packet (the `path` family).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PathEvent {
+    pub header: EventHeader,
+    pub skb: u64,
+    /// Assigned in the kernel when the packet first matched the filter; kept while the same
+    /// `sk_buff` travels on (across veths, bridges, tunnels, NAT), so hops join by it.
+    pub trace_id: u64,
+    /// For [`path_hook::FREE`]: the address that freed the packet.
+    pub location: u64,
+    /// A [`path_hook`] value.
+    pub hook: u32,
+    pub netns: u32,
+    pub ifindex: u32,
+    /// `skb->len`.
+    pub len: u32,
+    /// The drop reason ([`path_hook::FREE`], [`ABSENT`] before 5.17) or the driver's return
+    /// code ([`path_hook::XMIT_ERROR`]); 0 otherwise.
+    pub result: u32,
+    /// Offsets in `data` of the link-layer and network headers; [`PATH_NO_HEADER`] if absent.
+    pub l2_offset: u16,
+    pub l3_offset: u16,
+    /// Valid bytes of `data`.
+    pub caplen: u16,
+    /// `ntohs(skb->protocol)`.
+    pub protocol: u16,
+    pub ifname: [u8; 16],
+    pub data: [u8; PATH_SNAP_BYTES],
+}
+
+/// Marks an absent header offset in a [`PathEvent`].
+pub const PATH_NO_HEADER: u16 = u16::MAX;
+
+/// Filter clauses the kernel evaluates, and terms per clause (see [`PathConfig::filter`]).
+pub const FILTER_CLAUSES: usize = 4;
+pub const FILTER_TERMS: usize = 4;
+
+/// [`FilterTerm::kind`] values.
+pub mod filter_kind {
+    /// An unused slot.
+    pub const NONE: u8 = 0;
+    /// `FilterTerm::proto` is the IP protocol (`tcp`, `udp`, `icmp`, …).
+    pub const PROTO: u8 = 1;
+    /// `FilterTerm::family` is the IP version (`ip`, `ip6`).
+    pub const FAMILY: u8 = 2;
+    /// `addr`/`prefix` of `family` (`host`, `net`).
+    pub const ADDR: u8 = 3;
+    /// `port_lo..=port_hi` of TCP, UDP or SCTP (`port`, `portrange`).
+    pub const PORT: u8 = 4;
+}
+
+/// [`FilterTerm::side`] values.
+pub mod filter_side {
+    pub const EITHER: u8 = 0;
+    pub const SRC: u8 = 1;
+    pub const DST: u8 = 2;
+}
+
+/// One primitive of a pcap-filter expression, as the kernel evaluates it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FilterTerm {
+    /// A [`filter_kind`] value.
+    pub kind: u8,
+    /// A [`filter_side`] value.
+    pub side: u8,
+    /// 1: the term matches when the primitive does not.
+    pub negate: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub proto: u8,
+    /// Prefix length of `addr` (32/128 for a host).
+    pub prefix: u8,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub _pad: [u8; 6],
+    /// Network byte order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+/// Offsets and settings of the path family, from tracefs, BTF and the command line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathConfig {
+    /// The kernel part of the filter, in conjunctive normal form: a packet is traced when, for
+    /// each of the first `clauses` rows, one of its terms matches its outer or its inner
+    /// (decapsulated VXLAN/Geneve) headers. Userspace checks the whole expression again.
+    pub filter: [[FilterTerm; FILTER_TERMS]; FILTER_CLAUSES],
+    pub clauses: u32,
+    /// 1: count hops and latencies in `PATH_HOPS` instead of sending per-packet events.
+    pub aggregate: u32,
+    /// UDP destination ports whose payload is VXLAN, and Geneve's (0: unused).
+    pub vxlan_ports: [u16; 3],
+    pub geneve_port: u16,
+    /// A tracked `sk_buff` not seen for this long is forgotten (its memory may have been
+    /// freed without a tracepoint and reused by another packet).
+    pub follow_ns: u64,
+    /// Offset of `skbaddr` in each hook's tracepoint record, indexed by [`path_hook`].
+    pub tp_skb: [u32; path_hook::COUNT],
+    /// `net_dev_xmit`'s `rc`; `kfree_skb`'s `reason` and `location`.
+    pub tp_xmit_rc: u32,
+    pub tp_free_reason: u32,
+    pub tp_free_location: u32,
+    /// `sk_buff` members (BTF); the rest come from [`DropConfig`].
+    pub skb_len: u32,
+    pub skb_data: u32,
+    pub skb_mac_header: u32,
+}
+
+impl PathConfig {
+    pub const fn absent() -> Self {
+        Self {
+            filter: [[FilterTerm {
+                kind: 0,
+                side: 0,
+                negate: 0,
+                family: 0,
+                proto: 0,
+                prefix: 0,
+                port_lo: 0,
+                port_hi: 0,
+                _pad: [0; 6],
+                addr: [0; 16],
+            }; FILTER_TERMS]; FILTER_CLAUSES],
+            clauses: 0,
+            aggregate: 0,
+            vxlan_ports: [0; 3],
+            geneve_port: 0,
+            follow_ns: 0,
+            tp_skb: [ABSENT; path_hook::COUNT],
+            tp_xmit_rc: ABSENT,
+            tp_free_reason: ABSENT,
+            tp_free_location: ABSENT,
+            skb_len: ABSENT,
+            skb_data: ABSENT,
+            skb_mac_header: ABSENT,
+        }
+    }
+}
+
+/// A traced `sk_buff` between hops (kernel map `PATH_TRACKED`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PathTrack {
+    pub trace_id: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub last: PathPoint,
+}
+
+/// A device and hook: one point of a path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PathPoint {
+    pub netns: u32,
+    pub ifindex: u32,
+    pub hook: u32,
+    pub _pad: u32,
+}
+
+/// Key of the aggregate counters: a hop from one point to the next. `from.hook == 0` counts
+/// packets first seen at `to`; `from.hook ==` [`PATH_HOP_END_TO_END`] counts journeys that
+/// ended at `to`, with their whole duration.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PathHopKey {
+    pub from: PathPoint,
+    pub to: PathPoint,
+}
+
+/// See [`PathHopKey`].
+pub const PATH_HOP_END_TO_END: u32 = u32::MAX;
+
+/// log2 latency buckets of [`PathHopStats`]: bucket i counts deltas in [2^i, 2^(i+1)) ns.
+pub const LATENCY_BUCKETS: usize = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PathHopStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub buckets: [u64; LATENCY_BUCKETS],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain `repr(C)` integers and byte arrays, no padding-dependent invariants.
@@ -615,4 +831,10 @@ mod user {
     unsafe impl aya::Pod for super::XdpExceptionKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::XdpExceptionCount {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PathConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PathHopKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PathHopStats {}
 }

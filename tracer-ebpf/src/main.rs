@@ -12,6 +12,8 @@ mod links;
 #[cfg(target_arch = "bpf")]
 mod netfilter;
 #[cfg(target_arch = "bpf")]
+mod path;
+#[cfg(target_arch = "bpf")]
 mod xdp;
 
 #[cfg(target_arch = "bpf")]

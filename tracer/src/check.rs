@@ -35,6 +35,7 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
             .take(1),
     );
     chosen.extend(backends.iter().find(|p| p.family == "xdp" && p.available));
+    chosen.extend(backends.iter().find(|p| p.family == "path" && p.available));
     let mut problems = attach_method_notes(&backends);
     problems.extend(features.problems.iter().cloned());
     if chosen.is_empty() {

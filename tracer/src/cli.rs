@@ -60,6 +60,24 @@ pub struct TraceArgs {
     /// Do not print each event, only findings and the summary.
     #[arg(long)]
     pub quiet: bool,
+    /// Follow packets device by device (pod veth → bridge → tunnel → uplink → …) with per-hop
+    /// latency; best with --filter. Adds a path per packet and latency tables to the report.
+    #[arg(long)]
+    pub path: bool,
+    /// Which packets --path follows, in pcap-filter syntax: host, net, port, portrange, tcp,
+    /// udp, icmp, icmp6, ip, ip6, proto N, with and/or/not and parentheses, e.g.
+    /// `icmp and host 10.244.2.2`. Matches outer or VXLAN/Geneve inner headers. The kernel
+    /// evaluates what fits its fixed form; dptrace re-checks the whole expression.
+    #[arg(long, value_name = "EXPR", requires = "path", value_parser = parse_filter)]
+    pub filter: Option<crate::packet_filter::PacketFilter>,
+    /// With --path: count hops and latencies in kernel maps, without per-packet events (for
+    /// long, low-overhead sessions; latencies are log2 buckets).
+    #[arg(long, requires = "path", conflicts_with = "pcap")]
+    pub aggregate: bool,
+    /// With --path: write every hop of the traced packets to this pcapng file (one interface
+    /// per device, comments naming hook, direction and drop reason).
+    #[arg(long, value_name = "FILE", requires = "path")]
+    pub pcap: Option<PathBuf>,
     /// Ring buffer size in bytes: a power of two, at least 4096 (suffixes k/m allowed).
     #[arg(long, value_parser = parse_buffer_size, default_value = "4m")]
     pub buffer_size: u32,
@@ -140,6 +158,7 @@ impl BackendArgs {
             netfilter_backend,
             xdp: true,
             xdp_backend,
+            path: None,
         }
     }
 }
@@ -167,6 +186,10 @@ pub fn parse_backend(text: &str) -> Result<ForcedBackend, String> {
 
 /// Known hook families.
 pub const HOOK_FAMILIES: [&str; 4] = ["drops", "links", "netfilter", "xdp"];
+
+pub fn parse_filter(text: &str) -> Result<crate::packet_filter::PacketFilter, String> {
+    crate::packet_filter::PacketFilter::parse(text).map_err(|e| e.to_string())
+}
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| format!("{e}; use a duration such as 500ms, 10s, 2m"))?;

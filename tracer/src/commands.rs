@@ -7,7 +7,8 @@ use anyhow::{bail, Context};
 use crate::{
     cli::{self, TraceArgs},
     kernel::netns::inode_of,
-    output,
+    output::{self, pcapng::PcapngWriter},
+    probes::path::PathOptions,
     session::{EventFilter, Session, SessionOptions},
 };
 
@@ -62,6 +63,16 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
     probes.links = args.hooks.iter().any(|h| h == "links");
     probes.netfilter = args.hooks.iter().any(|h| h == "netfilter");
     probes.xdp = args.hooks.iter().any(|h| h == "xdp");
+    if args.path {
+        probes.path = Some(PathOptions { filter: args.filter.clone(), aggregate: args.aggregate });
+    }
+    // Created before tracing starts: a path that cannot be written is an error up front.
+    let pcap = match &args.pcap {
+        Some(path) => Some(
+            PcapngWriter::create(path).with_context(|| format!("cannot write the pcapng file {}", path.display()))?,
+        ),
+        None => None,
+    };
     let monitor_netns = args.netns.as_deref().map(|spec| vec![cli::netns_path(spec)]);
     // Registered before attaching: a signal that arrives while the probes attach and the
     // rulesets are read still ends the session cleanly, with its summary.
@@ -70,6 +81,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
     let mut sigint = signal(SignalKind::interrupt()).ok();
     let mut session = Session::start(SessionOptions { probes, filter, monitor_netns })?;
     let mut sink = output::sink(args.json, !args.quiet);
+    if let Some(writer) = pcap {
+        sink = Box::new(output::PcapTee::new(sink, writer, args.pcap.clone().unwrap_or_default()));
+    }
     let mut child = match args.command.split_first() {
         Some((program, rest)) => {
             let mut command = tokio::process::Command::new(program);

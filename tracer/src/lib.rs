@@ -12,5 +12,6 @@ pub mod decode;
 pub mod kernel;
 pub mod lab;
 pub mod output;
+pub mod packet_filter;
 pub mod probes;
 pub mod session;

@@ -13,7 +13,9 @@ use crate::{
         DecodeError, Decoder, Event, WallClock,
     },
     kernel::{netns::NetnsNames, KernelFacts},
-    output::{DropRow, Sink, Summary},
+    analyze::paths::PathAssembler,
+    decode::path::{PacketPath, PathOutcome},
+    output::{DropRow, PathsSummary, Sink, Summary},
     probes::{
         link_monitor::{LinkMonitor, MonitorRecord},
         netfilter::{namespace_scope, NamespaceState},
@@ -76,6 +78,12 @@ impl EventFilter {
             // Loads name no device; attaches name an ifindex only.
             Event::BpfCommand(c) => self.in_netns(c.actor.netns) && self.iface.is_none(),
             Event::XdpException(x) => self.in_netns(x.netns) && self.on_iface(x.device.as_deref()),
+            // A path is kept whole when one of its hops is in the namespace or on the device.
+            Event::PacketHop(_) => true,
+            Event::PacketPath(p) => p
+                .steps
+                .iter()
+                .any(|s| self.in_netns(s.hop.netns) && self.on_iface(s.hop.device.as_deref())),
         }
     }
 
@@ -103,6 +111,8 @@ pub struct SessionOptions {
 pub struct SessionReport {
     pub findings: Vec<Finding>,
     pub summary: Summary,
+    /// Traced packets, when the path family was on.
+    pub paths: Vec<crate::decode::path::PacketPath>,
 }
 
 /// decode → filter → correlate → sink, for records from any source.
@@ -112,11 +122,26 @@ struct Pipeline {
     filter: EventFilter,
     filtered: u64,
     decode_errors: u64,
+    /// Joins hops into paths (with `--path`).
+    paths: Option<PathAssembler>,
+    path_counts: PathsSummary,
+    /// Paths for the session report (bounded).
+    kept_paths: Vec<PacketPath>,
 }
+
+/// Paths kept for the session report at most.
+const MAX_KEPT_PATHS: usize = 4096;
 
 impl Pipeline {
     fn process(&mut self, decoded: Result<Event, DecodeError>, sink: &mut dyn Sink) {
         match decoded {
+            Ok(Event::PacketHop(hop)) => {
+                if let Some(assembler) = self.paths.as_mut() {
+                    for path in assembler.push(hop) {
+                        self.path(path, sink);
+                    }
+                }
+            }
             Ok(event) if self.filter.keeps(&event) => {
                 self.analyzer.observe(&event);
                 sink.event(&event);
@@ -126,6 +151,36 @@ impl Pipeline {
                 self.decode_errors += 1;
                 log::debug!("undecodable record: {e}");
             }
+        }
+    }
+
+    /// A completed path: counted, analysed, written out and kept for the report.
+    fn path(&mut self, path: PacketPath, sink: &mut dyn Sink) {
+        let event = Event::PacketPath(path);
+        if !self.filter.keeps(&event) {
+            self.filtered += 1;
+            return;
+        }
+        let Event::PacketPath(path) = &event else { return };
+        let counts = &mut self.path_counts;
+        counts.traced += 1;
+        match path.outcome {
+            PathOutcome::Delivered => counts.delivered += 1,
+            PathOutcome::Dropped { .. } | PathOutcome::TransmitFailed { .. } => counts.dropped += 1,
+            PathOutcome::Unfinished => counts.unfinished += 1,
+        }
+        if self.kept_paths.len() < MAX_KEPT_PATHS {
+            self.kept_paths.push(path.clone());
+        }
+        self.analyzer.observe(&event);
+        sink.event(&event);
+    }
+
+    /// Closes the paths still open (end of session).
+    fn close_paths(&mut self, sink: &mut dyn Sink) {
+        let closed = self.paths.as_mut().map(|a| a.close_idle(u64::MAX)).unwrap_or_default();
+        for path in closed {
+            self.path(path, sink);
         }
     }
 
@@ -211,7 +266,17 @@ impl Session {
                 blind.join(" and ")
             );
         }
-        let pipeline = Pipeline { decoder, analyzer: Analyzer::new(), filter, filtered: 0, decode_errors: 0 };
+        let path_filter = options.probes.path.as_ref().and_then(|p| p.filter.clone());
+        let pipeline = Pipeline {
+            decoder,
+            analyzer: Analyzer::new(),
+            filter,
+            filtered: 0,
+            decode_errors: 0,
+            paths: options.probes.path.as_ref().map(|_| PathAssembler::new(path_filter)),
+            path_counts: PathsSummary::default(),
+            kept_paths: Vec::new(),
+        };
         Ok(Self { facts, probes, events, monitor, pipeline, started: Instant::now(), namespaces })
     }
 
@@ -256,6 +321,43 @@ impl Session {
                 self.pipeline.monitor_record(&record, sink);
             }
         }
+    }
+
+    /// The path family's counts and latencies: from the paths seen, or (aggregate mode) from
+    /// the kernel's per-hop counters.
+    fn paths_summary(&mut self) -> Option<PathsSummary> {
+        let assembler = self.pipeline.paths.as_ref()?;
+        let mut summary = self.pipeline.path_counts.clone();
+        summary.filtered = assembler.filtered;
+        summary.filter = self.probes.hooks.iter().find(|h| h.family == "path").and_then(|h| h.coverage["filter"].as_str().map(str::to_string));
+        summary.latency = assembler.latency.summary();
+        if self.probes.path_aggregate() {
+            let counters = self.probes.path_hops();
+            let decoder = &mut self.pipeline.decoder;
+            let mut names = std::collections::HashMap::new();
+            for (key, _) in &counters {
+                for point in [key.from, key.to] {
+                    names.entry((point.netns, point.ifindex)).or_insert_with(|| {
+                        let netns = decoder.name_netns(point.netns);
+                        let device = netns
+                            .as_deref()
+                            .and_then(|n| crate::kernel::netns::ifname_in(&crate::kernel::netns::path_of_name(n), point.ifindex));
+                        (netns.unwrap_or_else(|| point.netns.to_string()), device.unwrap_or_else(|| format!("if{}", point.ifindex)))
+                    });
+                }
+            }
+            let label = |p: &tracer_ebpf::PathPoint| {
+                let (netns, device) = &names[&(p.netns, p.ifindex)];
+                format!("{} {device}@{netns}", crate::decode::path::hook_word(p.hook))
+            };
+            summary.latency = crate::analyze::paths::PathLatency::from_counters(&counters, label).summary();
+            let ends = |hook: u32| counters.iter().filter(|(k, _)| k.from.hook == tracer_ebpf::PATH_HOP_END_TO_END && k.to.hook == hook).map(|(_, s)| s.packets).sum::<u64>();
+            summary.delivered = ends(tracer_ebpf::path_hook::CONSUME);
+            summary.dropped = ends(tracer_ebpf::path_hook::FREE) + ends(tracer_ebpf::path_hook::XMIT_ERROR);
+            summary.traced = counters.iter().filter(|(k, _)| k.from.hook == 0).map(|(_, s)| s.packets).sum();
+            summary.unfinished = summary.traced.saturating_sub(summary.delivered + summary.dropped);
+        }
+        Some(summary)
     }
 
     /// Feeds the XDP exception counters the kernel kept into the pipeline as events.
@@ -312,6 +414,8 @@ impl Session {
             self.namespace_changes(&watch, sink);
         }
         self.xdp_exceptions(sink);
+        self.pipeline.close_paths(sink);
+        let paths_summary = self.paths_summary();
         let kernel = self.facts.summary();
         let analyzer = &self.pipeline.analyzer;
         let findings = analyzer.findings(&kernel);
@@ -335,8 +439,9 @@ impl Session {
             kernel,
             hooks: self.probes.hooks.clone(),
             command_status,
+            paths: paths_summary,
         };
         sink.summary(&summary);
-        SessionReport { findings, summary }
+        SessionReport { findings, summary, paths: std::mem::take(&mut self.pipeline.kept_paths) }
     }
 }

@@ -112,7 +112,7 @@ fn build(root: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn test(root: &Path, no_lint: bool, no_vm: bool, e2e_args: &[String]) -> anyhow::Result<()> {
-    setup::setup(root)?;
+    setup::setup_for_tests(root)?;
     if !no_lint {
         step("cargo fmt --all --check");
         run_cmd(cargo(root).args(["fmt", "--all", "--check"]))?;

@@ -15,14 +15,26 @@ use crate::{run_cmd, step};
 
 const DEBIAN_TOOLCHAIN: [&str; 4] = ["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 /// Used by the lab, `dptrace check` and the end-to-end tests.
-const RUNTIME_TOOLS: [&str; 3] = ["iproute2", "iptables", "nftables"];
+const RUNTIME_TOOLS: [&str; 4] = ["iproute2", "iptables", "nftables", "iputils-ping"];
+/// Used by the end-to-end tests only: tshark reads back the pcapng that `--pcap` writes.
+const TEST_TOOLS: [&str; 1] = ["tshark"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "~0.13";
 
 pub fn setup(root: &Path) -> anyhow::Result<()> {
+    setup_with(root, &[])
+}
+
+/// Setup plus the tools the tests use.
+pub fn setup_for_tests(root: &Path) -> anyhow::Result<()> {
+    setup_with(root, &TEST_TOOLS)
+}
+
+fn setup_with(root: &Path, extra: &[&'static str]) -> anyhow::Result<()> {
     step("setup: eBPF toolchain and tools");
     let nightly = rustup_nightly_has_rust_src();
     let mut wanted: Vec<&str> = RUNTIME_TOOLS.to_vec();
+    wanted.extend(extra);
     if nightly {
         eprintln!("compiler: rustup nightly with rust-src (aya's usual path, -Z build-std)");
     } else {

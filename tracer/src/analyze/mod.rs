@@ -2,6 +2,7 @@
 //! turns that state into findings with their evidence and a remediation.
 
 pub mod correlate;
+pub mod paths;
 pub mod rules;
 
 use std::net::IpAddr;

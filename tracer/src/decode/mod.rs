@@ -4,6 +4,7 @@
 
 pub mod links;
 pub mod netfilter;
+pub mod path;
 pub mod xdp;
 
 use std::{
@@ -16,7 +17,7 @@ use std::{
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use serde::Serialize;
 use tracer_ebpf::{
-    AnswerEvent, BpfEvent, DropEvent, EventHeader, EventKind, NetlinkEvent, TraceRecordEvent, VerdictEvent, ABSENT,
+    AnswerEvent, BpfEvent, DropEvent, EventHeader, EventKind, NetlinkEvent, PathEvent, TraceRecordEvent, VerdictEvent, ABSENT,
     VERDICT_NFT,
 };
 
@@ -61,6 +62,10 @@ pub enum Event {
     BpfCommand(xdp::BpfCommand),
     /// XDP exceptions counted in the kernel for one device and program.
     XdpException(xdp::XdpException),
+    /// A traced packet seen at one point of its path (the path family).
+    PacketHop(path::PacketHop),
+    /// A traced packet's whole path, assembled from its hops (derived by `analyze::paths`).
+    PacketPath(path::PacketPath),
 }
 
 impl Event {
@@ -81,6 +86,8 @@ impl Event {
             Event::NetfilterVerdict(e) => e.ts_ns,
             Event::BpfCommand(e) => e.ts_ns,
             Event::XdpException(e) => e.ts_ns,
+            Event::PacketHop(e) => e.ts_ns,
+            Event::PacketPath(e) => e.steps.first().map_or(0, |s| s.hop.ts_ns),
         }
     }
 }
@@ -121,6 +128,10 @@ pub struct DropRecord {
     pub skb: String,
     /// Absent for drops in interrupt context of the idle task (pid 0).
     pub task: Option<Task>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packet_len: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::kernel::routes::Egress>,
 }
 
 /// The addresses and ports of a packet, as far as its captured headers show them.
@@ -275,6 +286,25 @@ impl Decoder {
                 let actor = self.actor(&raw.header, &raw.actor);
                 Ok(Event::BpfCommand(xdp::decode_command(&raw, self.bpf_cmds, &self.bpf_names, time, actor)))
             }
+            k if k == EventKind::PacketHop as u16 => {
+                let raw: PathEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+                let is_drop = raw.hook == tracer_ebpf::path_hook::FREE;
+                let reason = (is_drop && raw.result != ABSENT)
+                    .then(|| self.reasons.name(raw.result).map_or_else(|| format!("reason-{}", raw.result), str::to_string));
+                let location = (is_drop && raw.location != 0).then(|| match self.kallsyms.resolve(raw.location) {
+                    Some(sym) => sym.to_string(),
+                    None => format!("{:#x}", raw.location),
+                });
+                let wall = self.clock.to_system_time(raw.header.ts_ns);
+                let context = path::HopContext {
+                    time: humantime::format_rfc3339_micros(wall).to_string(),
+                    wall_ns: wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+                    netns_name: (raw.netns != 0).then(|| self.netns.name(raw.netns).map(str::to_string)).flatten(),
+                    location,
+                    reason,
+                };
+                Ok(Event::PacketHop(path::decode_hop(&raw, context)))
+            }
             other => Err(DecodeError::UnknownKind(other)),
         }
     }
@@ -337,6 +367,8 @@ impl Decoder {
             function,
             skb: format!("{:#x}", raw.skb),
             task: task(&raw.header),
+            packet_len: None,
+            egress: None,
         }
     }
 }

@@ -73,6 +73,10 @@ pub struct IcmpError {
     /// Sent by a REJECT rule (`nf_send_unreach`), not by the stack.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub by_reject: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packet_len: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::kernel::routes::Egress>,
 }
 
 /// A TCP connection attempt (a socket entering SYN_SENT), with its addresses.
@@ -345,6 +349,8 @@ pub fn decode_answer(
                 task: packet.task,
                 origin: f.name.into(),
                 by_reject,
+                packet_len: None,
+                egress: None,
             }))
         }
     }
@@ -496,6 +502,8 @@ pub fn decode(
                 task,
                 origin: "icmp:icmp_send".into(),
                 by_reject: false,
+                packet_len: None,
+                egress: None,
             })
         }
         s if s == RecordSource::TcpConnect as usize => NetfilterEvent::Connect(TcpConnect {

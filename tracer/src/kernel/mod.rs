@@ -7,6 +7,7 @@ pub mod drop_reasons;
 pub mod features;
 pub mod kallsyms;
 pub mod netns;
+pub mod routes;
 pub mod tracefs;
 
 use std::path::PathBuf;

@@ -4,6 +4,8 @@
 
 pub mod fixtures;
 pub mod netns;
+pub mod overlay;
+pub mod paths;
 pub mod scenarios;
 pub mod topology;
 pub mod traffic;
@@ -11,21 +13,27 @@ pub mod xdp;
 
 use std::{collections::HashSet, time::Duration};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use serde_json::json;
 
-use self::{netns::Lab, scenarios::AnyScenario};
+use self::{
+    netns::Lab,
+    scenarios::{AnyScenario, PATH_DEMO},
+};
 use crate::{
     analyze::{Finding, Severity},
     commands::{require_root, Outcome},
-    decode::Event,
+    decode::{path::PacketPath, Event},
     output::{self, Sink, Summary},
-    probes::ProbeOptions,
+    packet_filter::PacketFilter,
+    probes::{path::PathOptions, ProbeOptions},
     session::{EventFilter, Session, SessionOptions},
 };
 
 /// Time for the last events to arrive after the traffic was sent.
 const SETTLE: Duration = Duration::from_millis(300);
+/// Traced paths shown one line each; the rest are counted.
+const MAX_PATH_NOTES: usize = 12;
 
 pub fn list() -> anyhow::Result<Outcome> {
     let all = scenarios::all();
@@ -86,24 +94,73 @@ pub async fn run(
                 continue;
             }
         }
-        let problems = match outcome {
-            Ok(problems) => problems,
-            Err(e) => vec![format!("the scenario could not run: {}", crate::probes::error_chain(e.as_ref()))],
+        let ran = match outcome {
+            Ok(ran) => ran,
+            Err(e) => Ran {
+                problems: vec![format!("the scenario could not run: {}", crate::probes::error_chain(e.as_ref()))],
+                paths: None,
+            },
         };
+        let problems = &ran.problems;
         let ok = problems.is_empty();
         failed += usize::from(!ok);
-        let text = if ok {
-            format!("=> {}: diagnosed as {}\n", scenario.name(), scenario.expected_rule())
-        } else {
-            format!("=> {}: NOT diagnosed as {}: {}\n", scenario.name(), scenario.expected_rule(), problems.join("; "))
+        let demo = scenario.expected_rule() == PATH_DEMO;
+        let text = match (ok, demo) {
+            (true, true) => format!("=> {}: path traced, {}\n", scenario.name(), ran.paths_text()),
+            (true, false) => format!("=> {}: diagnosed as {}\n", scenario.name(), scenario.expected_rule()),
+            (false, true) => format!("=> {}: path NOT as expected: {}\n", scenario.name(), problems.join("; ")),
+            (false, false) => {
+                format!(
+                    "=> {}: NOT diagnosed as {}: {}\n",
+                    scenario.name(),
+                    scenario.expected_rule(),
+                    problems.join("; ")
+                )
+            }
         };
-        sink.record(
-            "lab-result",
-            json!({"scenario": scenario.name(), "expected_rule": scenario.expected_rule(), "diagnosed": ok, "problems": problems}),
-            &text,
-        );
+        let mut value = json!({"scenario": scenario.name(), "expected_rule": scenario.expected_rule(), "diagnosed": ok, "problems": problems});
+        if let Some(paths) = &ran.paths {
+            value["paths"] = json!({"packets": paths.packets, "min_hops": paths.min_hops, "max_hops": paths.max_hops});
+        }
+        sink.record("lab-result", value, &text);
     }
     Ok(if failed == 0 { Outcome::Ok } else { Outcome::Problem })
+}
+
+/// What one scenario's run found.
+struct Ran {
+    /// Why it was not diagnosed (or its paths not as expected); empty when it was.
+    problems: Vec<String>,
+    /// What the path family traced, for scenarios that turn it on.
+    paths: Option<PathCounts>,
+}
+
+/// How many packet paths were traced, and their lengths in hops.
+struct PathCounts {
+    packets: usize,
+    min_hops: usize,
+    max_hops: usize,
+}
+
+impl PathCounts {
+    fn of(paths: &[PacketPath]) -> Self {
+        let hops = paths.iter().map(|p| p.steps.len());
+        Self { packets: paths.len(), min_hops: hops.clone().min().unwrap_or(0), max_hops: hops.max().unwrap_or(0) }
+    }
+}
+
+impl Ran {
+    /// `6 packets, 11 hops each` (or `9-11 hops`).
+    fn paths_text(&self) -> String {
+        let Some(p) = &self.paths else {
+            return "no paths".into();
+        };
+        if p.min_hops == p.max_hops {
+            format!("{} packets, {} hops each", p.packets, p.max_hops)
+        } else {
+            format!("{} packets, {}-{} hops", p.packets, p.min_hops, p.max_hops)
+        }
+    }
 }
 
 /// Builds, traces, triggers and verifies one scenario. The `Lab` guard removes its
@@ -113,13 +170,19 @@ async fn run_one(
     sink: &mut dyn Sink,
     verbose: bool,
     probes: &ProbeOptions,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Ran> {
     sink.note(&format!("== lab {}: {}", scenario.name(), scenario.about()));
     let mut lab = Lab::new()?;
     let topology = scenario.setup(&mut lab)?;
     let inodes: HashSet<u32> = lab.namespaces().iter().filter_map(|n| lab.inode(n)).collect();
+    let mut probes = probes.clone();
+    let path_filter = scenario.path_filter(&topology);
+    if let Some(text) = &path_filter {
+        let filter = PacketFilter::parse(text).with_context(|| format!("the scenario's path filter `{text}`"))?;
+        probes.path = Some(PathOptions { filter: Some(filter), aggregate: false });
+    }
     let mut session = Session::start(SessionOptions {
-        probes: probes.clone(),
+        probes,
         filter: EventFilter::new(Some(inodes), None),
         monitor_netns: Some(lab.namespaces().iter().map(|n| netns::netns_path(n)).collect()),
     })?;
@@ -140,6 +203,21 @@ async fn run_one(
     }
     let report = session.finish(&mut scoped, None);
     let mut problems = scenario.verify(&lab, &topology, &report.findings);
+    let paths = path_filter.as_ref().map(|_| {
+        let names: Vec<paths::NsRef> = lab
+            .namespaces()
+            .iter()
+            .map(|n| paths::NsRef { label: netns::role_of(n).to_string(), name: n.clone(), inode: lab.inode(n) })
+            .collect();
+        for path in report.paths.iter().take(MAX_PATH_NOTES) {
+            scoped.note(&format!("   {}", paths::summary_line(path, &names)));
+        }
+        if report.paths.len() > MAX_PATH_NOTES {
+            scoped.note(&format!("   … and {} more paths", report.paths.len() - MAX_PATH_NOTES));
+        }
+        problems.extend(scenario.verify_paths(&topology, &report.paths));
+        PathCounts::of(&report.paths)
+    });
     // Kernels without BTF give drops no namespace, device or flow: the diagnosis is then
     // the rule alone, which is what such a kernel allows. Say so rather than fail.
     let blind = report.summary.hooks.iter().any(|h| h.coverage["device_and_netns"] == false);
@@ -153,7 +231,7 @@ async fn run_one(
         ));
         problems.clear();
     }
-    Ok(problems)
+    Ok(Ran { problems, paths })
 }
 
 /// Forwards findings; events and the summary only with --verbose.

@@ -195,7 +195,7 @@ pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> std::io::Result<T> + S
 }
 
 /// The role part of a lab namespace's name (`pod-a` in `dptlab-<pid>-pod-a`).
-fn role_of(netns: &str) -> &str {
+pub fn role_of(netns: &str) -> &str {
     netns.strip_prefix(PREFIX).and_then(|rest| rest.split_once('-')).map_or(netns, |(_, role)| role)
 }
 

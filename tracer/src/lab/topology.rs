@@ -139,7 +139,7 @@ impl BridgeNode {
 /// has its local route. Carrier changes reach addrconf through linkwatch, which defers them
 /// by up to a second; traffic sent before that dies with IP_INNOROUTES instead of showing
 /// the scenario's fault.
-fn wait_until_ready(netns: &str, dev: &str, v6: Option<IpAddr>) -> anyhow::Result<()> {
+pub(super) fn wait_until_ready(netns: &str, dev: &str, v6: Option<IpAddr>) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let v6 = v6.map(|a| a.to_string());
     loop {

@@ -1,9 +1,11 @@
 //! Test traffic for lab scenarios, sent from inside lab namespaces only.
 
 use std::{
-    io,
-    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
-    time::Duration,
+    collections::BTreeMap,
+    io::{self, IoSliceMut},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
 };
 
 use etherparse::{IcmpEchoHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type};
@@ -123,4 +125,234 @@ pub fn tcp_listen(netns: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> 
         socket.listen(16)?;
         Ok(TcpListener::from(socket))
     })
+}
+
+/// How [`ping_wait`] pings, as `ping` options.
+#[derive(Debug, Clone)]
+pub struct PingOptions {
+    /// `-c`
+    pub count: u16,
+    /// `-s`: ICMP payload bytes; the IPv4 packet is 28 bytes more.
+    pub payload: usize,
+    /// `-M do`: DF set, and never fragmented here.
+    pub dont_fragment: bool,
+    /// `-i`
+    pub interval: Duration,
+    /// `-W`: how long to wait for the last answers.
+    pub wait: Duration,
+}
+
+impl PingOptions {
+    /// The `ping` command line these options stand for.
+    pub fn command(&self, dst: Ipv4Addr) -> String {
+        let df = if self.dont_fragment { "-M do " } else { "" };
+        format!("ping {df}-c {} -s {} {dst}", self.count, self.payload)
+    }
+}
+
+/// What [`ping_wait`] saw, and what `ping` would have printed.
+#[derive(Debug, Clone, Default)]
+pub struct PingResult {
+    /// One line per answer or error, as iputils `ping` words them, and its statistics line.
+    pub lines: Vec<String>,
+    pub transmitted: u16,
+    pub received: u16,
+    pub errors: u16,
+    /// The MTU named by "fragmentation needed" answers (ICMP type 3 code 4).
+    pub frag_needed_mtu: Option<u32>,
+    /// The path MTU of local EMSGSIZE errors (the packet did not fit a path MTU learned before).
+    pub local_mtu: Option<u32>,
+}
+
+/// Sends `count` ICMP echo requests from namespace `netns` to `dst`, `interval` apart, and
+/// collects the replies and errors (ICMP errors and local ones, through IP_RECVERR) as `ping`
+/// does. Uses an ICMP datagram ("ping") socket, so `net.ipv4.ping_group_range` in `netns` must
+/// allow root's group.
+pub fn ping_wait(netns: &str, dst: Ipv4Addr, options: &PingOptions) -> anyhow::Result<PingResult> {
+    in_netns(netns, || Pinger::new(dst, options)?.run())
+}
+
+/// Room for the control messages of one datagram (IP_TTL, IP_RECVERR), with some to spare.
+const CMSG_BYTES: usize = 256;
+
+struct Pinger<'a> {
+    socket: Socket,
+    dst: Ipv4Addr,
+    options: &'a PingOptions,
+    sent: BTreeMap<u16, Instant>,
+    result: PingResult,
+}
+
+impl<'a> Pinger<'a> {
+    fn new(dst: Ipv4Addr, options: &'a PingOptions) -> io::Result<Self> {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)).map_err(|e| {
+            io::Error::new(e.kind(), format!("ICMP echo socket (does net.ipv4.ping_group_range allow gid 0?): {e}"))
+        })?;
+        setsockopt(&socket, sockopt::Ipv4RecvErr, &true)?;
+        setsockopt(&socket, sockopt::Ipv4RecvTtl, &true)?;
+        if options.dont_fragment {
+            let value: libc::c_int = libc::IP_PMTUDISC_DO;
+            // SAFETY: `value` is a c_int that lives through the call, and its size is passed.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    (&value as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        socket.set_read_timeout(Some(Duration::from_millis(10)))?;
+        Ok(Self { socket, dst, options, sent: BTreeMap::new(), result: PingResult::default() })
+    }
+
+    fn run(mut self) -> io::Result<PingResult> {
+        let payload: Vec<u8> = (0..self.options.payload).map(|i| (i % 256) as u8).collect();
+        let target = SockAddr::from(SocketAddrV4::new(self.dst, 0));
+        for seq in 1..=self.options.count {
+            // The kernel puts the socket's identifier and the checksum in.
+            let echo = IcmpEchoHeader { id: 0, seq };
+            let packet: Vec<u8> =
+                Icmpv4Header::new(Icmpv4Type::EchoRequest(echo)).to_bytes().iter().chain(&payload).copied().collect();
+            self.result.transmitted += 1;
+            match self.socket.send_to(&packet, &target) {
+                Ok(_) => {
+                    self.sent.insert(seq, Instant::now());
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                    // ip_local_error() queued the path MTU that refused it.
+                    self.drain_errors()?;
+                    self.result.errors += 1;
+                    let mtu = self.result.local_mtu.map(|m| format!(", mtu={m}")).unwrap_or_default();
+                    self.result.lines.push(format!("ping: local error: message too long{mtu} (icmp_seq={seq})"));
+                }
+                Err(e) => return Err(io::Error::new(e.kind(), format!("send echo request to {}: {e}", self.dst))),
+            }
+            let last = seq == self.options.count;
+            let until = Instant::now() + if last { self.options.wait } else { self.options.interval };
+            self.collect(until, last)?;
+        }
+        let r = &mut self.result;
+        let loss = 100 * u32::from(r.transmitted - r.received.min(r.transmitted)) / u32::from(r.transmitted.max(1));
+        let errors = if r.errors > 0 { format!(", +{} errors", r.errors) } else { String::new() };
+        r.lines.push(format!(
+            "{} packets transmitted, {} received{errors}, {loss}% packet loss",
+            r.transmitted, r.received
+        ));
+        Ok(self.result)
+    }
+
+    /// Reads answers and errors until `until`; with `last`, stops early once every request
+    /// sent has its answer.
+    fn collect(&mut self, until: Instant, last: bool) -> io::Result<()> {
+        while Instant::now() < until {
+            self.drain_errors()?;
+            if last && self.sent.is_empty() {
+                break;
+            }
+            self.receive()?;
+        }
+        Ok(())
+    }
+
+    /// One echo reply, or nothing within the socket's read timeout.
+    fn receive(&mut self) -> io::Result<()> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
+        let mut buf = vec![0u8; 65536];
+        let mut cmsg = vec![0u8; CMSG_BYTES];
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<SockaddrIn>(self.socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
+            Ok(msg) => msg,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok(()),
+            // The error an ICMP error left on the socket; its details are in the error queue.
+            Err(nix::errno::Errno::EMSGSIZE | nix::errno::Errno::EHOSTUNREACH | nix::errno::Errno::ENETUNREACH) => {
+                return Ok(())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ttl = msg.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
+            ControlMessageOwned::Ipv4Ttl(ttl) => Some(ttl),
+            _ => None,
+        });
+        let from = msg.address.map(|a| a.ip().to_string()).unwrap_or_else(|| "?".into());
+        let bytes = msg.bytes;
+        let data = &buf[..bytes];
+        // An echo reply: type 0, the sequence number at bytes 6..8.
+        if bytes < 8 || data[0] != 0 {
+            return Ok(());
+        }
+        let seq = u16::from_be_bytes([data[6], data[7]]);
+        let Some(sent) = self.sent.remove(&seq) else {
+            return Ok(());
+        };
+        self.result.received += 1;
+        let ttl = ttl.map(|t| format!(" ttl={t}")).unwrap_or_default();
+        let ms = sent.elapsed().as_secs_f64() * 1000.0;
+        self.result.lines.push(format!("{bytes} bytes from {from}: icmp_seq={seq}{ttl} time={ms:.3} ms"));
+        Ok(())
+    }
+
+    /// Reads the socket's error queue: ICMP errors about requests sent, local errors.
+    fn drain_errors(&mut self) -> io::Result<()> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
+        loop {
+            let mut buf = vec![0u8; 2048];
+            // IP_RECVERR's error and offender, after the IP_TTL the kernel adds for ICMP errors.
+            let mut cmsg = vec![0u8; CMSG_BYTES];
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+            let msg = match recvmsg::<SockaddrIn>(self.socket.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
+                Ok(msg) => msg,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let bytes = msg.bytes;
+            let errors: Vec<_> = msg
+                .cmsgs()
+                .ok()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| match c {
+                    ControlMessageOwned::Ipv4RecvErr(err, from) => Some((err, from)),
+                    _ => None,
+                })
+                .collect();
+            for (err, from) in errors {
+                match err.ee_origin {
+                    libc::SO_EE_ORIGIN_LOCAL => self.result.local_mtu = Some(err.ee_info),
+                    libc::SO_EE_ORIGIN_ICMP => {
+                        // The request the error is about: its ICMP header, as quoted.
+                        let data = &buf[..bytes];
+                        let seq = (bytes >= 8).then(|| u16::from_be_bytes([data[6], data[7]]));
+                        if let Some(seq) = seq {
+                            self.sent.remove(&seq);
+                        }
+                        self.result.errors += 1;
+                        let from = from
+                            .map(|a| Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).to_string())
+                            .unwrap_or_else(|| "?".into());
+                        let seq = seq.map_or_else(|| "?".to_string(), |s| s.to_string());
+                        let what = match (err.ee_type, err.ee_code) {
+                            (3, 4) => {
+                                self.result.frag_needed_mtu = Some(err.ee_info);
+                                format!("Frag needed and DF set (mtu = {})", err.ee_info)
+                            }
+                            (3, 0) => "Destination Net Unreachable".to_string(),
+                            (3, 1) => "Destination Host Unreachable".to_string(),
+                            (3, 3) => "Destination Port Unreachable".to_string(),
+                            (11, _) => "Time to live exceeded".to_string(),
+                            (t, c) => format!("ICMP type {t} code {c}"),
+                        };
+                        self.result.lines.push(format!("From {from} icmp_seq={seq} {what}"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
 }

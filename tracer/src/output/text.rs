@@ -2,10 +2,13 @@
 
 use std::io::Write;
 
-use super::{Sink, Summary};
+use super::{PathsSummary, Sink, Summary};
 use crate::{
     analyze::Finding,
-    decode::{DropRecord, Event},
+    decode::{
+        path::{PacketHop, PacketPath, PathOutcome},
+        DropRecord, Event,
+    },
 };
 
 pub struct TextSink {
@@ -188,6 +191,10 @@ pub fn event_line(event: &Event) -> String {
                 x.prog_name.as_deref().unwrap_or("?")
             )
         }
+        Event::PacketHop(h) => {
+            format!("{} hop trace {} {}", clock(&h.time), h.trace_id, hop_text(h))
+        }
+        Event::PacketPath(p) => path_text(p),
         Event::Bridge(b) => {
             let netns = b.netns_name.clone().unwrap_or_else(|| b.netns.to_string());
             let nf = |v: Option<bool>| v.map_or("absent", |on| if on { "1" } else { "0" });
@@ -202,6 +209,59 @@ pub fn event_line(event: &Event) -> String {
             )
         }
     }
+}
+
+/// `tx   flannel.1@node-a  1450 B  udp 192.168.50.1:40000 > 192.168.50.2:8472 vxlan 1 [icmp 10.244.1.2 > 10.244.2.2 type 8 code 0]`
+fn hop_text(h: &PacketHop) -> String {
+    let device = h.device.clone().unwrap_or_else(|| format!("if{}", h.ifindex));
+    let netns = h.netns_name.clone().or(h.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+    let mut line = format!("{:<9} {:<28} {:>5} B", h.hook.word(), format!("{device}@{netns}"), h.len);
+    if let Some(outer) = &h.outer {
+        line.push_str(&format!("  {outer}"));
+    }
+    if let Some(t) = &h.tunnel {
+        line.push_str(&format!(" {} vni {}", t.kind, t.vni));
+    }
+    if let Some(inner) = &h.inner {
+        line.push_str(&format!(" [{inner}]"));
+    }
+    if let Some(reason) = &h.drop_reason {
+        line.push_str(&format!(" reason {reason}"));
+    }
+    if let Some(location) = &h.location {
+        line.push_str(&format!(" at {location}"));
+    }
+    if let Some(rc) = h.xmit_rc {
+        line.push_str(&format!(" rc {rc}"));
+    }
+    line
+}
+
+/// Microseconds with one decimal: `12.3µs`.
+pub fn micros(ns: u64) -> String {
+    format!("{:.1}µs", ns as f64 / 1000.0)
+}
+
+/// A path as a block: a title line, then one line per hop with its delay.
+pub fn path_text(p: &PacketPath) -> String {
+    let flow = p.flow.as_ref().map_or_else(|| "?".to_string(), ToString::to_string);
+    let start = p.steps.first().map_or("", |s| s.hop.time.get(11..26).unwrap_or(&s.hop.time));
+    let outcome = match &p.outcome {
+        PathOutcome::Delivered => "delivered".to_string(),
+        PathOutcome::Dropped { reason, .. } => format!("dropped ({})", reason.as_deref().unwrap_or("no reason")),
+        PathOutcome::TransmitFailed { rc } => format!("transmit failed (rc {rc})"),
+        PathOutcome::Unfinished => "unfinished".to_string(),
+    };
+    let mut text = format!(
+        "{start} path {:#x} {flow}: {} hops, {outcome} after {}",
+        p.trace_id,
+        p.steps.len(),
+        micros(p.total_ns)
+    );
+    for step in &p.steps {
+        text.push_str(&format!("\n  {:>10}  {}", format!("+{}", micros(step.since_previous_ns)), hop_text(&step.hop)));
+    }
+    text
 }
 
 impl Sink for TextSink {
@@ -252,6 +312,9 @@ impl Sink for TextSink {
         if s.decode_errors > 0 {
             text.push_str(&format!("\n  {} records could not be decoded", s.decode_errors));
         }
+        if let Some(paths) = &s.paths {
+            text.push_str(&paths_summary(paths));
+        }
         if let Some(status) = &s.command_status {
             text.push_str(&format!("\n  command: {status}"));
         }
@@ -265,4 +328,50 @@ impl Sink for TextSink {
     fn record(&mut self, _kind: &str, _value: serde_json::Value, text: &str) {
         print(text);
     }
+}
+
+/// The path section of the summary: outcomes, then latency per hop and end to end.
+fn paths_summary(p: &PathsSummary) -> String {
+    let mut text = format!(
+        "\n  paths: {} traced ({} delivered, {} dropped, {} unfinished){}",
+        p.traced,
+        p.delivered,
+        p.dropped,
+        p.unfinished,
+        if p.filtered > 0 { format!(", {} outside the filter", p.filtered) } else { String::new() }
+    );
+    if let Some(filter) = &p.filter {
+        text.push_str(&format!("\n  filter: {filter}"));
+    }
+    let bound = if p.latency.approximate { "<=" } else { "" };
+    for (title, rows) in [("latency per hop", &p.latency.hops), ("end to end", &p.latency.end_to_end)] {
+        if rows.is_empty() {
+            continue;
+        }
+        text.push_str(&format!(
+            "\n  {title}{}:\n  {:>8} {:>10} {:>10} {:>10} {:>10}  hop",
+            if p.latency.approximate { " (log2 buckets: upper bounds)" } else { "" },
+            "packets",
+            "p50",
+            "p90",
+            "p99",
+            "max"
+        ));
+        for r in rows.iter().take(40) {
+            text.push_str(&format!(
+                "\n  {:>8} {:>10} {:>10} {:>10} {:>10}  {} -> {}",
+                r.packets,
+                format!("{bound}{}", micros(r.p50_ns)),
+                format!("{bound}{}", micros(r.p90_ns)),
+                format!("{bound}{}", micros(r.p99_ns)),
+                format!("{bound}{}", micros(r.max_ns)),
+                r.from,
+                r.to
+            ));
+        }
+    }
+    if let Some(pcap) = &p.pcap {
+        text.push_str(&format!("\n  pcapng: {pcap}"));
+    }
+    text
 }

@@ -7,6 +7,7 @@ pub mod drops;
 pub mod link_monitor;
 pub mod links;
 pub mod netfilter;
+pub mod path;
 pub mod rule_counters;
 pub mod xdp;
 
@@ -20,7 +21,7 @@ use tracer_ebpf::{names, DropConfig};
 
 use self::drops::{DropBackend, DropCoverage};
 use crate::kernel::KernelFacts;
-use tracer_ebpf::{LinkConfig, NetfilterConfig, XdpConfig};
+use tracer_ebpf::{LinkConfig, NetfilterConfig, PathConfig, XdpConfig};
 
 /// The kernel-side object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -92,6 +93,8 @@ pub struct ProbeOptions {
     pub xdp: bool,
     /// Forces one xdp backend.
     pub xdp_backend: Option<xdp::XdpBackend>,
+    /// Trace packets hop by hop (the path family), off unless asked for.
+    pub path: Option<path::PathOptions>,
 }
 
 impl Default for ProbeOptions {
@@ -105,6 +108,7 @@ impl Default for ProbeOptions {
             netfilter_backend: None,
             xdp: true,
             xdp_backend: None,
+            path: None,
         }
     }
 }
@@ -151,7 +155,9 @@ impl Probes {
             None => xdp::XdpBackend::CHAIN.to_vec(),
         };
         let (xdp_config, _) = xdp::xdp_config(facts, xdp_chain[0]);
-        let configs = Configs { links: link_config, netfilter: nf_config, xdp: xdp_config };
+        let path_options = options.path.clone().unwrap_or_default();
+        let (path_config, path_coverage) = path::path_config(facts, &path_options);
+        let configs = Configs { links: link_config, netfilter: nf_config, xdp: xdp_config, path: path_config };
         for backend in chain {
             match attach_drops(facts, backend, options.buffer_bytes, &configs) {
                 Ok((mut ebpf, detail, coverage)) => {
@@ -177,6 +183,20 @@ impl Probes {
                     if options.xdp {
                         hooks.push(attach_xdp(&mut ebpf, facts, &xdp_chain)?);
                     }
+                    if options.path.is_some() {
+                        let detail = path::attach(&mut ebpf, &path_coverage)
+                            .map_err(|why| ProbeError::NoBackend { family: "path", tried: format!("tracepoints: {why}") })?;
+                        for gap in &path_coverage.gaps {
+                            log::info!("path: {gap}");
+                        }
+                        hooks.push(HookStatus {
+                            family: "path",
+                            backend_id: "tracepoints".into(),
+                            backend: detail,
+                            coverage: serde_json::to_value(&path_coverage).unwrap_or_default(),
+                            unavailable: vec![],
+                        });
+                    }
                     let record_formats = if options.netfilter { record_formats } else { Default::default() };
                     return Ok(Self { ebpf, hooks, record_formats, answer_functions });
                 }
@@ -193,7 +213,7 @@ impl Probes {
     /// Tries every backend of every family (attaching and detaching each): what `check` reports.
     pub fn survey(facts: &KernelFacts) -> Vec<BackendProbe> {
         let (link_config, _) = links::link_config(facts, links::LinkBackend::Tracepoints);
-        let configs = Configs { links: link_config, netfilter: NetfilterConfig::absent(), xdp: XdpConfig::absent() };
+        let configs = Configs { links: link_config, netfilter: NetfilterConfig::absent(), xdp: XdpConfig::absent(), path: PathConfig::absent() };
         let probe =
             |family: &'static str, backend: &'static str, result: Result<(String, serde_json::Value), String>| {
                 match result {
@@ -216,7 +236,7 @@ impl Probes {
         for backend in [links::LinkBackend::Tracepoints, links::LinkBackend::Kprobes] {
             let (link_config, link_coverage) = links::link_config(facts, backend);
             let configs =
-                Configs { links: link_config, netfilter: NetfilterConfig::absent(), xdp: XdpConfig::absent() };
+                Configs { links: link_config, netfilter: NetfilterConfig::absent(), xdp: XdpConfig::absent(), path: PathConfig::absent() };
             let result = load_object(&DropConfig::absent(), &configs, 4096)
                 .and_then(|mut ebpf| links::attach(&mut ebpf, &link_coverage, backend, &facts.kallsyms))
                 .map(|detail| (detail, serde_json::to_value(&link_coverage).unwrap_or_default()));
@@ -227,7 +247,7 @@ impl Probes {
             let (answers, verdicts) = netfilter_kprobes(facts, backend, &nf_config, &formats);
             nf_coverage.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
             nf_coverage.verdict_functions = verdicts.iter().map(|(f, _)| f.to_string()).collect();
-            let configs = Configs { links: LinkConfig::absent(), netfilter: nf_config, xdp: XdpConfig::absent() };
+            let configs = Configs { links: LinkConfig::absent(), netfilter: nf_config, xdp: XdpConfig::absent(), path: PathConfig::absent() };
             let result = load_object(&DropConfig::absent(), &configs, 4096)
                 .and_then(|mut ebpf| match backend {
                     b if b.uses_kprobes() && !std::path::Path::new(KPROBE_PMU).exists() => {
@@ -240,7 +260,7 @@ impl Probes {
         }
         for backend in xdp::XdpBackend::CHAIN {
             let (config, coverage) = xdp::xdp_config(facts, backend);
-            let configs = Configs { links: LinkConfig::absent(), netfilter: NetfilterConfig::absent(), xdp: config };
+            let configs = Configs { links: LinkConfig::absent(), netfilter: NetfilterConfig::absent(), xdp: config, path: PathConfig::absent() };
             let result = load_object(&DropConfig::absent(), &configs, 4096)
                 .and_then(|mut ebpf| {
                     let mut parts = xdp::attach_commands(&mut ebpf, &coverage)?;
@@ -250,12 +270,35 @@ impl Probes {
                 .map(|detail| (detail, serde_json::to_value(&coverage).unwrap_or_default()));
             probes.push(probe("xdp", backend.name(), result));
         }
+        let (config, coverage) = path::path_config(facts, &path::PathOptions::default());
+        let configs = Configs {
+            links: LinkConfig::absent(),
+            netfilter: NetfilterConfig::absent(),
+            xdp: XdpConfig::absent(),
+            path: config,
+        };
+        // The path programs read the skb offsets of the drops configuration.
+        let drop_config = drops::drop_config(facts, DropBackend::Tracepoint).map(|(c, _, _)| c).unwrap_or(DropConfig::absent());
+        let result = load_object(&drop_config, &configs, 4096)
+            .and_then(|mut ebpf| path::attach(&mut ebpf, &coverage))
+            .map(|detail| (detail, serde_json::to_value(&coverage).unwrap_or_default()));
+        probes.push(probe("path", "tracepoints", result));
         probes
     }
 
     /// XDP exceptions the kernel side counted (per namespace, device, program and action).
     pub fn xdp_exceptions(&self) -> Vec<(tracer_ebpf::XdpExceptionKey, tracer_ebpf::XdpExceptionCount)> {
         xdp::exceptions(&self.ebpf)
+    }
+
+    /// Whether the path family counts in the kernel instead of sending hops.
+    pub fn path_aggregate(&self) -> bool {
+        self.hooks.iter().any(|h| h.family == "path" && h.coverage["aggregate"] == true)
+    }
+
+    /// The path family's per-hop counters (aggregate mode).
+    pub fn path_hops(&self) -> Vec<(tracer_ebpf::PathHopKey, tracer_ebpf::PathHopStats)> {
+        path::hop_counters(&self.ebpf)
     }
 
     /// The event ring buffer; can be taken once.
@@ -407,6 +450,7 @@ struct Configs {
     links: LinkConfig,
     netfilter: NetfilterConfig,
     xdp: XdpConfig,
+    path: PathConfig,
 }
 
 /// Loads the object with this kernel's configuration (nothing attached yet).
@@ -416,6 +460,7 @@ fn load_object(drop_config: &DropConfig, configs: &Configs, buffer_bytes: u32) -
         .override_global(names::LINK_CONFIG, &configs.links, true)
         .override_global(names::NETFILTER_CONFIG, &configs.netfilter, true)
         .override_global(names::XDP_CONFIG, &configs.xdp, true)
+        .override_global(names::PATH_CONFIG, &configs.path, true)
         .map_max_entries(names::EVENTS, buffer_bytes)
         .load(EBPF_OBJECT)
         .map_err(|e| format!("loading the object: {}", error_chain(&e)))

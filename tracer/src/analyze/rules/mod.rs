@@ -10,6 +10,7 @@ mod netfilter_drop;
 mod no_listener;
 mod packet_drop;
 mod reject_by_rule;
+mod tunnel_mtu_exceeded;
 mod veth_mac_changed;
 mod xdp_aborted;
 mod xdp_attach_failed;
@@ -40,6 +41,7 @@ pub fn all() -> Vec<Box<dyn Rule + Send>> {
         Box::new(br_netfilter_missing::BrNetfilterMissing),
         Box::new(xdp_attach_failed::XdpAttachFailed),
         Box::new(xdp_aborted::XdpAborted),
+        Box::new(tunnel_mtu_exceeded::TunnelMtuExceeded),
         Box::new(packet_drop::PacketDrop),
     ]
 }
@@ -47,7 +49,8 @@ pub fn all() -> Vec<Box<dyn Rule + Send>> {
 pub use link_flapping::MIN_DOWNS as MIN_FLAP_DOWNS;
 
 /// Reasons that have a rule of their own; `packet-drop` leaves them alone.
-pub(crate) const EXPLAINED_REASONS: [&str; 2] = [no_listener::REASON, netfilter_drop::REASON];
+pub(crate) const EXPLAINED_REASONS: [&str; 3] =
+    [no_listener::REASON, netfilter_drop::REASON, tunnel_mtu_exceeded::REASON];
 
 /// Builds one finding from drop groups that share a place.
 pub(crate) fn finding_from_groups(

@@ -5,10 +5,10 @@ use std::net::IpAddr;
 use crate::{
     analyze::{Analyzer, Finding},
     decode::{
-        netfilter::{BridgeState, NfVerdict, RuleCounter, TcpConnect, TcpReset},
+        netfilter::{BridgeState, IcmpError, NfVerdict, RuleCounter, TcpConnect, TcpReset},
         DropRecord, Event, Flow,
     },
-    kernel::KernelSummary,
+    kernel::{routes::Egress, KernelSummary},
     probes::rule_counters::{RuleMatch, Verdict},
 };
 
@@ -50,6 +50,8 @@ fn drop(reason: &str, netns: u32, flow: Flow, ts: u64) -> Event {
         function: Some("nft_do_chain".into()),
         skb: format!("{ts:#x}"),
         task: None,
+        packet_len: None,
+        egress: None,
     })
 }
 
@@ -218,4 +220,171 @@ fn a_syn_ack_from_the_dnat_target_is_a_bridge_bypass_not_a_missing_listener() {
 fn a_syn_to_a_closed_port_stays_a_missing_listener() {
     let f = findings(&[drop("NO_SOCKET", SERVER_NS, flow("tcp", "10.0.0.1", 40000, "10.0.0.2", 6443, Some("SYN")), 1)]);
     assert_eq!(rules_of(&f), ["no-listener"]);
+}
+
+/// A flannel node: pods behind `cni0` (ifindex 3), other nodes' pods via `flannel.1`
+/// (ifindex 6, vxlan, MTU 1450) over `eth0` (MTU 1500).
+fn flannel(route_mtu: Option<u32>) -> Egress {
+    Egress {
+        device: "flannel.1".into(),
+        ifindex: 6,
+        mtu: 1450,
+        kind: Some("vxlan".into()),
+        route_mtu,
+        underlay: Some(("eth0".into(), 1500)),
+    }
+}
+
+/// A drop of a `len`-byte packet from pod 10.244.1.2 to 10.244.2.2 in the node's namespace.
+fn sized_drop(reason: Option<&str>, at: (&str, u32, &str), len: u32, egress: Option<Egress>, ts: u64) -> Event {
+    let Event::Drop(mut d) =
+        drop("X", SERVER_NS, flow("tcp", "10.244.1.2", 40000 + ts as u16, "10.244.2.2", 8080, Some("ACK")), ts)
+    else {
+        unreachable!()
+    };
+    d.reason = reason.map(str::to_string);
+    (d.device, d.ifindex, d.function, d.location) =
+        (Some(at.0.into()), Some(at.1), Some(at.2.into()), format!("{}+0x2a0", at.2));
+    (d.packet_len, d.egress) = (Some(len), egress);
+    Event::Drop(d)
+}
+
+fn frag_needed(src: &str, dst: &str, ts: u64, egress: Option<Egress>) -> Event {
+    Event::IcmpError(IcmpError {
+        time: format!("t{ts}"),
+        ts_ns: ts,
+        netns: Some(SERVER_NS),
+        netns_name: Some(format!("ns{SERVER_NS}")),
+        ifindex: Some(3),
+        icmp_type: 3,
+        icmp_code: 4,
+        meaning: "fragmentation-needed".into(),
+        flow: Some(Flow { l4: "ip".into(), sport: None, dport: None, ..flow("tcp", src, 0, dst, 0, None) }),
+        skb: "0x1".into(),
+        task: None,
+        origin: "icmp:icmp_send".into(),
+        by_reject: false,
+        packet_len: Some(1500),
+        egress,
+    })
+}
+
+fn the(findings: &[Finding], rule: &str) -> Finding {
+    findings.iter().find(|f| f.rule == rule).unwrap_or_else(|| panic!("no {rule} in {findings:#?}")).clone()
+}
+
+#[test]
+fn packets_too_big_for_a_vxlan_tunnel_name_the_tunnel_its_mtu_and_the_icmp_sent_back() {
+    let at_forward = ("cni0", 3, "ip_forward");
+    let events = [
+        sized_drop(Some("PKT_TOO_BIG"), at_forward, 1500, Some(flannel(None)), 1),
+        frag_needed("10.244.1.2", "10.244.2.2", 1, Some(flannel(None))),
+        sized_drop(Some("PKT_TOO_BIG"), at_forward, 1500, Some(flannel(None)), 2),
+    ];
+    let f = findings(&events);
+    assert_eq!(rules_of(&f), ["tunnel-mtu-exceeded"]);
+    assert!(f.iter().all(|f| f.rule != "packet-drop"), "{f:#?}");
+    let mtu = the(&f, "tunnel-mtu-exceeded");
+    assert_eq!(mtu.severity, crate::analyze::Severity::Error);
+    assert_eq!(
+        mtu.summary,
+        "packets of 1500 bytes from 10.244.1.2 to 10.244.2.2 do not fit the tunnel: the route leaves through \
+         flannel.1 (vxlan, MTU 1450 = eth0 1500 - 50 bytes of VXLAN encapsulation) and they carry DF (don't \
+         fragment), so ns100 dropped 2 and sent \"fragmentation needed (mtu 1450)\" back; the sender's MTU is at least 1500"
+    );
+    assert_eq!((mtu.place.netns, mtu.place.device.as_deref()), (Some(SERVER_NS), Some("cni0")));
+    assert_eq!((mtu.count, mtu.destination), (2, Some(ip("10.244.2.2"))));
+    assert_eq!(mtu.flows, ["tcp 10.244.1.2 > 10.244.2.2:8080"]);
+    assert!(mtu.evidence.iter().any(|e| matches!(e, Event::IcmpError(_))));
+    for advice in [
+        "pod/CNI MTU to 1450",
+        "FLANNEL_MTU",
+        "veth_mtu",
+        "--mtu",
+        "jumbo frames on eth0",
+        "black hole",
+        "show flannel.1`",
+    ] {
+        assert!(mtu.remediation.contains(advice), "{advice}: {}", mtu.remediation);
+    }
+
+    // A route MTU below the device's wins, and is said.
+    let f = findings(&[sized_drop(Some("PKT_TOO_BIG"), at_forward, 1450, Some(flannel(Some(1400))), 1)]);
+    let mtu = the(&f, "tunnel-mtu-exceeded");
+    assert!(mtu.summary.contains("and the route sets MTU 1400"), "{}", mtu.summary);
+    assert!(mtu.remediation.contains("pod/CNI MTU to 1400"), "{}", mtu.remediation);
+}
+
+#[test]
+fn too_big_without_the_egress_is_still_flagged_and_says_the_mtu_could_not_be_read() {
+    let mut v6 = sized_drop(Some("PKT_TOO_BIG"), ("cni0", 3, "ip6_forward"), 1500, None, 1);
+    if let Event::Drop(d) = &mut v6 {
+        d.protocol = "ipv6".into();
+        d.flow = Some(flow("tcp", "fd00:1::2", 40000, "fd00:2::2", 8080, Some("ACK")));
+        d.packet_len = None;
+    }
+    let f = findings(&[v6]);
+    let mtu = the(&f, "tunnel-mtu-exceeded");
+    assert!(mtu.summary.starts_with("packets from fd00:1::2 to fd00:2::2 are bigger than the MTU"), "{}", mtu.summary);
+    assert!(mtu.summary.contains("could not be read"), "{}", mtu.summary);
+    assert!(mtu.summary.contains("IPv6 routers never fragment"), "{}", mtu.summary);
+    assert!(mtu.remediation.contains("ip route get fd00:2::2`"), "{}", mtu.remediation);
+}
+
+#[test]
+fn other_reasons_and_packets_that_fit_are_not_tunnel_mtu_findings() {
+    let f = findings(&[
+        sized_drop(Some("NETFILTER_DROP"), ("cni0", 3, "nf_hook_slow"), 1500, Some(flannel(None)), 1),
+        sized_drop(Some("NEIGH_FAILED"), ("flannel.1", 6, "neigh_invalidate"), 1500, Some(flannel(None)), 2),
+        // At the tunnel, but the packet fits: not an MTU problem.
+        sized_drop(Some("NOT_SPECIFIED"), ("flannel.1", 6, "br_dev_queue_push_xmit"), 1400, Some(flannel(None)), 3),
+        // In the forwarding path, without reason, but nothing says it was too big.
+        sized_drop(None, ("cni0", 3, "ip_forward"), 1500, None, 4),
+        // An ICMP error a REJECT rule sent is not the stack's "fragmentation needed".
+        Event::IcmpError(IcmpError {
+            by_reject: true,
+            ..match frag_needed("10.244.1.9", "10.244.2.9", 5, None) {
+                Event::IcmpError(i) => i,
+                _ => unreachable!(),
+            }
+        }),
+    ]);
+    assert!(f.iter().all(|f| f.rule != "tunnel-mtu-exceeded"), "{f:#?}");
+}
+
+#[test]
+fn a_silent_drop_at_the_tunnel_device_of_a_packet_longer_than_its_mtu_is_a_black_hole() {
+    let at_tunnel = ("flannel.1", 6, "br_dev_queue_push_xmit");
+    let f = findings(&[
+        sized_drop(Some("NOT_SPECIFIED"), at_tunnel, 1500, Some(flannel(None)), 1),
+        sized_drop(Some("NOT_SPECIFIED"), at_tunnel, 1480, Some(flannel(None)), 2),
+    ]);
+    let mtu = the(&f, "tunnel-mtu-exceeded");
+    assert!(mtu.summary.starts_with("packets of up to 1500 bytes from 10.244.1.2 to 10.244.2.2"), "{}", mtu.summary);
+    assert!(mtu.summary.contains("flannel.1 (vxlan, MTU 1450 = eth0 1500 - 50 bytes"), "{}", mtu.summary);
+    assert!(mtu.summary.contains("dropped 2 at flannel.1 without a word"), "{}", mtu.summary);
+    assert_eq!(mtu.place.device.as_deref(), Some("flannel.1"));
+    assert!(mtu.remediation.contains("path-MTU discovery cannot help"), "{}", mtu.remediation);
+
+    // Before PKT_TOO_BIG existed: a reasonless drop in ip_forward of a flow the node answered
+    // with "fragmentation needed"; no egress known for the drop, the ICMP's gives the MTU.
+    let f = findings(&[
+        sized_drop(None, ("cni0", 3, "ip_forward"), 1500, None, 1),
+        frag_needed("10.244.1.2", "10.244.2.2", 1, Some(flannel(None))),
+    ]);
+    let mtu = the(&f, "tunnel-mtu-exceeded");
+    assert!(mtu.summary.contains("\"fragmentation needed (mtu 1450)\""), "{}", mtu.summary);
+}
+
+#[test]
+fn fragmentation_needed_alone_is_a_finding_when_the_drops_were_not_traced() {
+    let f = findings(&[
+        frag_needed("10.244.1.2", "10.244.2.2", 1, Some(flannel(None))),
+        frag_needed("10.244.1.3", "10.244.2.2", 2, Some(flannel(None))),
+    ]);
+    let mtu = the(&f, "tunnel-mtu-exceeded");
+    assert_eq!(mtu.count, 2);
+    assert!(mtu.summary.contains("(and 1 other flow(s))"), "{}", mtu.summary);
+    assert!(mtu.summary.contains("sent \"fragmentation needed (mtu 1450)\" back 2 times"), "{}", mtu.summary);
+    assert!(mtu.summary.contains("the drops themselves were not traced"), "{}", mtu.summary);
 }

@@ -9,6 +9,8 @@ mod link_flap;
 mod node_icmp_blocked;
 mod udp_closed_port;
 mod veth_mac_rewrite;
+mod vxlan_mtu;
+mod vxlan_overlay;
 mod wireguard_unsupported;
 mod xdp_aborted;
 mod xdp_native_unsupported;
@@ -20,10 +22,17 @@ use std::{
     time::Duration,
 };
 
-use crate::analyze::{Finding, NetfilterVerdict};
+use crate::{
+    analyze::{Finding, NetfilterVerdict},
+    decode::path::PacketPath,
+};
 
 pub(crate) use super::netns::Unreproducible;
 use super::{netns::Lab, traffic};
+
+/// The `expected_rule` of a scenario that demonstrates the path family rather than a
+/// failure: it is verified by its traced packet paths.
+pub const PATH_DEMO: &str = "path";
 
 pub trait Scenario: Sync {
     /// What `setup` builds and `trigger` and `verify` are given back: namespaces, addresses.
@@ -40,6 +49,16 @@ pub trait Scenario: Sync {
     fn trigger(&self, topology: &Self::Topology) -> anyhow::Result<Vec<String>>;
     /// Why the findings do not explain the failure, or an empty list when they do.
     fn verify(&self, lab: &Lab, topology: &Self::Topology, findings: &[Finding]) -> Vec<String>;
+    /// The packets to trace hop by hop (a `--filter` expression): when Some, the lab turns
+    /// the path family on for this scenario and checks the paths with `verify_paths`.
+    fn path_filter(&self, _topology: &Self::Topology) -> Option<String> {
+        None
+    }
+    /// Why the traced packet paths are not what the scenario must show, or an empty list
+    /// (added to `verify`'s problems).
+    fn verify_paths(&self, _topology: &Self::Topology, _paths: &[PacketPath]) -> Vec<String> {
+        vec![]
+    }
 }
 
 /// A topology whose type only its scenario knows.
@@ -54,6 +73,8 @@ pub trait AnyScenario: Sync {
     fn setup(&self, lab: &mut Lab) -> anyhow::Result<Built>;
     fn trigger(&self, topology: &Built) -> anyhow::Result<Vec<String>>;
     fn verify(&self, lab: &Lab, topology: &Built, findings: &[Finding]) -> Vec<String>;
+    fn path_filter(&self, topology: &Built) -> Option<String>;
+    fn verify_paths(&self, topology: &Built, paths: &[PacketPath]) -> Vec<String>;
 }
 
 impl<S: Scenario> AnyScenario for S {
@@ -80,6 +101,14 @@ impl<S: Scenario> AnyScenario for S {
     fn verify(&self, lab: &Lab, topology: &Built, findings: &[Finding]) -> Vec<String> {
         Scenario::verify(self, lab, own::<S>(topology), findings)
     }
+
+    fn path_filter(&self, topology: &Built) -> Option<String> {
+        Scenario::path_filter(self, own::<S>(topology))
+    }
+
+    fn verify_paths(&self, topology: &Built, paths: &[PacketPath]) -> Vec<String> {
+        Scenario::verify_paths(self, own::<S>(topology), paths)
+    }
 }
 
 fn own<S: Scenario>(topology: &Built) -> &S::Topology {
@@ -99,6 +128,8 @@ pub fn all() -> Vec<&'static dyn AnyScenario> {
         &xdp_native_unsupported::XdpNativeUnsupported,
         &xdp_aborted::XdpAborted,
         &bpf_load_retry_loop::BpfLoadRetryLoop,
+        &vxlan_overlay::VxlanOverlay,
+        &vxlan_mtu::VxlanMtu,
     ]
 }
 

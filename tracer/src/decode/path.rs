@@ -1,0 +1,229 @@
+//! Path family records → [`PacketHop`]s: which device saw a traced packet, where, when, with
+//! its outer and (for VXLAN/Geneve) inner headers. The hops of one packet share a
+//! `trace_id`; `analyze::paths` joins them into [`PacketPath`]s.
+
+use serde::Serialize;
+
+use super::{Flow, Task};
+
+/// Where a hop saw the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HopKind {
+    /// A device received it (`net:netif_receive_skb`).
+    Receive,
+    /// Handed to a device for transmission (`net:net_dev_queue`).
+    Transmit,
+    /// The driver refused it (`net:net_dev_xmit` with an error).
+    TransmitError,
+    /// Dropped (`skb:kfree_skb`).
+    Drop,
+    /// Delivered, or done with normally (`skb:consume_skb`).
+    Consume,
+}
+
+impl HopKind {
+    /// Short word for text output and pcapng comments.
+    pub fn word(self) -> &'static str {
+        match self {
+            HopKind::Receive => "rx",
+            HopKind::Transmit => "tx",
+            HopKind::TransmitError => "tx-error",
+            HopKind::Drop => "drop",
+            HopKind::Consume => "delivered",
+        }
+    }
+
+    /// The packet's journey ends here.
+    pub fn is_end(self) -> bool {
+        matches!(self, HopKind::TransmitError | HopKind::Drop | HopKind::Consume)
+    }
+}
+
+/// The word for a kernel [`tracer_ebpf::path_hook`] value (aggregate counters name points by it).
+pub fn hook_word(hook: u32) -> &'static str {
+    use tracer_ebpf::path_hook;
+    match hook {
+        path_hook::RECEIVE => HopKind::Receive.word(),
+        path_hook::QUEUE => HopKind::Transmit.word(),
+        path_hook::XMIT_ERROR => HopKind::TransmitError.word(),
+        path_hook::FREE => "freed",
+        _ => HopKind::Consume.word(),
+    }
+}
+
+/// An encapsulation header between the outer and the inner packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tunnel {
+    /// `vxlan` or `geneve`.
+    pub kind: &'static str,
+    pub vni: u32,
+}
+
+/// One sighting of a traced packet.
+#[derive(Debug, Clone, Serialize)]
+pub struct PacketHop {
+    /// Wall-clock time, RFC 3339 with microseconds.
+    pub time: String,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// CLOCK_REALTIME nanoseconds since the epoch (pcapng timestamps).
+    #[serde(skip)]
+    pub wall_ns: u64,
+    pub cpu: u32,
+    pub trace_id: u64,
+    pub hook: HopKind,
+    pub netns: Option<u32>,
+    pub netns_name: Option<String>,
+    pub ifindex: u32,
+    pub device: Option<String>,
+    /// `skb->len`: bytes from the current header on.
+    pub len: u32,
+    /// The outermost IP header and its transport header.
+    pub outer: Option<Flow>,
+    pub tunnel: Option<Tunnel>,
+    /// The encapsulated packet's headers (VXLAN, Geneve).
+    pub inner: Option<Flow>,
+    /// Drops: the reason name (without `SKB_DROP_REASON_`), and where.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Transmit errors: the driver's return code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xmit_rc: Option<i32>,
+    pub task: Option<Task>,
+    /// The captured bytes, from the link-layer header when `link_layer` (else from the IP
+    /// header), for pcapng.
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+    #[serde(skip)]
+    pub link_layer: bool,
+}
+
+/// A hop of a [`PacketPath`] with its timing.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathStep {
+    #[serde(flatten)]
+    pub hop: PacketHop,
+    /// Nanoseconds since the previous hop (0 for the first).
+    pub since_previous_ns: u64,
+    /// Nanoseconds since the first hop.
+    pub since_start_ns: u64,
+}
+
+/// How a traced packet's journey ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome")]
+pub enum PathOutcome {
+    /// Consumed by a socket or the stack (`consume_skb`).
+    Delivered,
+    /// Dropped with this reason.
+    Dropped { reason: Option<String>, location: Option<String> },
+    /// The driver refused to transmit it.
+    TransmitFailed { rc: i32 },
+    /// Still in flight when the session ended, or freed without a tracepoint (for example
+    /// merged by GRO).
+    Unfinished,
+}
+
+/// One traced packet, hop by hop (assembled by `analyze::paths`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PacketPath {
+    pub trace_id: u64,
+    /// The packet as first seen.
+    pub flow: Option<Flow>,
+    pub steps: Vec<PathStep>,
+    #[serde(flatten)]
+    pub outcome: PathOutcome,
+    /// From the first hop to the last.
+    pub total_ns: u64,
+}
+
+/// What the decoder knows beyond the record: time, names, symbols.
+pub struct HopContext {
+    pub time: String,
+    pub wall_ns: u64,
+    pub netns_name: Option<String>,
+    /// `symbol+0xoff` of a drop's location.
+    pub location: Option<String>,
+    /// The drop reason's name; `SKB_CONSUMED` makes the hop a [`HopKind::Consume`].
+    pub reason: Option<String>,
+}
+
+pub fn decode_hop(raw: &tracer_ebpf::PathEvent, ctx: HopContext) -> PacketHop {
+    use tracer_ebpf::{path_hook, PATH_NO_HEADER};
+    let consumed = matches!(ctx.reason.as_deref(), Some("CONSUMED") | Some("NOT_DROPPED_YET"));
+    let hook = match raw.hook {
+        path_hook::RECEIVE => HopKind::Receive,
+        path_hook::QUEUE => HopKind::Transmit,
+        path_hook::XMIT_ERROR => HopKind::TransmitError,
+        path_hook::FREE if !consumed => HopKind::Drop,
+        _ => HopKind::Consume,
+    };
+    let caplen = (raw.caplen as usize).min(raw.data.len());
+    let bytes = raw.data[..caplen].to_vec();
+    let l3 = (raw.l3_offset != PATH_NO_HEADER).then_some(raw.l3_offset as usize).filter(|o| *o < caplen);
+    let (outer, tunnel, inner) = match l3 {
+        Some(o) => headers(&bytes[o..]),
+        None => (None, None, None),
+    };
+    let link_layer = raw.l2_offset == 0 && l3.is_some_and(|o| o > 0);
+    let (bytes, link_layer) = match (link_layer, l3) {
+        (true, _) => (bytes, true),
+        // Without a link-layer header the capture starts at the IP header.
+        (false, Some(o)) => (bytes[o..].to_vec(), false),
+        (false, None) => (Vec::new(), false),
+    };
+    PacketHop {
+        time: ctx.time,
+        ts_ns: raw.header.ts_ns,
+        wall_ns: ctx.wall_ns,
+        cpu: raw.header.cpu,
+        trace_id: raw.trace_id,
+        hook,
+        netns: (raw.netns != 0).then_some(raw.netns),
+        netns_name: ctx.netns_name,
+        ifindex: raw.ifindex,
+        device: (raw.ifindex != 0).then(|| super::c_string(&raw.ifname)),
+        len: raw.len,
+        outer,
+        tunnel,
+        inner,
+        drop_reason: (hook == HopKind::Drop).then_some(ctx.reason).flatten(),
+        location: (hook == HopKind::Drop).then_some(ctx.location).flatten(),
+        xmit_rc: (hook == HopKind::TransmitError).then_some(raw.result as i32),
+        task: super::task(&raw.header),
+        bytes,
+        link_layer,
+    }
+}
+
+/// The outer flow and, for UDP to a VXLAN or Geneve port, the tunnel and the inner flow.
+pub fn headers(ip: &[u8]) -> (Option<Flow>, Option<Tunnel>, Option<Flow>) {
+    use crate::probes::path::{GENEVE_PORT, VXLAN_PORTS};
+    let outer = super::parse_flow(ip);
+    let Some(flow) = &outer else { return (None, None, None) };
+    let dport = flow.dport.unwrap_or(0);
+    if flow.l4 != "udp" || dport == 0 {
+        return (outer, None, None);
+    }
+    let payload = match etherparse::LaxSlicedPacket::from_ip(ip).ok().and_then(|p| p.transport) {
+        Some(etherparse::TransportSlice::Udp(udp)) => udp.payload().to_vec(),
+        _ => return (outer, None, None),
+    };
+    let vni = |p: &[u8]| u32::from_be_bytes([0, p[4], p[5], p[6]]);
+    let (kind, ethernet) = if VXLAN_PORTS.contains(&dport) && payload.len() >= 8 && payload[0] & 0x08 != 0 {
+        ("vxlan", 8)
+    } else if dport == GENEVE_PORT && payload.len() >= 8 && u16::from_be_bytes([payload[2], payload[3]]) == 0x6558 {
+        ("geneve", 8 + (payload[0] & 0x3f) as usize * 4)
+    } else {
+        return (outer, None, None);
+    };
+    let tunnel = Some(Tunnel { kind, vni: vni(&payload) });
+    let inner = payload.get(ethernet..).and_then(|eth| {
+        let ethertype = u16::from_be_bytes([*eth.get(12)?, *eth.get(13)?]);
+        matches!(ethertype, 0x0800 | 0x86dd).then(|| super::parse_flow(eth.get(14..)?)).flatten()
+    });
+    (outer, tunnel, inner)
+}
