@@ -42,8 +42,7 @@ fn ping_is_followed_hop_by_hop_with_latency() {
         let lines = trace_ping(&pair, &["--filter", &filter], &["-c", "3", &server.to_string()]);
         let all = paths(&lines);
         // Echo requests: client's c0 transmits, server's s0 receives, the stack consumes.
-        let requests: Vec<&Value> =
-            all.iter().copied().filter(|p| p["flow"]["dst"] == server.to_string()).collect();
+        let requests: Vec<&Value> = all.iter().copied().filter(|p| p["flow"]["dst"] == server.to_string()).collect();
         let replies: Vec<&Value> = all.iter().copied().filter(|p| p["flow"]["dst"] == client.to_string()).collect();
         assert!(requests.len() >= 3 && replies.len() >= 3, "{family}: 3 requests and 3 replies expected: {all:#?}");
         assert_eq!(all.len(), requests.len() + replies.len(), "{family}: only the filtered flows: {all:#?}");
@@ -115,8 +114,7 @@ fn aggregate_counts_in_the_kernel() {
     require_root!();
     let pair = NodePair::new();
     let filter = format!("icmp and host {}", pair.server_v4);
-    let lines =
-        trace_ping(&pair, &["--aggregate", "--filter", &filter], &["-c", "4", &pair.server_v4.to_string()]);
+    let lines = trace_ping(&pair, &["--aggregate", "--filter", &filter], &["-c", "4", &pair.server_v4.to_string()]);
     assert!(paths(&lines).is_empty(), "aggregate mode sends no paths");
     let p = &of_type(&lines, "summary")[0]["paths"];
     assert_eq!(p["latency"]["approximate"], true);

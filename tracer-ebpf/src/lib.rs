@@ -713,9 +713,10 @@ pub struct FilterTerm {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PathConfig {
-    /// The kernel part of the filter, in conjunctive normal form: a packet is traced when, for
-    /// each of the first `clauses` rows, one of its terms matches its outer or its inner
-    /// (decapsulated VXLAN/Geneve) headers. Userspace checks the whole expression again.
+    /// The kernel part of the filter, in conjunctive normal form: a header set matches when,
+    /// for each of the first `clauses` rows, one of its terms matches it; a packet is traced
+    /// when its outer headers match, or its inner (VXLAN/Geneve) ones. Userspace checks the
+    /// whole expression again.
     pub filter: [[FilterTerm; FILTER_TERMS]; FILTER_CLAUSES],
     pub clauses: u32,
     /// 1: count hops and latencies in `PATH_HOPS` instead of sending per-packet events.

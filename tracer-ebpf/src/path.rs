@@ -46,7 +46,13 @@ static ZERO_STATS: PathHopStats =
 const UNSET_HEADER: u16 = u16::MAX;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-const IPPROTO_SCTP: u8 = 132;
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DSTOPTS: u8 = 60;
+/// IPv6 extension headers skipped at most.
+const IPV6_EXTENSIONS: usize = 4;
 const ETH_P_TEB: u16 = 0x6558;
 /// VXLAN and Geneve base headers; Ethernet header.
 const TUNNEL_HEADER: u64 = 8;
@@ -150,7 +156,11 @@ fn hop(ctx: &TracePointContext, hook: u32) {
     let mut location: u64 = 0;
     if hook == path_hook::FREE {
         let reason_offset = cfg!(tp_free_reason);
-        result = if reason_offset == ABSENT { ABSENT } else { unsafe { ctx.read_at(reason_offset as usize) }.unwrap_or(ABSENT) };
+        result = if reason_offset == ABSENT {
+            ABSENT
+        } else {
+            unsafe { ctx.read_at(reason_offset as usize) }.unwrap_or(ABSENT)
+        };
         let location_offset = cfg!(tp_free_location);
         if location_offset != ABSENT {
             location = unsafe { ctx.read_at(location_offset as usize) }.unwrap_or(0);
@@ -295,15 +305,45 @@ fn parse_ip(l3: u64, flow: &mut Flow) -> Option<u64> {
         6 => {
             let ip: [u8; 40] = unsafe { bpf_probe_read_kernel(l3 as *const [u8; 40]) }.ok()?;
             flow.family = 6;
-            // Extension headers are not walked here: such packets match on addresses only.
-            flow.proto = ip[6];
             flow.src.copy_from_slice(&ip[8..24]);
             flow.dst.copy_from_slice(&ip[24..40]);
-            l3 + 40
+            // Skip extension headers as the decoder does, so both see the same protocol.
+            let mut next = ip[6];
+            let mut at = l3 + 40;
+            for _ in 0..IPV6_EXTENSIONS {
+                let length = match next {
+                    IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                        let h: [u8; 2] = unsafe { bpf_probe_read_kernel(at as *const [u8; 2]) }.ok()?;
+                        next = h[0];
+                        (h[1] as u64 + 1) * 8
+                    }
+                    IPV6_FRAGMENT => {
+                        let h: [u8; 4] = unsafe { bpf_probe_read_kernel(at as *const [u8; 4]) }.ok()?;
+                        next = h[0];
+                        // A later fragment carries no transport header.
+                        if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                            flow.proto = next;
+                            return Some(0);
+                        }
+                        8
+                    }
+                    IPV6_AUTH => {
+                        let h: [u8; 2] = unsafe { bpf_probe_read_kernel(at as *const [u8; 2]) }.ok()?;
+                        next = h[0];
+                        (h[1] as u64 + 2) * 4
+                    }
+                    _ => break,
+                };
+                at += length;
+            }
+            flow.proto = next;
+            at
         }
         _ => return None,
     };
-    if flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP || flow.proto == IPPROTO_SCTP {
+    // Ports where the decoder reads them too (it gives SCTP none), so that negated port
+    // terms mean the same on both sides.
+    if flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP {
         if let Ok(ports) = unsafe { bpf_probe_read_kernel(l4 as *const [u8; 4]) } {
             flow.has_ports = true;
             flow.sport = u16::from_be_bytes([ports[0], ports[1]]);
@@ -320,7 +360,9 @@ fn inner_l3(outer: &Flow, l4: u64) -> Option<u64> {
         return None;
     }
     let tunnel = l4 + 8;
-    let eth = if outer.dport == cfg!(vxlan_ports[0]) || outer.dport == cfg!(vxlan_ports[1]) || outer.dport == cfg!(vxlan_ports[2])
+    let eth = if outer.dport == cfg!(vxlan_ports[0])
+        || outer.dport == cfg!(vxlan_ports[1])
+        || outer.dport == cfg!(vxlan_ports[2])
     {
         tunnel + TUNNEL_HEADER
     } else if outer.dport == cfg!(geneve_port) {
@@ -402,7 +444,17 @@ fn prefix_matches(addr: &[u8; 16], term: &FilterTerm) -> bool {
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn emit(skb: u64, hook: u32, trace_id: u64, point: PathPoint, len: u32, result: u32, location: u64, d: &DropConfig, dev: u64) {
+fn emit(
+    skb: u64,
+    hook: u32,
+    trace_id: u64,
+    point: PathPoint,
+    len: u32,
+    result: u32,
+    location: u64,
+    d: &DropConfig,
+    dev: u64,
+) {
     let Some(mut entry) = EVENTS.reserve::<PathEvent>(0) else {
         count_lost();
         return;

@@ -7,14 +7,14 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    analyze::paths::PathAssembler,
     analyze::{Analyzer, Finding},
+    decode::path::{PacketPath, PathOutcome},
     decode::{
         netfilter::{BridgeState, RuleCounter},
         DecodeError, Decoder, Event, WallClock,
     },
     kernel::{netns::NetnsNames, KernelFacts},
-    analyze::paths::PathAssembler,
-    decode::path::{PacketPath, PathOutcome},
     output::{DropRow, PathsSummary, Sink, Summary},
     probes::{
         link_monitor::{LinkMonitor, MonitorRecord},
@@ -80,10 +80,9 @@ impl EventFilter {
             Event::XdpException(x) => self.in_netns(x.netns) && self.on_iface(x.device.as_deref()),
             // A path is kept whole when one of its hops is in the namespace or on the device.
             Event::PacketHop(_) => true,
-            Event::PacketPath(p) => p
-                .steps
-                .iter()
-                .any(|s| self.in_netns(s.hop.netns) && self.on_iface(s.hop.device.as_deref())),
+            Event::PacketPath(p) => {
+                p.steps.iter().any(|s| self.in_netns(s.hop.netns) && self.on_iface(s.hop.device.as_deref()))
+            }
         }
     }
 
@@ -249,6 +248,7 @@ impl Session {
             },
             bpf_names: std::sync::Arc::new(crate::decode::xdp::BpfNames::resolve(facts.btf.as_ref())),
             ifnames: Default::default(),
+            mtus: Default::default(),
         };
         let namespaces = namespace_reader.and_then(|reader| reader.join().ok());
         let monitor = options.probes.links.then(|| LinkMonitor::start(options.monitor_netns));
@@ -329,7 +329,12 @@ impl Session {
         let assembler = self.pipeline.paths.as_ref()?;
         let mut summary = self.pipeline.path_counts.clone();
         summary.filtered = assembler.filtered;
-        summary.filter = self.probes.hooks.iter().find(|h| h.family == "path").and_then(|h| h.coverage["filter"].as_str().map(str::to_string));
+        summary.filter = self
+            .probes
+            .hooks
+            .iter()
+            .find(|h| h.family == "path")
+            .and_then(|h| h.coverage["filter"].as_str().map(str::to_string));
         summary.latency = assembler.latency.summary();
         if self.probes.path_aggregate() {
             let counters = self.probes.path_hops();
@@ -339,10 +344,13 @@ impl Session {
                 for point in [key.from, key.to] {
                     names.entry((point.netns, point.ifindex)).or_insert_with(|| {
                         let netns = decoder.name_netns(point.netns);
-                        let device = netns
-                            .as_deref()
-                            .and_then(|n| crate::kernel::netns::ifname_in(&crate::kernel::netns::path_of_name(n), point.ifindex));
-                        (netns.unwrap_or_else(|| point.netns.to_string()), device.unwrap_or_else(|| format!("if{}", point.ifindex)))
+                        let device = netns.as_deref().and_then(|n| {
+                            crate::kernel::netns::ifname_in(&crate::kernel::netns::path_of_name(n), point.ifindex)
+                        });
+                        (
+                            netns.unwrap_or_else(|| point.netns.to_string()),
+                            device.unwrap_or_else(|| format!("if{}", point.ifindex)),
+                        )
                     });
                 }
             }
@@ -351,7 +359,13 @@ impl Session {
                 format!("{} {device}@{netns}", crate::decode::path::hook_word(p.hook))
             };
             summary.latency = crate::analyze::paths::PathLatency::from_counters(&counters, label).summary();
-            let ends = |hook: u32| counters.iter().filter(|(k, _)| k.from.hook == tracer_ebpf::PATH_HOP_END_TO_END && k.to.hook == hook).map(|(_, s)| s.packets).sum::<u64>();
+            let ends = |hook: u32| {
+                counters
+                    .iter()
+                    .filter(|(k, _)| k.from.hook == tracer_ebpf::PATH_HOP_END_TO_END && k.to.hook == hook)
+                    .map(|(_, s)| s.packets)
+                    .sum::<u64>()
+            };
             summary.delivered = ends(tracer_ebpf::path_hook::CONSUME);
             summary.dropped = ends(tracer_ebpf::path_hook::FREE) + ends(tracer_ebpf::path_hook::XMIT_ERROR);
             summary.traced = counters.iter().filter(|(k, _)| k.from.hook == 0).map(|(_, s)| s.packets).sum();

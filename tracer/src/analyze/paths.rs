@@ -106,8 +106,7 @@ impl PathAssembler {
         let steps: Vec<PathStep> = hops
             .into_iter()
             .map(|hop| {
-                let step =
-                    PathStep { since_previous_ns: hop.ts_ns - previous, since_start_ns: hop.ts_ns - start, hop };
+                let step = PathStep { since_previous_ns: hop.ts_ns - previous, since_start_ns: hop.ts_ns - start, hop };
                 previous = step.hop.ts_ns;
                 step
             })
@@ -120,7 +119,7 @@ impl PathAssembler {
 
 /// Where a hop was, as the summary names it: `tx eth0@node-a`.
 pub fn point_label(hop: &PacketHop) -> String {
-    let device = hop.device.clone().unwrap_or_else(|| format!("if{}", hop.ifindex));
+    let device = hop.device_label();
     let netns = hop.netns_name.clone().or(hop.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
     format!("{} {device}@{netns}", hop.hook.word())
 }
@@ -166,7 +165,10 @@ impl PathLatency {
     }
 
     /// Fills the histograms from the kernel's aggregate counters; `label` names a point.
-    pub fn from_counters(counters: &[(PathHopKey, PathHopStats)], label: impl Fn(&tracer_ebpf::PathPoint) -> String) -> Self {
+    pub fn from_counters(
+        counters: &[(PathHopKey, PathHopStats)],
+        label: impl Fn(&tracer_ebpf::PathPoint) -> String,
+    ) -> Self {
         let mut latency = PathLatency { approximate: true, ..Default::default() };
         for (key, stats) in counters {
             if key.from.hook == 0 {

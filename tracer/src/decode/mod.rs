@@ -17,11 +17,16 @@ use std::{
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use serde::Serialize;
 use tracer_ebpf::{
-    AnswerEvent, BpfEvent, DropEvent, EventHeader, EventKind, NetlinkEvent, PathEvent, TraceRecordEvent, VerdictEvent, ABSENT,
-    VERDICT_NFT,
+    AnswerEvent, BpfEvent, DropEvent, EventHeader, EventKind, NetlinkEvent, PathEvent, TraceRecordEvent, VerdictEvent,
+    ABSENT, VERDICT_NFT,
 };
 
-use crate::kernel::{drop_reasons::DropReasons, kallsyms::Kallsyms, netns::NetnsNames};
+use crate::kernel::{
+    drop_reasons::DropReasons,
+    kallsyms::Kallsyms,
+    netns::{self, NetnsNames},
+    routes::{self, Egress},
+};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -213,7 +218,19 @@ pub struct Decoder {
     pub bpf_names: Arc<xdp::BpfNames>,
     /// Interface names by (netns inode, ifindex), for requests that name only the index.
     pub ifnames: std::collections::HashMap<(u32, u32), String>,
+    /// Route and device lookups for packets too big for their way out (cached).
+    pub mtus: MtuLookups,
 }
+
+/// Cached answers of `kernel::routes`: each lookup enters a namespace (about 1.5 ms).
+#[derive(Default)]
+pub struct MtuLookups {
+    routes: std::collections::HashMap<(u32, IpAddr, Option<IpAddr>, u32), Option<Egress>>,
+    devices: std::collections::HashMap<(u32, u32), Option<Egress>>,
+}
+
+/// Lookups kept at most; the caches start over beyond.
+const MTU_LOOKUPS: usize = 1024;
 
 impl Decoder {
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Event, DecodeError> {
@@ -221,7 +238,9 @@ impl Decoder {
         match header.kind {
             k if k == EventKind::Drop as u16 => {
                 let raw: DropEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
-                Ok(Event::Drop(self.decode_drop(&raw)))
+                let mut drop = self.decode_drop(&raw);
+                self.add_mtus(&mut drop);
+                Ok(Event::Drop(drop))
             }
             k if k == EventKind::NetlinkRequest as u16
                 || k == EventKind::NetlinkAck as u16
@@ -245,7 +264,10 @@ impl Decoder {
                 let time = self.time(raw.header.ts_ns);
                 match netfilter::decode(&raw, &self.record_formats, time, netns_name) {
                     Some(netfilter::NetfilterEvent::Reset(r)) => Ok(Event::TcpReset(r)),
-                    Some(netfilter::NetfilterEvent::Icmp(i)) => Ok(Event::IcmpError(i)),
+                    Some(netfilter::NetfilterEvent::Icmp(mut i)) => {
+                        self.add_icmp_mtus(&mut i);
+                        Ok(Event::IcmpError(i))
+                    }
                     Some(netfilter::NetfilterEvent::Connect(c)) => Ok(Event::TcpConnect(c)),
                     None => Err(DecodeError::UnknownRecord(raw.source)),
                 }
@@ -255,7 +277,10 @@ impl Decoder {
                 let packet = self.decode_drop(&raw.packet);
                 match netfilter::decode_answer(packet, raw.args, &self.answer_functions) {
                     Some(netfilter::NetfilterEvent::Reset(r)) => Ok(Event::TcpReset(r)),
-                    Some(netfilter::NetfilterEvent::Icmp(i)) => Ok(Event::IcmpError(i)),
+                    Some(netfilter::NetfilterEvent::Icmp(mut i)) => {
+                        self.add_icmp_mtus(&mut i);
+                        Ok(Event::IcmpError(i))
+                    }
                     _ => Err(DecodeError::UnknownRecord(u16::MAX)),
                 }
             }
@@ -289,8 +314,9 @@ impl Decoder {
             k if k == EventKind::PacketHop as u16 => {
                 let raw: PathEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
                 let is_drop = raw.hook == tracer_ebpf::path_hook::FREE;
-                let reason = (is_drop && raw.result != ABSENT)
-                    .then(|| self.reasons.name(raw.result).map_or_else(|| format!("reason-{}", raw.result), str::to_string));
+                let reason = (is_drop && raw.result != ABSENT).then(|| {
+                    self.reasons.name(raw.result).map_or_else(|| format!("reason-{}", raw.result), str::to_string)
+                });
                 let location = (is_drop && raw.location != 0).then(|| match self.kallsyms.resolve(raw.location) {
                     Some(sym) => sym.to_string(),
                     None => format!("{:#x}", raw.location),
@@ -307,6 +333,66 @@ impl Decoder {
             }
             other => Err(DecodeError::UnknownKind(other)),
         }
+    }
+
+    /// Where a too-big packet would have left, and that device's MTU (for
+    /// `tunnel-mtu-exceeded`): the route for `PKT_TOO_BIG` drops and drops in the forwarding
+    /// path, the device itself for reasonless drops at a device.
+    fn add_mtus(&mut self, drop: &mut DropRecord) {
+        let (Some(netns), Some(flow)) = (drop.netns, drop.flow.as_ref()) else { return };
+        let reason = drop.reason.as_deref();
+        let forwarding = matches!(drop.function.as_deref(), Some("ip_forward" | "ip6_forward"));
+        let too_big = reason == Some("PKT_TOO_BIG") || (forwarding && matches!(reason, None | Some("NOT_SPECIFIED")));
+        let silent = matches!(reason, None | Some("NOT_SPECIFIED")) && drop.ifindex.is_some();
+        if !too_big && !silent {
+            return;
+        }
+        let Some(path) = self.netns_path(netns) else { return };
+        if self.mtus.routes.len() > MTU_LOOKUPS || self.mtus.devices.len() > MTU_LOOKUPS {
+            self.mtus = MtuLookups::default();
+        }
+        let ifindex = drop.ifindex.unwrap_or(0);
+        drop.egress = if too_big {
+            let key = (netns, flow.dst, Some(flow.src), ifindex);
+            self.mtus
+                .routes
+                .entry(key)
+                .or_insert_with(|| routes::egress_in(&path, flow.dst, Some(flow.src), drop.ifindex))
+                .clone()
+        } else {
+            let device = self.mtus.devices.entry((netns, ifindex)).or_insert_with(|| routes::device_in(&path, ifindex));
+            // Only tunnels are of interest here, and only for packets they cannot carry.
+            device.clone().filter(|d| d.kind.as_deref().is_some_and(routes::is_tunnel_kind))
+        };
+    }
+
+    /// For "fragmentation needed" / "packet too big": where the packet would have left.
+    fn add_icmp_mtus(&mut self, icmp: &mut netfilter::IcmpError) {
+        let v4_frag_needed =
+            icmp.icmp_type == 3 && icmp.icmp_code == 4 && icmp.flow.as_ref().is_some_and(|f| f.src.is_ipv4());
+        let v6_too_big = icmp.icmp_type == 2 && icmp.flow.as_ref().is_some_and(|f| f.src.is_ipv6());
+        if icmp.by_reject || !(v4_frag_needed || v6_too_big) {
+            return;
+        }
+        let (Some(netns), Some(flow)) = (icmp.netns, icmp.flow.clone()) else { return };
+        let Some(path) = self.netns_path(netns) else { return };
+        let key = (netns, flow.dst, Some(flow.src), icmp.ifindex.unwrap_or(0));
+        icmp.egress = self
+            .mtus
+            .routes
+            .entry(key)
+            .or_insert_with(|| routes::egress_in(&path, flow.dst, Some(flow.src), icmp.ifindex))
+            .clone();
+    }
+
+    /// A path that enters namespace `inode`: ours, PID 1's, or a named one.
+    pub(crate) fn netns_path(&mut self, inode: u32) -> Option<std::path::PathBuf> {
+        let own = netns::inode_of(std::path::Path::new("/proc/self/ns/net"));
+        if own == Some(inode) {
+            return Some("/proc/self/ns/net".into());
+        }
+        let name = self.netns.name(inode)?.to_string();
+        Some(netns::path_of_name(&name))
     }
 
     /// A wall-clock time for a monotonic timestamp, and a netns name for an inode.
@@ -367,7 +453,7 @@ impl Decoder {
             function,
             skb: format!("{:#x}", raw.skb),
             task: task(&raw.header),
-            packet_len: None,
+            packet_len: ip_length(&raw.headers[..header_len]),
             egress: None,
         }
     }
@@ -400,6 +486,16 @@ fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
 pub(crate) fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// The length an IP header announces: IPv4 total length, IPv6 payload length + 40.
+pub fn ip_length(ip: &[u8]) -> Option<u32> {
+    let word = |i: usize| Some(u16::from_be_bytes([*ip.get(i)?, *ip.get(i + 1)?]) as u32);
+    match ip.first()? >> 4 {
+        4 => word(2),
+        6 => word(4).map(|n| n + 40),
+        _ => None,
+    }
 }
 
 /// Parses IPv4/IPv6 + TCP/UDP/ICMP headers, tolerating truncation.
@@ -482,6 +578,7 @@ mod tests {
             bpf_cmds: [5, 18, 28],
             bpf_names: Default::default(),
             ifnames: Default::default(),
+            mtus: Default::default(),
         }
     }
 

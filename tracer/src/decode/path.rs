@@ -52,6 +52,18 @@ pub fn hook_word(hook: u32) -> &'static str {
     }
 }
 
+impl PacketHop {
+    /// The device's name; `socket` for a packet consumed after it left its device (queued to
+    /// a socket), else `ifN`.
+    pub fn device_label(&self) -> String {
+        match (&self.device, self.hook) {
+            (Some(d), _) => d.clone(),
+            (None, HopKind::Consume) if self.ifindex == 0 => "socket".into(),
+            (None, _) => format!("if{}", self.ifindex),
+        }
+    }
+}
+
 /// An encapsulation header between the outer and the inner packet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Tunnel {

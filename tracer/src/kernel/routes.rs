@@ -321,6 +321,30 @@ fn link_facts(link: &LinkMessage) -> LinkFacts {
     facts
 }
 
+/// Link kinds that encapsulate packets in another IP header: their MTU is the underlay's
+/// minus their overhead.
+pub fn is_tunnel_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "vxlan"
+            | "geneve"
+            | "wireguard"
+            | "ipip"
+            | "sit"
+            | "gre"
+            | "gretap"
+            | "ip6tnl"
+            | "ip6gre"
+            | "ip6gretap"
+            | "erspan"
+            | "ip6erspan"
+            | "bareudp"
+            | "vti"
+            | "vti6"
+            | "xfrm"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::{path::PathBuf, process::Command};

@@ -209,11 +209,13 @@ async fn run_one(
             .iter()
             .map(|n| paths::NsRef { label: netns::role_of(n).to_string(), name: n.clone(), inode: lab.inode(n) })
             .collect();
-        for path in report.paths.iter().take(MAX_PATH_NOTES) {
+        // One line per path; with --verbose the sink shows each path hop by hop itself.
+        let shown = if verbose { 0 } else { MAX_PATH_NOTES };
+        for path in report.paths.iter().take(shown) {
             scoped.note(&format!("   {}", paths::summary_line(path, &names)));
         }
-        if report.paths.len() > MAX_PATH_NOTES {
-            scoped.note(&format!("   … and {} more paths", report.paths.len() - MAX_PATH_NOTES));
+        if report.paths.len() > shown && !verbose {
+            scoped.note(&format!("   … and {} more paths", report.paths.len() - shown));
         }
         problems.extend(scenario.verify_paths(&topology, &report.paths));
         PathCounts::of(&report.paths)

@@ -294,3 +294,160 @@ pub fn summary_line(path: &PacketPath, names: &[NsRef]) -> String {
         route(path, names)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::path::{PathStep, Tunnel};
+
+    fn ns(label: &str, inode: u32) -> NsRef {
+        NsRef { label: label.into(), name: format!("dptlab-1-{label}"), inode: Some(inode) }
+    }
+
+    fn flow(l4: &str, src: &str, dst: &str) -> Flow {
+        Flow {
+            l4: l4.into(),
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            sport: None,
+            dport: None,
+            icmp_type: None,
+            icmp_code: None,
+            tcp_flags: None,
+        }
+    }
+
+    fn hop(hook: HopKind, netns: Option<u32>, device: Option<&str>) -> PacketHop {
+        PacketHop {
+            time: String::new(),
+            ts_ns: 0,
+            wall_ns: 0,
+            cpu: 0,
+            trace_id: 7,
+            hook,
+            netns,
+            netns_name: None,
+            ifindex: 0,
+            device: device.map(str::to_string),
+            len: 84,
+            outer: Some(flow("icmp", "10.244.1.2", "10.244.2.2")),
+            tunnel: None,
+            inner: None,
+            drop_reason: None,
+            location: None,
+            xmit_rc: None,
+            task: None,
+            bytes: vec![],
+            link_layer: false,
+        }
+    }
+
+    fn path(hops: Vec<PacketHop>, outcome: PathOutcome) -> PacketPath {
+        PacketPath {
+            trace_id: 7,
+            flow: Some(flow("icmp", "10.244.1.2", "10.244.2.2")),
+            steps: hops.into_iter().map(|hop| PathStep { hop, since_previous_ns: 0, since_start_ns: 0 }).collect(),
+            outcome,
+            total_ns: 0,
+        }
+    }
+
+    fn spec(a: &NsRef, b: &NsRef) -> PathSpec {
+        PathSpec {
+            what: "echo request".into(),
+            l4: "icmp",
+            src: "10.244.1.2".parse().unwrap(),
+            dst: "10.244.2.2".parse().unwrap(),
+            hops: vec![
+                HopSpec::new(HopKind::Transmit, a, "eth0").tunnel(TunnelSpec {
+                    kind: "vxlan",
+                    vni: 1,
+                    port: 8472,
+                    inner_l4: "icmp",
+                    inner_src: "10.244.1.2".parse().unwrap(),
+                    inner_dst: "10.244.2.2".parse().unwrap(),
+                }),
+                HopSpec::new(HopKind::Receive, b, "flannel.1"),
+            ],
+            end: EndSpec::Delivered { ns: b.clone() },
+            never: vec![],
+            min_len: None,
+        }
+    }
+
+    fn encapsulated(netns: u32) -> PacketHop {
+        let mut h = hop(HopKind::Transmit, Some(netns), Some("eth0"));
+        h.outer = Some(Flow { dport: Some(8472), ..flow("udp", "192.168.50.1", "192.168.50.2") });
+        h.tunnel = Some(Tunnel { kind: "vxlan", vni: 1 });
+        h.inner = Some(flow("icmp", "10.244.1.2", "10.244.2.2"));
+        h
+    }
+
+    #[test]
+    fn a_path_with_every_hop_in_order_and_its_end_passes() {
+        let (a, b) = (ns("node-a", 1), ns("node-b", 2));
+        let p = path(
+            vec![
+                encapsulated(1),
+                hop(HopKind::Receive, Some(2), Some("eth0")),
+                hop(HopKind::Receive, Some(2), Some("flannel.1")),
+                // Consumed by a socket's reader: no device, no namespace.
+                hop(HopKind::Consume, Some(2), Some("flannel.1")),
+                hop(HopKind::Consume, None, None),
+            ],
+            PathOutcome::Delivered,
+        );
+        assert_eq!(expect_path(&[p], &spec(&a, &b), &[a.clone(), b.clone()]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn names_the_first_missing_hop_and_the_wrong_end() {
+        let (a, b) = (ns("node-a", 1), ns("node-b", 2));
+        // The underlay hop lacks its tunnel header.
+        let p = path(
+            vec![
+                hop(HopKind::Transmit, Some(1), Some("eth0")),
+                hop(HopKind::Receive, Some(2), Some("flannel.1")),
+                hop(HopKind::Drop, Some(2), Some("flannel.1")),
+            ],
+            PathOutcome::Dropped { reason: Some("NO_SOCKET".into()), location: None },
+        );
+        let problems = expect_path(&[p], &spec(&a, &b), &[a.clone(), b.clone()]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let text = &problems[0];
+        assert!(text.contains("has no tx on eth0 in node-a (vxlan vni 1"), "{text}");
+        assert!(text.contains("is not delivered in node-b but dropped in node-b (NO_SOCKET)"), "{text}");
+        assert!(text.contains("tx eth0@node-a → rx flannel.1@node-b → drop flannel.1@node-b"), "{text}");
+    }
+
+    #[test]
+    fn drops_without_a_reason_count_and_forbidden_hops_do_not() {
+        let (a, b) = (ns("node-a", 1), ns("node-b", 2));
+        let dropped = |reason: Option<&str>, via_tunnel: bool| {
+            let mut hops = vec![hop(HopKind::Receive, Some(1), Some("cni0"))];
+            if via_tunnel {
+                hops.push(hop(HopKind::Transmit, Some(1), Some("flannel.1")));
+            }
+            hops.push(hop(HopKind::Drop, Some(1), Some("cni0")));
+            path(
+                hops,
+                PathOutcome::Dropped { reason: reason.map(str::to_string), location: Some("ip_forward+0x2c0".into()) },
+            )
+        };
+        let spec = PathSpec {
+            hops: vec![HopSpec::new(HopKind::Receive, &a, "cni0")],
+            end: EndSpec::Dropped { ns: a.clone(), reasons: vec!["PKT_TOO_BIG"], location: Some("ip_forward") },
+            never: vec![("flannel.1".into(), a.clone())],
+            ..spec(&a, &b)
+        };
+        let names = [a.clone(), b.clone()];
+        for reason in [Some("PKT_TOO_BIG"), Some("NOT_SPECIFIED"), None] {
+            assert!(expect_path(&[dropped(reason, false)], &spec, &names).is_empty(), "{reason:?}");
+        }
+        assert_eq!(expect_path(&[dropped(Some("NO_ROUTE"), false)], &spec, &names).len(), 1);
+        let through = expect_path(&[dropped(None, true)], &spec, &names);
+        assert!(through[0].contains("should not have reached tx on flannel.1"), "{through:?}");
+        let none = expect_path(&[], &spec, &names);
+        assert!(none[0].starts_with("no traced path of the echo request"), "{none:?}");
+    }
+}

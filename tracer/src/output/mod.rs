@@ -112,7 +112,9 @@ impl Sink for PcapTee {
         let file = self.path.display();
         let text = match (self.writer.take().map(pcapng::PcapngWriter::finish), &self.error) {
             (_, Some(e)) => format!("{file}: writing stopped: {e}"),
-            (Some(Ok((packets, interfaces))), None) => format!("{file}: {packets} packet(s) on {interfaces} interface(s)"),
+            (Some(Ok((packets, interfaces))), None) => {
+                format!("{file}: {packets} packet(s) on {interfaces} interface(s)")
+            }
             (Some(Err(e)), None) => format!("{file}: {e:#}"),
             (None, None) => format!("{file}: nothing written"),
         };

@@ -213,7 +213,7 @@ pub fn event_line(event: &Event) -> String {
 
 /// `tx   flannel.1@node-a  1450 B  udp 192.168.50.1:40000 > 192.168.50.2:8472 vxlan 1 [icmp 10.244.1.2 > 10.244.2.2 type 8 code 0]`
 fn hop_text(h: &PacketHop) -> String {
-    let device = h.device.clone().unwrap_or_else(|| format!("if{}", h.ifindex));
+    let device = h.device_label();
     let netns = h.netns_name.clone().or(h.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
     let mut line = format!("{:<9} {:<28} {:>5} B", h.hook.word(), format!("{device}@{netns}"), h.len);
     if let Some(outer) = &h.outer {

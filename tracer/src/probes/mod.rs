@@ -184,8 +184,10 @@ impl Probes {
                         hooks.push(attach_xdp(&mut ebpf, facts, &xdp_chain)?);
                     }
                     if options.path.is_some() {
-                        let detail = path::attach(&mut ebpf, &path_coverage)
-                            .map_err(|why| ProbeError::NoBackend { family: "path", tried: format!("tracepoints: {why}") })?;
+                        let detail = path::attach(&mut ebpf, &path_coverage).map_err(|why| ProbeError::NoBackend {
+                            family: "path",
+                            tried: format!("tracepoints: {why}"),
+                        })?;
                         for gap in &path_coverage.gaps {
                             log::info!("path: {gap}");
                         }
@@ -213,7 +215,12 @@ impl Probes {
     /// Tries every backend of every family (attaching and detaching each): what `check` reports.
     pub fn survey(facts: &KernelFacts) -> Vec<BackendProbe> {
         let (link_config, _) = links::link_config(facts, links::LinkBackend::Tracepoints);
-        let configs = Configs { links: link_config, netfilter: NetfilterConfig::absent(), xdp: XdpConfig::absent(), path: PathConfig::absent() };
+        let configs = Configs {
+            links: link_config,
+            netfilter: NetfilterConfig::absent(),
+            xdp: XdpConfig::absent(),
+            path: PathConfig::absent(),
+        };
         let probe =
             |family: &'static str, backend: &'static str, result: Result<(String, serde_json::Value), String>| {
                 match result {
@@ -235,8 +242,12 @@ impl Probes {
             .collect();
         for backend in [links::LinkBackend::Tracepoints, links::LinkBackend::Kprobes] {
             let (link_config, link_coverage) = links::link_config(facts, backend);
-            let configs =
-                Configs { links: link_config, netfilter: NetfilterConfig::absent(), xdp: XdpConfig::absent(), path: PathConfig::absent() };
+            let configs = Configs {
+                links: link_config,
+                netfilter: NetfilterConfig::absent(),
+                xdp: XdpConfig::absent(),
+                path: PathConfig::absent(),
+            };
             let result = load_object(&DropConfig::absent(), &configs, 4096)
                 .and_then(|mut ebpf| links::attach(&mut ebpf, &link_coverage, backend, &facts.kallsyms))
                 .map(|detail| (detail, serde_json::to_value(&link_coverage).unwrap_or_default()));
@@ -247,7 +258,12 @@ impl Probes {
             let (answers, verdicts) = netfilter_kprobes(facts, backend, &nf_config, &formats);
             nf_coverage.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
             nf_coverage.verdict_functions = verdicts.iter().map(|(f, _)| f.to_string()).collect();
-            let configs = Configs { links: LinkConfig::absent(), netfilter: nf_config, xdp: XdpConfig::absent(), path: PathConfig::absent() };
+            let configs = Configs {
+                links: LinkConfig::absent(),
+                netfilter: nf_config,
+                xdp: XdpConfig::absent(),
+                path: PathConfig::absent(),
+            };
             let result = load_object(&DropConfig::absent(), &configs, 4096)
                 .and_then(|mut ebpf| match backend {
                     b if b.uses_kprobes() && !std::path::Path::new(KPROBE_PMU).exists() => {
@@ -260,7 +276,12 @@ impl Probes {
         }
         for backend in xdp::XdpBackend::CHAIN {
             let (config, coverage) = xdp::xdp_config(facts, backend);
-            let configs = Configs { links: LinkConfig::absent(), netfilter: NetfilterConfig::absent(), xdp: config, path: PathConfig::absent() };
+            let configs = Configs {
+                links: LinkConfig::absent(),
+                netfilter: NetfilterConfig::absent(),
+                xdp: config,
+                path: PathConfig::absent(),
+            };
             let result = load_object(&DropConfig::absent(), &configs, 4096)
                 .and_then(|mut ebpf| {
                     let mut parts = xdp::attach_commands(&mut ebpf, &coverage)?;
@@ -278,7 +299,8 @@ impl Probes {
             path: config,
         };
         // The path programs read the skb offsets of the drops configuration.
-        let drop_config = drops::drop_config(facts, DropBackend::Tracepoint).map(|(c, _, _)| c).unwrap_or(DropConfig::absent());
+        let drop_config =
+            drops::drop_config(facts, DropBackend::Tracepoint).map(|(c, _, _)| c).unwrap_or(DropConfig::absent());
         let result = load_object(&drop_config, &configs, 4096)
             .and_then(|mut ebpf| path::attach(&mut ebpf, &coverage))
             .map(|detail| (detail, serde_json::to_value(&coverage).unwrap_or_default()));

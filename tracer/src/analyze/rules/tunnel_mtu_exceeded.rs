@@ -212,13 +212,7 @@ fn netns_label(name: Option<&str>, inode: Option<u32>) -> String {
 
 /// Link kinds that encapsulate: their MTU is the underlay's minus their overhead.
 fn is_tunnel(kind: Option<&str>) -> bool {
-    kind.is_some_and(|k| {
-        encapsulation(k).is_some()
-            || matches!(
-                k,
-                "ip6tnl" | "ip6gre" | "ip6gretap" | "erspan" | "ip6erspan" | "bareudp" | "vti" | "vti6" | "xfrm"
-            )
-    })
+    kind.is_some_and(crate::kernel::routes::is_tunnel_kind)
 }
 
 /// A tunnel kind's name and its overhead over an IPv4 and an IPv6 underlay.
