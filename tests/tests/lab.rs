@@ -6,7 +6,7 @@ use dptrace_e2e::{dptrace, json_lines, namespaces_with_prefix, of_type, require_
 use serde_json::Value;
 
 /// Every scenario, in `lab list` order.
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 13] = [
     "udp-closed-port",
     "node-icmp-blocked",
     "apiserver-rejected",
@@ -18,6 +18,8 @@ const SCENARIOS: [&str; 11] = [
     "xdp-native-unsupported",
     "xdp-aborted",
     "bpf-load-retry-loop",
+    "vxlan-overlay",
+    "vxlan-mtu",
 ];
 
 #[test]

@@ -26,7 +26,7 @@ use crate::{
     decode::{path::PacketPath, Event},
     output::{self, Sink, Summary},
     packet_filter::PacketFilter,
-    probes::{path::PathOptions, ProbeOptions},
+    probes::{path::PathOptions, ProbeError, ProbeOptions},
     session::{EventFilter, Session, SessionOptions},
 };
 
@@ -181,11 +181,25 @@ async fn run_one(
         let filter = PacketFilter::parse(text).with_context(|| format!("the scenario's path filter `{text}`"))?;
         probes.path = Some(PathOptions { filter: Some(filter), aggregate: false });
     }
-    let mut session = Session::start(SessionOptions {
+    let options = |probes: ProbeOptions| SessionOptions {
         probes,
-        filter: EventFilter::new(Some(inodes), None),
+        filter: EventFilter::new(Some(inodes.clone()), None),
         monitor_netns: Some(lab.namespaces().iter().map(|n| netns::netns_path(n)).collect()),
-    })?;
+    };
+    let mut path_filter = path_filter;
+    let mut session = match Session::start(options(probes.clone())) {
+        // Kernels where packets cannot be followed (no BTF): a path demonstration cannot be
+        // reproduced; any other scenario is diagnosed without its paths.
+        Err(ProbeError::NoBackend { family: "path", tried }) => {
+            if scenario.expected_rule() == scenarios::PATH_DEMO {
+                return Err(netns::Unreproducible(format!("packets cannot be followed on this kernel ({tried})")).into());
+            }
+            sink.note(&format!("   paths not checked: packets cannot be followed on this kernel ({tried})"));
+            path_filter = None;
+            Session::start(options(ProbeOptions { path: None, ..probes }))?
+        }
+        other => other?,
+    };
     let mut scoped = LabSink { inner: sink, verbose };
     let trigger_topology = topology.clone();
     let triggered = session
