@@ -64,6 +64,10 @@ pub mod names {
     pub const PROG_PATH_XMIT: &str = "path_xmit";
     pub const PROG_PATH_FREE: &str = "path_free";
     pub const PROG_PATH_CONSUME: &str = "path_consume";
+    /// kprobes on datapath functions, by the position of their skb argument.
+    pub const PROG_PATH_FN_SKB0: &str = "path_fn_skb0";
+    pub const PROG_PATH_FN_SKB1: &str = "path_fn_skb1";
+    pub const PROG_PATH_FN_SKB2: &str = "path_fn_skb2";
 }
 
 /// Discriminates the records in the `EVENTS` ring buffer: each record starts with an
@@ -624,8 +628,11 @@ pub mod path_hook {
     pub const FREE: u32 = 4;
     /// `skb:consume_skb`: delivered or done with, normally.
     pub const CONSUME: u32 = 5;
-    /// How many hook kinds there are (array sizes in [`super::PathConfig`]).
+    /// Size of the per-tracepoint arrays in [`super::PathConfig`] (indexed by the values above).
     pub const COUNT: usize = 6;
+    /// A kernel function (kprobe, where the kernel has kprobes) saw an already traced
+    /// packet: `location` is the function's address. Not a tracepoint, not in the arrays.
+    pub const FUNCTION: u32 = 6;
 }
 
 /// One sighting of a traced packet (the `path` family).
@@ -637,7 +644,8 @@ pub struct PathEvent {
     /// Assigned in the kernel when the packet first matched the filter; kept while the same
     /// `sk_buff` travels on (across veths, bridges, tunnels, NAT), so hops join by it.
     pub trace_id: u64,
-    /// For [`path_hook::FREE`]: the address that freed the packet.
+    /// For [`path_hook::FREE`]: the address that freed the packet; for
+    /// [`path_hook::FUNCTION`]: the function's address.
     pub location: u64,
     /// A [`path_hook`] value.
     pub hook: u32,

@@ -12,10 +12,13 @@
 //! counts packets, bytes and a log2 latency histogram in `PATH_HOPS`.
 
 use aya_ebpf::{
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
-    macros::{map, tracepoint},
+    helpers::{
+        bpf_get_func_ip, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+    },
+    macros::{kprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::{ProbeContext, TracePointContext},
+    EbpfContext,
 };
 use tracer_ebpf::{
     filter_kind, filter_side, path_hook, DropConfig, EventKind, FilterTerm, PathConfig, PathEvent, PathHopKey,
@@ -23,7 +26,7 @@ use tracer_ebpf::{
     PATH_NO_HEADER, PATH_SNAP_BYTES,
 };
 
-use crate::events::{count_lost, fill_header, read_field, EVENTS};
+use crate::events::{count_lost, fill_header, probe_args, read_field, EVENTS};
 
 #[no_mangle]
 static PATH_CONFIG: PathConfig = PathConfig::absent();
@@ -60,6 +63,15 @@ const ETH_HEADER: u64 = 14;
 /// A link-layer header longer than this is not one (stale `mac_header`).
 const MAX_L2: u64 = 64;
 
+/// Reads one field of the configuration. Volatile: the global is patched at load time, so
+/// the compiler must not fold its compile-time value; per field, because the whole struct
+/// does not fit the 512-byte stack.
+macro_rules! setting {
+    ($($field:tt)+) => {
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(PATH_CONFIG.$($field)+)) }
+    };
+}
+
 #[tracepoint]
 pub fn path_receive(ctx: TracePointContext) -> u32 {
     hop(&ctx, path_hook::RECEIVE);
@@ -90,13 +102,49 @@ pub fn path_consume(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Reads one field of the configuration. Volatile: the global is patched at load time, so
-/// the compiler must not fold its compile-time value; per field, because the whole struct
-/// does not fit the 512-byte stack.
-macro_rules! cfg {
-    ($($field:tt)+) => {
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(PATH_CONFIG.$($field)+)) }
+/// Where the kernel has kprobes: datapath functions (`ip_forward`, `vxlan_xmit`, `br_forward`,
+/// …) show what happened to a traced packet between two devices. Only packets already traced
+/// are reported; the others cost one map lookup.
+#[kprobe]
+pub fn path_fn_skb0(ctx: ProbeContext) -> u32 {
+    let args = probe_args(&ctx);
+    function_hop(&ctx, args[0]);
+    0
+}
+
+#[kprobe]
+pub fn path_fn_skb1(ctx: ProbeContext) -> u32 {
+    let args = probe_args(&ctx);
+    function_hop(&ctx, args[1]);
+    0
+}
+
+#[kprobe]
+pub fn path_fn_skb2(ctx: ProbeContext) -> u32 {
+    let args = probe_args(&ctx);
+    function_hop(&ctx, args[2]);
+    0
+}
+
+#[inline(always)]
+fn function_hop(ctx: &ProbeContext, skb: u64) {
+    if skb == 0 || setting!(aggregate) != 0 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let trace_id = match unsafe { PATH_TRACKED.get(&skb) } {
+        Some(t) if now.wrapping_sub(t.last_ns) <= setting!(follow_ns) => t.trace_id,
+        _ => return,
     };
+    let function = unsafe { bpf_get_func_ip(ctx.as_ptr()) };
+    let d = drops();
+    let dev: u64 = read_field(skb, d.skb_dev).unwrap_or(0);
+    let ifindex: u32 = read_field(dev, d.dev_ifindex).unwrap_or(0);
+    let net: u64 = read_field(dev, d.dev_net).unwrap_or(0);
+    let netns: u32 = read_field(net, d.net_inum).unwrap_or(0);
+    let point = PathPoint { netns, ifindex, hook: path_hook::FUNCTION, _pad: 0 };
+    let len: u32 = read_field(skb, setting!(skb_len)).unwrap_or(0);
+    emit(skb, path_hook::FUNCTION, trace_id, point, len, 0, function, &d, dev);
 }
 
 #[inline(always)]
@@ -124,11 +172,11 @@ impl Flow {
 #[inline(always)]
 fn hop(ctx: &TracePointContext, hook: u32) {
     let offset = match hook {
-        path_hook::RECEIVE => cfg!(tp_skb[1]),
-        path_hook::QUEUE => cfg!(tp_skb[2]),
-        path_hook::XMIT_ERROR => cfg!(tp_skb[3]),
-        path_hook::FREE => cfg!(tp_skb[4]),
-        _ => cfg!(tp_skb[5]),
+        path_hook::RECEIVE => setting!(tp_skb[1]),
+        path_hook::QUEUE => setting!(tp_skb[2]),
+        path_hook::XMIT_ERROR => setting!(tp_skb[3]),
+        path_hook::FREE => setting!(tp_skb[4]),
+        _ => setting!(tp_skb[5]),
     };
     if offset == ABSENT {
         return;
@@ -136,7 +184,7 @@ fn hop(ctx: &TracePointContext, hook: u32) {
     let Ok(skb) = (unsafe { ctx.read_at::<u64>(offset as usize) }) else { return };
     let mut result: u32 = 0;
     if hook == path_hook::XMIT_ERROR {
-        let rc_offset = cfg!(tp_xmit_rc);
+        let rc_offset = setting!(tp_xmit_rc);
         let rc: i32 = if rc_offset == ABSENT { 0 } else { unsafe { ctx.read_at(rc_offset as usize) }.unwrap_or(0) };
         if rc == 0 {
             return;
@@ -144,7 +192,7 @@ fn hop(ctx: &TracePointContext, hook: u32) {
         result = rc as u32;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let follow_ns = cfg!(follow_ns);
+    let follow_ns = setting!(follow_ns);
     let tracked = match unsafe { PATH_TRACKED.get(&skb) } {
         Some(t) if now.wrapping_sub(t.last_ns) <= follow_ns => Some(*t),
         _ => None,
@@ -155,13 +203,13 @@ fn hop(ctx: &TracePointContext, hook: u32) {
     }
     let mut location: u64 = 0;
     if hook == path_hook::FREE {
-        let reason_offset = cfg!(tp_free_reason);
+        let reason_offset = setting!(tp_free_reason);
         result = if reason_offset == ABSENT {
             ABSENT
         } else {
             unsafe { ctx.read_at(reason_offset as usize) }.unwrap_or(ABSENT)
         };
-        let location_offset = cfg!(tp_free_location);
+        let location_offset = setting!(tp_free_location);
         if location_offset != ABSENT {
             location = unsafe { ctx.read_at(location_offset as usize) }.unwrap_or(0);
         }
@@ -188,8 +236,8 @@ fn hop(ctx: &TracePointContext, hook: u32) {
         let track = PathTrack { trace_id, first_ns, last_ns: now, last: point };
         let _ = PATH_TRACKED.insert(&skb, &track, 0);
     }
-    let len: u32 = read_field(skb, cfg!(skb_len)).unwrap_or(0);
-    if cfg!(aggregate) != 0 {
+    let len: u32 = read_field(skb, setting!(skb_len)).unwrap_or(0);
+    if setting!(aggregate) != 0 {
         let from = previous.map_or(PathPoint::default(), |(p, _)| p);
         let delta = previous.map_or(0, |(_, at)| now.wrapping_sub(at));
         count_hop(&PathHopKey { from, to: point }, delta, len);
@@ -246,7 +294,7 @@ fn header_addresses(skb: u64, hook: u32, d: &DropConfig) -> (u64, u64, u64) {
     // At receive, `data` is at the network header (the link header was pulled) while
     // `network_header` may still be stale; elsewhere `network_header` is right.
     let l3 = if hook == path_hook::RECEIVE {
-        read_field::<u64>(skb, cfg!(skb_data)).unwrap_or(0)
+        read_field::<u64>(skb, setting!(skb_data)).unwrap_or(0)
     } else {
         let network: u16 = read_field(skb, d.skb_network_header).unwrap_or(UNSET_HEADER);
         if network == UNSET_HEADER {
@@ -255,7 +303,7 @@ fn header_addresses(skb: u64, hook: u32, d: &DropConfig) -> (u64, u64, u64) {
             head + network as u64
         }
     };
-    let mac: u16 = read_field(skb, cfg!(skb_mac_header)).unwrap_or(UNSET_HEADER);
+    let mac: u16 = read_field(skb, setting!(skb_mac_header)).unwrap_or(UNSET_HEADER);
     let l2 = if mac == UNSET_HEADER { 0 } else { head + mac as u64 };
     let l2 = if l2 != 0 && l3 > l2 && l3 - l2 <= MAX_L2 { l2 } else { 0 };
     let tail: u32 = read_field(skb, d.skb_tail).unwrap_or(0);
@@ -264,7 +312,7 @@ fn header_addresses(skb: u64, hook: u32, d: &DropConfig) -> (u64, u64, u64) {
 
 #[inline(always)]
 fn matches(skb: u64, hook: u32) -> bool {
-    let clauses = cfg!(clauses);
+    let clauses = setting!(clauses);
     if clauses == 0 {
         return true;
     }
@@ -360,12 +408,12 @@ fn inner_l3(outer: &Flow, l4: u64) -> Option<u64> {
         return None;
     }
     let tunnel = l4 + 8;
-    let eth = if outer.dport == cfg!(vxlan_ports[0])
-        || outer.dport == cfg!(vxlan_ports[1])
-        || outer.dport == cfg!(vxlan_ports[2])
+    let eth = if outer.dport == setting!(vxlan_ports[0])
+        || outer.dport == setting!(vxlan_ports[1])
+        || outer.dport == setting!(vxlan_ports[2])
     {
         tunnel + TUNNEL_HEADER
-    } else if outer.dport == cfg!(geneve_port) {
+    } else if outer.dport == setting!(geneve_port) {
         let g: [u8; 4] = unsafe { bpf_probe_read_kernel(tunnel as *const [u8; 4]) }.ok()?;
         if u16::from_be_bytes([g[2], g[3]]) != ETH_P_TEB {
             return None;
@@ -386,7 +434,7 @@ fn filter(flow: &Flow, clauses: u32) -> bool {
         }
         let mut any = false;
         for t in 0..FILTER_TERMS {
-            let term: FilterTerm = cfg!(filter[c][t]);
+            let term: FilterTerm = setting!(filter[c][t]);
             if term.kind != filter_kind::NONE && term_matches(&term, flow) {
                 any = true;
                 break;

@@ -137,9 +137,12 @@ pub struct PathLatency {
 
 impl PathLatency {
     fn record(&mut self, path: &PacketPath) {
-        for pair in path.steps.windows(2) {
+        // Device to device: function hops (kernels with kprobes only) would make the same
+        // hop incomparable between kernels.
+        let devices: Vec<&PathStep> = path.steps.iter().filter(|s| s.hop.hook != HopKind::Function).collect();
+        for pair in devices.windows(2) {
             let key = (point_label(&pair[0].hop), point_label(&pair[1].hop));
-            self.sample(false, key, pair[1].since_previous_ns, 1);
+            self.sample(false, key, pair[1].hop.ts_ns - pair[0].hop.ts_ns, 1);
         }
         if let (Some(first), Some(last)) = (path.steps.first(), path.steps.last()) {
             if path.steps.len() > 1 {

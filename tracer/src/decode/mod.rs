@@ -321,8 +321,12 @@ impl Decoder {
                     Some(sym) => sym.to_string(),
                     None => format!("{:#x}", raw.location),
                 });
+                let function = (raw.hook == tracer_ebpf::path_hook::FUNCTION)
+                    .then(|| self.kallsyms.resolve(raw.location).map(|sym| sym.name.to_string()))
+                    .flatten();
                 let wall = self.clock.to_system_time(raw.header.ts_ns);
                 let context = path::HopContext {
+                    function,
                     time: humantime::format_rfc3339_micros(wall).to_string(),
                     wall_ns: wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
                     netns_name: (raw.netns != 0).then(|| self.netns.name(raw.netns).map(str::to_string)).flatten(),

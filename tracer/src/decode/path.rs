@@ -20,6 +20,8 @@ pub enum HopKind {
     Drop,
     /// Delivered, or done with normally (`skb:consume_skb`).
     Consume,
+    /// A datapath function saw it between devices (kprobe; `function` names it).
+    Function,
 }
 
 impl HopKind {
@@ -31,6 +33,7 @@ impl HopKind {
             HopKind::TransmitError => "tx-error",
             HopKind::Drop => "drop",
             HopKind::Consume => "delivered",
+            HopKind::Function => "fn",
         }
     }
 
@@ -48,6 +51,7 @@ pub fn hook_word(hook: u32) -> &'static str {
         path_hook::QUEUE => HopKind::Transmit.word(),
         path_hook::XMIT_ERROR => HopKind::TransmitError.word(),
         path_hook::FREE => "freed",
+        path_hook::FUNCTION => HopKind::Function.word(),
         _ => HopKind::Consume.word(),
     }
 }
@@ -101,6 +105,9 @@ pub struct PacketHop {
     pub drop_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// Function hops: the kernel function.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
     /// Transmit errors: the driver's return code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xmit_rc: Option<i32>,
@@ -161,6 +168,8 @@ pub struct HopContext {
     pub location: Option<String>,
     /// The drop reason's name; `SKB_CONSUMED` makes the hop a [`HopKind::Consume`].
     pub reason: Option<String>,
+    /// Function hops: the function's name.
+    pub function: Option<String>,
 }
 
 pub fn decode_hop(raw: &tracer_ebpf::PathEvent, ctx: HopContext) -> PacketHop {
@@ -171,6 +180,7 @@ pub fn decode_hop(raw: &tracer_ebpf::PathEvent, ctx: HopContext) -> PacketHop {
         path_hook::QUEUE => HopKind::Transmit,
         path_hook::XMIT_ERROR => HopKind::TransmitError,
         path_hook::FREE if !consumed => HopKind::Drop,
+        path_hook::FUNCTION => HopKind::Function,
         _ => HopKind::Consume,
     };
     let caplen = (raw.caplen as usize).min(raw.data.len());
@@ -204,6 +214,7 @@ pub fn decode_hop(raw: &tracer_ebpf::PathEvent, ctx: HopContext) -> PacketHop {
         inner,
         drop_reason: (hook == HopKind::Drop).then_some(ctx.reason).flatten(),
         location: (hook == HopKind::Drop).then_some(ctx.location).flatten(),
+        function: (hook == HopKind::Function).then_some(ctx.function).flatten(),
         xmit_rc: (hook == HopKind::TransmitError).then_some(raw.result as i32),
         task: super::task(&raw.header),
         bytes,

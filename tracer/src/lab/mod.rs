@@ -192,7 +192,9 @@ async fn run_one(
         // reproduced; any other scenario is diagnosed without its paths.
         Err(ProbeError::NoBackend { family: "path", tried }) => {
             if scenario.expected_rule() == scenarios::PATH_DEMO {
-                return Err(netns::Unreproducible(format!("packets cannot be followed on this kernel ({tried})")).into());
+                return Err(
+                    netns::Unreproducible(format!("packets cannot be followed on this kernel ({tried})")).into()
+                );
             }
             sink.note(&format!("   paths not checked: packets cannot be followed on this kernel ({tried})"));
             path_filter = None;
@@ -232,6 +234,16 @@ async fn run_one(
             scoped.note(&format!("   … and {} more paths", report.paths.len() - shown));
         }
         problems.extend(scenario.verify_paths(&topology, &report.paths));
+        // Where datapath functions were hooked (kernels with kprobes), paths must show them.
+        let hooked = report
+            .summary
+            .hooks
+            .iter()
+            .any(|h| h.family == "path" && h.coverage["functions"].as_array().is_some_and(|f| !f.is_empty()));
+        let seen = report.paths.iter().any(|p| p.steps.iter().any(|s| s.hop.function.is_some()));
+        if hooked && !report.paths.is_empty() && !seen {
+            problems.push("datapath functions were hooked with kprobes, but no path shows one".into());
+        }
         PathCounts::of(&report.paths)
     });
     // Kernels without BTF give drops no namespace, device or flow: the diagnosis is then

@@ -264,6 +264,9 @@ pub fn route(path: &PacketPath, names: &[NsRef]) -> String {
         .iter()
         .map(|s| {
             let hop = &s.hop;
+            if let Some(function) = &hop.function {
+                return format!("{function}()");
+            }
             let ns = ns_label(hop, names);
             let mut text = match (&hop.device, ns.as_str()) {
                 (Some(dev), _) => format!("{} {dev}@{ns}", hop.hook.word()),

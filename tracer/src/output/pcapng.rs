@@ -96,6 +96,10 @@ impl PcapngWriter {
         let hops = path.steps.len();
         for (index, step) in path.steps.iter().enumerate() {
             let hop = &step.hop;
+            // Function hops (kprobes) see the same bytes as the device hops around them.
+            if hop.hook == HopKind::Function {
+                continue;
+            }
             if hop.bytes.is_empty() {
                 self.skipped += 1;
                 continue;
@@ -196,7 +200,7 @@ fn direction_flags(hook: HopKind) -> Option<u32> {
     match hook {
         HopKind::Receive => Some(EPB_INBOUND),
         HopKind::Transmit | HopKind::TransmitError => Some(EPB_OUTBOUND),
-        HopKind::Drop | HopKind::Consume => None,
+        HopKind::Drop | HopKind::Consume | HopKind::Function => None,
     }
 }
 

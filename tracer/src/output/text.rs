@@ -215,6 +215,9 @@ pub fn event_line(event: &Event) -> String {
 fn hop_text(h: &PacketHop) -> String {
     let device = h.device_label();
     let netns = h.netns_name.clone().or(h.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+    if let Some(function) = &h.function {
+        return format!("{:<9} {function}", h.hook.word());
+    }
     let mut line = format!("{:<9} {:<28} {:>5} B", h.hook.word(), format!("{device}@{netns}"), h.len);
     if let Some(outer) = &h.outer {
         line.push_str(&format!("  {outer}"));

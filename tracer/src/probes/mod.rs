@@ -156,7 +156,7 @@ impl Probes {
         };
         let (xdp_config, _) = xdp::xdp_config(facts, xdp_chain[0]);
         let path_options = options.path.clone().unwrap_or_default();
-        let (path_config, path_coverage) = path::path_config(facts, &path_options);
+        let (path_config, mut path_coverage) = path::path_config(facts, &path_options);
         let configs = Configs { links: link_config, netfilter: nf_config, xdp: xdp_config, path: path_config };
         for backend in chain {
             match attach_drops(facts, backend, options.buffer_bytes, &configs) {
@@ -184,9 +184,9 @@ impl Probes {
                         hooks.push(attach_xdp(&mut ebpf, facts, &xdp_chain)?);
                     }
                     if options.path.is_some() {
-                        let detail = path::attach(&mut ebpf, &path_coverage).map_err(|why| ProbeError::NoBackend {
-                            family: "path",
-                            tried: format!("tracepoints: {why}"),
+                        let functions = path::functions(facts);
+                        let detail = path::attach(&mut ebpf, &mut path_coverage, &functions).map_err(|why| {
+                            ProbeError::NoBackend { family: "path", tried: format!("tracepoints: {why}") }
                         })?;
                         for gap in &path_coverage.gaps {
                             log::info!("path: {gap}");
@@ -291,7 +291,7 @@ impl Probes {
                 .map(|detail| (detail, serde_json::to_value(&coverage).unwrap_or_default()));
             probes.push(probe("xdp", backend.name(), result));
         }
-        let (config, coverage) = path::path_config(facts, &path::PathOptions::default());
+        let (config, mut coverage) = path::path_config(facts, &path::PathOptions::default());
         let configs = Configs {
             links: LinkConfig::absent(),
             netfilter: NetfilterConfig::absent(),
@@ -302,7 +302,7 @@ impl Probes {
         let drop_config =
             drops::drop_config(facts, DropBackend::Tracepoint).map(|(c, _, _)| c).unwrap_or(DropConfig::absent());
         let result = load_object(&drop_config, &configs, 4096)
-            .and_then(|mut ebpf| path::attach(&mut ebpf, &coverage))
+            .and_then(|mut ebpf| path::attach(&mut ebpf, &mut coverage, &path::functions(facts)))
             .map(|detail| (detail, serde_json::to_value(&coverage).unwrap_or_default()));
         probes.push(probe("path", "tracepoints", result));
         probes

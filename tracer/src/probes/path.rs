@@ -4,7 +4,11 @@
 //! at `skb:kfree_skb` / `skb:consume_skb`. Tracepoint offsets come from tracefs, `sk_buff`
 //! offsets from BTF; the filter's kernel part (see `packet_filter`) is passed as a global.
 
-use aya::{maps::HashMap as BpfHashMap, programs::TracePoint, Ebpf};
+use aya::{
+    maps::HashMap as BpfHashMap,
+    programs::{KProbe, TracePoint},
+    Ebpf,
+};
 use serde::Serialize;
 use tracer_ebpf::{names, path_hook, PathConfig, PathHopKey, PathHopStats, ABSENT};
 
@@ -35,11 +39,46 @@ const HOOKS: [(u32, &str, &str, &str); 5] = [
     (path_hook::CONSUME, names::PROG_PATH_CONSUME, "skb", "consume_skb"),
 ];
 
+/// Datapath functions hooked with kprobes where the kernel has them, with the module whose
+/// BTF describes them (None: vmlinux). They show, between two devices, what the stack did to
+/// a traced packet: received, forwarded, delivered locally, sent out, bridged, encapsulated.
+const FUNCTIONS: [(&str, Option<&str>); 20] = [
+    ("ip_rcv", None),
+    ("ipv6_rcv", None),
+    ("ip_forward", None),
+    ("ip6_forward", None),
+    ("ip_local_deliver", None),
+    ("ip6_input", None),
+    ("ip_output", None),
+    ("ip6_output", None),
+    ("iptunnel_xmit", None),
+    ("nf_hook_slow", None),
+    ("br_forward", Some("bridge")),
+    ("br_pass_frame_up", Some("bridge")),
+    ("br_dev_xmit", Some("bridge")),
+    ("vxlan_xmit", Some("vxlan")),
+    ("vxlan_rcv", Some("vxlan")),
+    ("udp_tunnel_xmit_skb", Some("udp_tunnel")),
+    ("geneve_xmit", Some("geneve")),
+    ("wg_xmit", Some("wireguard")),
+    ("wg_packet_receive", Some("wireguard")),
+    ("veth_xmit", Some("veth")),
+];
+
+/// A datapath function to hook, and where its skb argument is.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathFunction {
+    pub name: &'static str,
+    pub skb_arg: usize,
+}
+
 /// What the path family sees on this kernel.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PathCoverage {
     /// Tracepoints found, as `system:event`.
     pub tracepoints: Vec<String>,
+    /// Datapath functions hooked with kprobes (needs kprobes and BTF).
+    pub functions: Vec<String>,
     /// Headers can be read (BTF offsets of `sk_buff`): filters and captures work.
     pub headers: bool,
     /// Which part of the filter runs in the kernel.
@@ -82,6 +121,10 @@ pub fn path_config(facts: &KernelFacts, options: &PathOptions) -> (PathConfig, P
     if !cov.headers {
         cov.gaps.push("packet headers, devices and filters: need kernel BTF for the sk_buff layout".into());
     }
+    if !std::path::Path::new(super::KPROBE_PMU).exists() {
+        cov.gaps
+            .push("datapath functions between devices (ip_forward, vxlan_xmit, …): this kernel has no kprobes".into());
+    }
     cfg.vxlan_ports = VXLAN_PORTS;
     cfg.geneve_port = GENEVE_PORT;
     cfg.follow_ns = FOLLOW_NS;
@@ -95,8 +138,34 @@ pub fn path_config(facts: &KernelFacts, options: &PathOptions) -> (PathConfig, P
     (cfg, cov)
 }
 
-/// Attaches the five programs; `Err` says why the family is unavailable.
-pub fn attach(ebpf: &mut Ebpf, coverage: &PathCoverage) -> Result<String, String> {
+/// The datapath functions this kernel has, with their skb argument (from BTF).
+pub fn functions(facts: &KernelFacts) -> Vec<PathFunction> {
+    let Some(vmlinux) = &facts.btf else { return vec![] };
+    if !std::path::Path::new(super::KPROBE_PMU).exists() {
+        return vec![];
+    }
+    FUNCTIONS
+        .iter()
+        .filter_map(|&(name, module)| {
+            let module_btf;
+            let btf = match module {
+                // Built into vmlinux on some kernels, a module on others.
+                Some(m) if vmlinux.function_params(name).is_none() => {
+                    module_btf = vmlinux.module(m)?;
+                    &module_btf
+                }
+                _ => vmlinux,
+            };
+            let params = btf.function_params(name)?;
+            let skb_arg = params.iter().position(|p| p == "skb").filter(|&i| i < 3)?;
+            Some(PathFunction { name, skb_arg })
+        })
+        .collect()
+}
+
+/// Attaches the five programs, and kprobes on `functions`; `Err` says why the family is
+/// unavailable. Functions that cannot be hooked are left out of `coverage.functions`.
+pub fn attach(ebpf: &mut Ebpf, coverage: &mut PathCoverage, functions: &[PathFunction]) -> Result<String, String> {
     if !coverage.headers {
         return Err(coverage.gaps.join("; "));
     }
@@ -115,7 +184,30 @@ pub fn attach(ebpf: &mut Ebpf, coverage: &PathCoverage) -> Result<String, String
     if let Some(missing) = required.iter().find(|r| !attached.iter().any(|a| a == *r)) {
         return Err(format!("no {missing} tracepoint"));
     }
-    Ok(format!("tracepoints {}", attached.join(" ")))
+    let mut detail = format!("tracepoints {}", attached.join(" "));
+    for (position, prog) in
+        [names::PROG_PATH_FN_SKB0, names::PROG_PATH_FN_SKB1, names::PROG_PATH_FN_SKB2].iter().enumerate()
+    {
+        let wanted: Vec<&PathFunction> = functions.iter().filter(|f| f.skb_arg == position).collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let p: &mut KProbe = program(ebpf, prog)?;
+        if let Err(e) = p.load() {
+            coverage.gaps.push(format!("datapath functions: {prog}: {}", error_chain(&e)));
+            continue;
+        }
+        for f in wanted {
+            match p.attach(f.name, 0) {
+                Ok(_) => coverage.functions.push(f.name.to_string()),
+                Err(e) => coverage.gaps.push(format!("kprobe {}: {}", f.name, error_chain(&e))),
+            }
+        }
+    }
+    if !coverage.functions.is_empty() {
+        detail.push_str(&format!(", kprobes {}", coverage.functions.join(" ")));
+    }
+    Ok(detail)
 }
 
 /// The per-hop counters of an aggregate session.
