@@ -266,6 +266,7 @@ mod tests {
             drop_reason: (hook == HopKind::Drop).then(|| "PKT_TOO_BIG".to_string()),
             location: None,
             xmit_rc: None,
+            function: None,
             task: None,
             bytes: vec![],
             link_layer: false,

@@ -339,6 +339,7 @@ mod tests {
             drop_reason: None,
             location: None,
             xmit_rc: None,
+            function: None,
             task: None,
             bytes: vec![],
             link_layer: false,

@@ -398,6 +398,7 @@ mod tests {
             drop_reason: None,
             location: None,
             xmit_rc: None,
+            function: None,
             task: None,
             bytes,
             link_layer,
