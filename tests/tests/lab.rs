@@ -319,3 +319,63 @@ fn without_extack_link_failures_are_still_diagnosed() {
     assert!(!f["summary"].as_str().unwrap().contains("kernel says"), "{f}");
     assert!(f["evidence"].as_array().unwrap().iter().all(|e| e["kind"] != "kernel-message"), "{f}");
 }
+
+/// Acceptance of the path family: a ping from a pod on node A to a pod on node B across the
+/// VXLAN overlay, hop by hop in JSON with outer and inner tuples, VNI and per-hop latency;
+/// and the MTU scenario flagged with both MTUs.
+#[test]
+fn vxlan_overlay_paths_in_json() {
+    require_root!();
+    let out = dptrace(&["lab", "run", "vxlan-overlay", "vxlan-mtu", "--json", "--verbose"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let paths: Vec<&Value> =
+        of_type(&lines, "event").into_iter().filter(|e| e["kind"] == "packet-path").collect();
+    let in_role_ns = |hop: &Value, role: &str| hop["netns_name"].as_str().is_some_and(|n| n.ends_with(role));
+    let request = paths
+        .iter()
+        .find(|p| {
+            p["flow"]["dst"] == "10.244.2.2"
+                && p["outcome"] == "delivered"
+                && p["steps"][0]["netns_name"].as_str().is_some_and(|n| n.ends_with("-vxlan-pod-a"))
+        })
+        .unwrap_or_else(|| panic!("no delivered pod-a → pod-b path: {paths:#?}"));
+    let steps: Vec<&Value> = request["steps"].as_array().unwrap().iter().filter(|s| s["hook"] != "function").collect();
+    // The encapsulated hop on node A's uplink: outer node → node UDP to 8472, VNI 1, inner pod → pod.
+    let uplink = steps
+        .iter()
+        .find(|s| s["hook"] == "transmit" && s["device"] == "eth0" && in_role_ns(s, "-vxlan-node-a"))
+        .unwrap_or_else(|| panic!("no tx on node-a's eth0: {request:#}"));
+    assert_eq!(uplink["outer"]["src"], "192.168.50.1", "{uplink:#}");
+    assert_eq!(uplink["outer"]["dst"], "192.168.50.2");
+    assert_eq!(uplink["outer"]["l4"], "udp");
+    assert_eq!(uplink["outer"]["dport"], 8472);
+    assert_eq!(uplink["tunnel"]["kind"], "vxlan");
+    assert_eq!(uplink["tunnel"]["vni"], 1);
+    assert_eq!(uplink["inner"]["src"], "10.244.1.2");
+    assert_eq!(uplink["inner"]["dst"], "10.244.2.2");
+    assert_eq!(uplink["inner"]["l4"], "icmp");
+    // Decapsulated on node B: the flannel.1 hop carries the pod packet as its outer header.
+    let decap = steps
+        .iter()
+        .find(|s| s["hook"] == "receive" && s["device"] == "flannel.1" && in_role_ns(s, "-vxlan-node-b"))
+        .unwrap_or_else(|| panic!("no rx on node-b's flannel.1: {request:#}"));
+    assert_eq!(decap["outer"]["src"], "10.244.1.2");
+    assert!(decap["tunnel"].is_null());
+    // Per-hop latency: every hop after the first has a delay, and they add up.
+    let sum: u64 = request["steps"].as_array().unwrap().iter().map(|s| s["since_previous_ns"].as_u64().unwrap()).sum();
+    assert_eq!(sum, request["total_ns"].as_u64().unwrap());
+    assert!(steps.len() >= 10, "{request:#}");
+    let mtu = of_type(&lines, "finding")
+        .into_iter()
+        .find(|f| f["rule"] == "tunnel-mtu-exceeded")
+        .unwrap_or_else(|| panic!("no tunnel-mtu-exceeded finding"));
+    let summary = mtu["summary"].as_str().unwrap();
+    for needle in ["flannel.1", "1450", "1500", "10.244.2.2"] {
+        assert!(summary.contains(needle), "{needle} missing in {summary}");
+    }
+    assert!(in_role(mtu, "vxmtu-node-a"), "{mtu:#}");
+    assert_eq!(mtu["place"]["device"], "cni0");
+    let results = of_type(&lines, "lab-result");
+    assert!(results.iter().all(|r| r["diagnosed"] == true), "{results:#?}");
+}
