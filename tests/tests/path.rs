@@ -183,3 +183,13 @@ fn bad_filters_are_refused() {
         assert!(stderr(&out).contains(expected), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// Without BTF the `sk_buff` layout is unknown: `--path` says so and exits 2, and nothing
+/// stays attached.
+#[test]
+fn path_without_btf_is_refused() {
+    require_root!();
+    let out = dptrace_e2e::dptrace_env(&[("DPTRACE_BTF", "none")], &["trace", "--path", "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("need kernel BTF"), "{}", stderr(&out));
+}
