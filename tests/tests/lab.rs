@@ -329,8 +329,7 @@ fn vxlan_overlay_paths_in_json() {
     let out = dptrace(&["lab", "run", "vxlan-overlay", "vxlan-mtu", "--json", "--verbose"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&out);
-    let paths: Vec<&Value> =
-        of_type(&lines, "event").into_iter().filter(|e| e["kind"] == "packet-path").collect();
+    let paths: Vec<&Value> = of_type(&lines, "event").into_iter().filter(|e| e["kind"] == "packet-path").collect();
     let in_role_ns = |hop: &Value, role: &str| hop["netns_name"].as_str().is_some_and(|n| n.ends_with(role));
     let request = paths
         .iter()

@@ -250,3 +250,58 @@ pub fn headers(ip: &[u8]) -> (Option<Flow>, Option<Tunnel>, Option<Flow>) {
     });
     (outer, tunnel, inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// IPv4 + UDP to `dport` carrying `payload` (checksums zero: the decoder does not check them).
+    fn udp4(dport: u16, payload: &[u8]) -> Vec<u8> {
+        let total = (20 + 8 + payload.len()) as u16;
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 192, 168, 50, 1, 192, 168, 50, 2];
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&40000u16.to_be_bytes());
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// Ethernet + IPv4 ICMP echo request 10.244.1.2 > 10.244.2.2.
+    fn inner_frame() -> Vec<u8> {
+        let mut f = vec![0x0e, 0xfa, 0, 0, 2, 0, 0x0e, 0xfa, 0, 0, 1, 0, 0x08, 0x00];
+        f.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 244, 1, 2, 10, 244, 2, 2]);
+        f.extend_from_slice(&[8, 0, 0, 0, 0, 1, 0, 1]);
+        f
+    }
+
+    #[test]
+    fn vxlan_and_geneve_are_opened() {
+        let mut vxlan = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+        vxlan.extend(inner_frame());
+        let (outer, tunnel, inner) = headers(&udp4(8472, &vxlan));
+        assert_eq!(outer.unwrap().dport, Some(8472));
+        assert_eq!(tunnel, Some(Tunnel { kind: "vxlan", vni: 42 }));
+        let inner = inner.unwrap();
+        assert_eq!(
+            (inner.l4.as_str(), inner.src.to_string(), inner.dst.to_string()),
+            ("icmp", "10.244.1.2".into(), "10.244.2.2".into())
+        );
+        // Geneve with one 8-byte option (opt len 2 words): the inner frame follows it.
+        let mut geneve = vec![0x02, 0, 0x65, 0x58, 0, 0x01, 0x00, 0];
+        geneve.extend_from_slice(&[0, 0x01, 0x80, 0x01, 0, 0, 0, 0]);
+        geneve.extend(inner_frame());
+        let (_, tunnel, inner) = headers(&udp4(6081, &geneve));
+        assert_eq!(tunnel, Some(Tunnel { kind: "geneve", vni: 256 }));
+        assert_eq!(inner.unwrap().dst.to_string(), "10.244.2.2");
+        // Other UDP, or VXLAN without its I flag: no tunnel.
+        assert_eq!(headers(&udp4(53, &vxlan)).1, None);
+        let mut no_flag = vxlan.clone();
+        no_flag[0] = 0;
+        assert_eq!(headers(&udp4(4789, &no_flag)).1, None);
+        // Truncated capture: the tunnel is known, the inner packet is not.
+        let (_, tunnel, inner) = headers(&udp4(4789, &vxlan[..12]));
+        assert!(tunnel.is_some() && inner.is_none());
+    }
+}
