@@ -50,6 +50,17 @@ fn setup_with(root: &Path, extra: &[&'static str]) -> anyhow::Result<()> {
     ensure_bpf_linker(root, nightly)
 }
 
+/// Installs those of `packages` that are missing (apt-get, as root); used by tasks that need
+/// more than building does (`bench`: iperf3, bpftrace).
+pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
+        eprintln!("packages: all present ({})", packages.join(", "));
+        return Ok(());
+    }
+    apt_install(&missing)
+}
+
 fn rustup_nightly_has_rust_src() -> bool {
     let Ok(out) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output() else {
         return false;
