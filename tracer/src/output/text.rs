@@ -213,12 +213,21 @@ pub fn event_line(event: &Event) -> String {
 
 /// `tx   flannel.1@node-a  1450 B  udp 192.168.50.1:40000 > 192.168.50.2:8472 vxlan 1 [icmp 10.244.1.2 > 10.244.2.2 type 8 code 0]`
 fn hop_text(h: &PacketHop) -> String {
-    let device = h.device_label();
+    hop_text_padded(h, 28)
+}
+
+/// Where a hop was: `device@netns`.
+fn hop_place(h: &PacketHop) -> String {
     let netns = h.netns_name.clone().or(h.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+    format!("{}@{netns}", h.device_label())
+}
+
+/// A hop with its place padded to `width`, so a path's columns line up.
+fn hop_text_padded(h: &PacketHop, width: usize) -> String {
     if let Some(function) = &h.function {
-        return format!("{:<9} {function}", h.hook.word());
+        return format!("{:<9} {function}()", h.hook.word());
     }
-    let mut line = format!("{:<9} {:<28} {:>5} B", h.hook.word(), format!("{device}@{netns}"), h.len);
+    let mut line = format!("{:<9} {:<width$} {:>5} B", h.hook.word(), hop_place(h), h.len);
     if let Some(outer) = &h.outer {
         line.push_str(&format!("  {outer}"));
     }
@@ -261,8 +270,16 @@ pub fn path_text(p: &PacketPath) -> String {
         p.steps.len(),
         micros(p.total_ns)
     );
+    let width = p
+        .steps
+        .iter()
+        .filter(|s| s.hop.function.is_none())
+        .map(|s| hop_place(&s.hop).chars().count())
+        .max()
+        .unwrap_or(0);
     for step in &p.steps {
-        text.push_str(&format!("\n  {:>10}  {}", format!("+{}", micros(step.since_previous_ns)), hop_text(&step.hop)));
+        let delay = format!("+{}", micros(step.since_previous_ns));
+        text.push_str(&format!("\n  {delay:>10}  {}", hop_text_padded(&step.hop, width)));
     }
     text
 }
