@@ -64,6 +64,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
     probes.netfilter = args.hooks.iter().any(|h| h == "netfilter");
     probes.xdp = args.hooks.iter().any(|h| h == "xdp");
     if args.path {
+        if args.filter.is_none() && !args.aggregate {
+            eprintln!("dptrace: --path without --filter follows every packet of this node: expect many events and lost ones on a busy node");
+        }
         probes.path = Some(PathOptions { filter: args.filter.clone(), aggregate: args.aggregate });
     }
     // Created before tracing starts: a path that cannot be written is an error up front.

@@ -135,8 +135,6 @@ pub struct Correlated {
     pub nf_verdicts: Vec<NfVerdict>,
     pub bpf_commands: Vec<BpfCommand>,
     pub xdp_exceptions: Vec<XdpException>,
-    /// Traced packets (the path family), whole.
-    pub paths: Vec<crate::decode::path::PacketPath>,
     /// Resets, ICMP errors, connects, counters and bridges beyond `MAX_PACKET_ANSWERS`.
     pub unkept_answers: u64,
     pub events: u64,
@@ -209,9 +207,9 @@ impl Correlated {
             Event::NetfilterVerdict(v) => keep(&mut self.nf_verdicts, v, &mut self.unkept_answers),
             Event::BpfCommand(c) => keep(&mut self.bpf_commands, c, &mut self.unkept_answers),
             Event::XdpException(x) => keep(&mut self.xdp_exceptions, x, &mut self.unkept_answers),
-            // Hops are joined into paths before the analyzer sees them.
-            Event::PacketHop(_) => {}
-            Event::PacketPath(p) => keep(&mut self.paths, p, &mut self.unkept_answers),
+            // Hops are joined into paths before the analyzer sees them; no rule reads paths
+            // yet (the drops they end in arrive as drops too).
+            Event::PacketHop(_) | Event::PacketPath(_) => {}
         }
     }
 
