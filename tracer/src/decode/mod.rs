@@ -613,6 +613,26 @@ mod tests {
         .to_vec()
     }
 
+    /// Not a test: how many drop records per second one core decodes and analyzes
+    /// (`cargo test --release -p dptrace --lib decode_rate -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn decode_rate() {
+        let mut packet = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(40000, 9999).write(&mut packet, b"hi").unwrap();
+        let raw = raw_drop(ETH_P_IP, &packet, 3);
+        let mut decoder = decoder();
+        let mut analyzer = crate::analyze::Analyzer::new();
+        let n = 1_000_000;
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            let event = decoder.decode(&raw).unwrap();
+            analyzer.observe(&event);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!("decode+analyze: {:.0} events/s ({:.0} ns each)", n as f64 / secs, secs * 1e9 / n as f64);
+    }
+
     #[test]
     fn decodes_an_ipv4_udp_drop() {
         let mut packet = Vec::new();
