@@ -117,8 +117,9 @@ done
 # userland (it must be static: it is the only thing in the guest besides the
 # few dynamically linked tools whose libraries we copy); iptables gives
 # xtables-nft-multi; nftables gives nft (native nftables rules, lab scenario
-# apiserver-rejected); iproute2 gives ip.  cpio is optional (busybox has one).
-ensure_pkgs qemu-system-x86 busybox-static iptables nftables iproute2 bash gzip
+# apiserver-rejected); iproute2 gives ip; wireguard-tools gives wg (keys and
+# peers of lab scenario wireguard-overlay).  cpio is optional (busybox has one).
+ensure_pkgs qemu-system-x86 busybox-static iptables nftables iproute2 wireguard-tools bash gzip
 BUSYBOX="$(command -v busybox)" || die "busybox not found after installing busybox-static"
 
 # --------------------------------------------------- kernel package / cache
@@ -264,8 +265,10 @@ for applet in $("$BUSYBOX" --list-full); do
   ln -sf /bin/busybox "$ROOT/$applet"
 done
 
-# bash (runs GUEST_SCRIPT), iproute2's ip, iptables-nft, iptables-legacy, nft.
-for bin in /usr/bin/bash /usr/sbin/ip /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /usr/sbin/nft; do
+# bash (runs GUEST_SCRIPT), iproute2's ip, iptables-nft, iptables-legacy, nft,
+# wg (its libraries, libc and the loader, come through ldd like the others').
+for bin in /usr/bin/bash /usr/sbin/ip /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /usr/sbin/nft \
+           /usr/bin/wg; do
   rm -f "$ROOT$bin"
   copy_same_path "$bin"
   copy_libs "$bin"

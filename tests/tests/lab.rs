@@ -6,7 +6,7 @@ use dptrace_e2e::{dptrace, json_lines, namespaces_with_prefix, of_type, require_
 use serde_json::Value;
 
 /// Every scenario, in `lab list` order.
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 14] = [
     "udp-closed-port",
     "node-icmp-blocked",
     "apiserver-rejected",
@@ -20,6 +20,7 @@ const SCENARIOS: [&str; 13] = [
     "bpf-load-retry-loop",
     "vxlan-overlay",
     "vxlan-mtu",
+    "wireguard-overlay",
 ];
 
 #[test]

@@ -15,7 +15,7 @@ use crate::{run_cmd, step};
 
 const DEBIAN_TOOLCHAIN: [&str; 4] = ["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 /// Used by the lab, `dptrace check` and the end-to-end tests.
-const RUNTIME_TOOLS: [&str; 4] = ["iproute2", "iptables", "nftables", "iputils-ping"];
+const RUNTIME_TOOLS: [&str; 5] = ["iproute2", "iptables", "nftables", "iputils-ping", "wireguard-tools"];
 /// Used by the end-to-end tests only: tshark reads back the pcapng that `--pcap` writes.
 const TEST_TOOLS: [&str; 1] = ["tshark"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

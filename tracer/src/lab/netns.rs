@@ -78,8 +78,8 @@ impl Lab {
         Ok(path)
     }
 
-    /// `/tmp/dptlab-<pid>`, created on first use.
-    fn scratch_dir(&mut self) -> anyhow::Result<PathBuf> {
+    /// `/tmp/dptlab-<pid>`, created on first use, removed with the lab.
+    pub fn scratch_dir(&mut self) -> anyhow::Result<PathBuf> {
         if let Some(dir) = &self.scratch {
             return Ok(dir.clone());
         }

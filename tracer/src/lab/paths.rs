@@ -39,6 +39,8 @@ pub struct HopSpec {
     pub device: String,
     /// The encapsulation the hop must show, with its inner packet.
     pub tunnel: Option<TunnelSpec>,
+    /// The encrypted datagram the hop must show, with no inner packet in sight.
+    pub encrypted: Option<EncryptedSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,13 +54,37 @@ pub struct TunnelSpec {
     pub inner_dst: IpAddr,
 }
 
+/// A tunnel whose payload is encrypted (WireGuard): the hop's packet is a UDP datagram from
+/// `src` to `dst`, destination port `port`, whose inner packet cannot be read. The path still
+/// follows it because it is the same `sk_buff` that carried the plain packet.
+#[derive(Debug, Clone)]
+pub struct EncryptedSpec {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub port: u16,
+}
+
+impl EncryptedSpec {
+    fn matches(&self, hop: &PacketHop) -> bool {
+        hop.outer
+            .as_ref()
+            .is_some_and(|o| o.l4 == "udp" && o.src == self.src && o.dst == self.dst && o.dport == Some(self.port))
+            && hop.inner.is_none()
+    }
+}
+
 impl HopSpec {
     pub fn new(hook: HopKind, ns: &NsRef, device: &str) -> Self {
-        Self { hook, ns: ns.clone(), device: device.to_string(), tunnel: None }
+        Self { hook, ns: ns.clone(), device: device.to_string(), tunnel: None, encrypted: None }
     }
 
     pub fn tunnel(mut self, tunnel: TunnelSpec) -> Self {
         self.tunnel = Some(tunnel);
+        self
+    }
+
+    pub fn encrypted(mut self, encrypted: EncryptedSpec) -> Self {
+        self.encrypted = Some(encrypted);
         self
     }
 
@@ -67,6 +93,7 @@ impl HopSpec {
             && self.ns.holds(hop)
             && hop.device.as_deref() == Some(self.device.as_str())
             && self.tunnel.as_ref().is_none_or(|t| t.matches(hop))
+            && self.encrypted.as_ref().is_none_or(|e| e.matches(hop))
     }
 }
 
@@ -91,6 +118,9 @@ impl std::fmt::Display for HopSpec {
                 " ({} vni {}, udp port {}, inner {} {} > {})",
                 t.kind, t.vni, t.port, t.inner_l4, t.inner_src, t.inner_dst
             )?;
+        }
+        if let Some(e) = &self.encrypted {
+            write!(f, " (udp {} > {} port {}, encrypted: no inner packet)", e.src, e.dst, e.port)?;
         }
         Ok(())
     }
@@ -422,6 +452,44 @@ mod tests {
         assert!(text.contains("has no tx on eth0 in node-a (vxlan vni 1"), "{text}");
         assert!(text.contains("is not delivered in node-b but dropped in node-b (NO_SOCKET)"), "{text}");
         assert!(text.contains("tx eth0@node-a → rx flannel.1@node-b → drop flannel.1@node-b"), "{text}");
+    }
+
+    #[test]
+    fn an_encrypted_hop_is_udp_to_its_port_with_no_inner_packet() {
+        let (a, b) = (ns("node-a", 1), ns("node-b", 2));
+        let sealed = |dport: u16, inner: bool| {
+            let mut h = hop(HopKind::Transmit, Some(1), Some("eth0"));
+            h.outer =
+                Some(Flow { sport: Some(51820), dport: Some(dport), ..flow("udp", "192.168.50.1", "192.168.50.2") });
+            h.inner = inner.then(|| flow("icmp", "10.244.1.2", "10.244.2.2"));
+            path(
+                vec![
+                    hop(HopKind::Transmit, Some(1), Some("flannel-wg")),
+                    h,
+                    hop(HopKind::Receive, Some(2), Some("flannel-wg")),
+                    hop(HopKind::Consume, Some(2), None),
+                ],
+                PathOutcome::Delivered,
+            )
+        };
+        let spec = PathSpec {
+            hops: vec![
+                HopSpec::new(HopKind::Transmit, &a, "flannel-wg"),
+                HopSpec::new(HopKind::Transmit, &a, "eth0").encrypted(EncryptedSpec {
+                    src: "192.168.50.1".parse().unwrap(),
+                    dst: "192.168.50.2".parse().unwrap(),
+                    port: 51820,
+                }),
+                HopSpec::new(HopKind::Receive, &b, "flannel-wg"),
+            ],
+            ..spec(&a, &b)
+        };
+        let names = [a.clone(), b.clone()];
+        assert_eq!(expect_path(&[sealed(51820, false)], &spec, &names), Vec::<String>::new());
+        let wrong_port = expect_path(&[sealed(8472, false)], &spec, &names);
+        assert!(wrong_port[0].contains("has no tx on eth0 in node-a (udp 192.168.50.1 > 192.168.50.2 port 51820"));
+        // A readable inner packet is not what an encrypted tunnel shows.
+        assert_eq!(expect_path(&[sealed(51820, true)], &spec, &names).len(), 1);
     }
 
     #[test]

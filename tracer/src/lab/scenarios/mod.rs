@@ -11,6 +11,7 @@ mod udp_closed_port;
 mod veth_mac_rewrite;
 mod vxlan_mtu;
 mod vxlan_overlay;
+mod wireguard_overlay;
 mod wireguard_unsupported;
 mod xdp_aborted;
 mod xdp_native_unsupported;
@@ -130,6 +131,7 @@ pub fn all() -> Vec<&'static dyn AnyScenario> {
         &bpf_load_retry_loop::BpfLoadRetryLoop,
         &vxlan_overlay::VxlanOverlay,
         &vxlan_mtu::VxlanMtu,
+        &wireguard_overlay::WireguardOverlay,
     ]
 }
 

@@ -13,7 +13,7 @@ use crate::{
     decode::path::{HopKind, PacketPath},
     lab::{
         netns::Lab,
-        overlay::{Overlay, UNDERLAY_MTU, VXLAN_MTU},
+        overlay::{Overlay, TunnelKind, UNDERLAY_MTU, VXLAN_MTU},
         paths::{expect_path, EndSpec, HopSpec, PathSpec},
         traffic::{self, PingOptions},
     },
@@ -57,7 +57,7 @@ impl Scenario for VxlanMtu {
     }
 
     fn setup(&self, lab: &mut Lab) -> anyhow::Result<Overlay> {
-        Overlay::build(lab, "vxmtu", UNDERLAY_MTU)
+        Overlay::build(lab, "vxmtu", TunnelKind::Vxlan, UNDERLAY_MTU)
     }
 
     fn trigger(&self, t: &Overlay) -> anyhow::Result<Vec<String>> {
@@ -82,7 +82,7 @@ impl Scenario for VxlanMtu {
 
     fn verify(&self, lab: &Lab, t: &Overlay, findings: &[Finding]) -> Vec<String> {
         let node_a = lab.inode(&t.a.ns.name);
-        let words = [t.a.vxlan.clone(), VXLAN_MTU.to_string(), UNDERLAY_MTU.to_string()];
+        let words = [t.a.tunnel.clone(), VXLAN_MTU.to_string(), UNDERLAY_MTU.to_string()];
         let of_rule: Vec<&Finding> = findings.iter().filter(|f| f.rule == RULE && f.place.netns == node_a).collect();
         let mut problems = Vec::new();
         if of_rule.is_empty() {
@@ -127,7 +127,7 @@ impl Scenario for VxlanMtu {
             ],
             // ip_forward: too big for flannel.1 with DF set.
             end: EndSpec::Dropped { ns: a.ns.clone(), reasons: vec!["PKT_TOO_BIG"], location: Some("ip_forward") },
-            never: vec![(a.vxlan.clone(), a.ns.clone())],
+            never: vec![(a.tunnel.clone(), a.ns.clone())],
             min_len: Some(UNDERLAY_MTU),
         };
         expect_path(paths, &too_big, &t.namespaces())

@@ -14,7 +14,7 @@ use crate::{
     decode::path::{HopKind, PacketPath},
     lab::{
         netns::Lab,
-        overlay::{Overlay, OverlayNode, VNI, VXLAN_MTU, VXLAN_PORT},
+        overlay::{Overlay, OverlayNode, TunnelKind, VNI, VXLAN_MTU, VXLAN_PORT},
         paths::{expect_path, EndSpec, HopSpec, PathSpec, TunnelSpec},
         traffic::{self, PingOptions},
     },
@@ -46,7 +46,7 @@ impl Scenario for VxlanOverlay {
     }
 
     fn setup(&self, lab: &mut Lab) -> anyhow::Result<Overlay> {
-        Overlay::build(lab, "vxlan", VXLAN_MTU)
+        Overlay::build(lab, "vxlan", TunnelKind::Vxlan, VXLAN_MTU)
     }
 
     fn trigger(&self, t: &Overlay) -> anyhow::Result<Vec<String>> {
@@ -107,12 +107,12 @@ fn crossing(from: &OverlayNode, to: &OverlayNode, what: &str) -> PathSpec {
             HopSpec::new(Rx, &from.ns, &from.bridge),
             // ip_forward → flannel.1 (route onlink via the peer's flannel.1 address), then
             // vxlan_xmit → udp_tunnel_xmit_skb → ip_local_out → the underlay eth0.
-            HopSpec::new(Tx, &from.ns, &from.vxlan),
+            HopSpec::new(Tx, &from.ns, &from.tunnel),
             HopSpec::new(Tx, &from.ns, &from.uplink).tunnel(vxlan),
             // The peer's eth0 receives the UDP datagram; vxlan_rcv decapsulates it and
             // gro_cells hands it to netif_receive_skb on flannel.1.
             HopSpec::new(Rx, &to.ns, &to.uplink),
-            HopSpec::new(Rx, &to.ns, &to.vxlan),
+            HopSpec::new(Rx, &to.ns, &to.tunnel),
             // ip_forward → cni0 (br_dev_xmit) → the pod's port → the pod's eth0.
             HopSpec::new(Tx, &to.ns, &to.bridge),
             HopSpec::new(Tx, &to.ns, &to.pod.port),
