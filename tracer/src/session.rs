@@ -164,7 +164,7 @@ impl Pipeline {
         let counts = &mut self.path_counts;
         counts.traced += 1;
         match path.outcome {
-            PathOutcome::Delivered => counts.delivered += 1,
+            PathOutcome::Delivered | PathOutcome::Sent { .. } => counts.delivered += 1,
             PathOutcome::Dropped { .. } | PathOutcome::TransmitFailed { .. } => counts.dropped += 1,
             PathOutcome::Unfinished => counts.unfinished += 1,
         }

@@ -96,7 +96,17 @@ impl PathAssembler {
         let flow = first.inner.clone().or_else(|| first.outer.clone());
         let last = hops.last()?;
         let outcome = match last.hook {
-            HopKind::Consume => PathOutcome::Delivered,
+            HopKind::Consume => {
+                let before = hops.iter().rev().skip(1).find(|h| h.hook != HopKind::Function);
+                match before {
+                    Some(tx)
+                        if tx.hook == HopKind::Transmit && tx.ifindex == last.ifindex && tx.netns == last.netns =>
+                    {
+                        PathOutcome::Sent { device: tx.device.clone() }
+                    }
+                    _ => PathOutcome::Delivered,
+                }
+            }
             HopKind::Drop => PathOutcome::Dropped { reason: last.drop_reason.clone(), location: last.location.clone() },
             HopKind::TransmitError => PathOutcome::TransmitFailed { rc: last.xmit_rc.unwrap_or(0) },
             _ => PathOutcome::Unfinished,
@@ -289,6 +299,17 @@ mod tests {
         assert_eq!(s.hops.len(), 2);
         assert_eq!(s.end_to_end[0].packets, 1);
         assert!((8_990..=9_010).contains(&s.end_to_end[0].max_ns));
+    }
+
+    #[test]
+    fn consumed_after_its_own_transmit_is_sent() {
+        let mut a = PathAssembler::new(None);
+        a.push(hop(9, 1_000, HopKind::Transmit, "eth0"));
+        let done = a.push(hop(9, 2_000, HopKind::Consume, "eth0"));
+        assert_eq!(done[0].outcome, PathOutcome::Sent { device: Some("eth0".into()) });
+        a.push(hop(10, 1_000, HopKind::Receive, "eth0"));
+        let done = a.push(hop(10, 2_000, HopKind::Consume, "eth0"));
+        assert_eq!(done[0].outcome, PathOutcome::Delivered);
     }
 
     #[test]

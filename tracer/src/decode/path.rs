@@ -137,6 +137,10 @@ pub struct PathStep {
 pub enum PathOutcome {
     /// Consumed by a socket or the stack (`consume_skb`).
     Delivered,
+    /// Consumed right after a device transmitted it: the driver is done with it (a NIC sent
+    /// it off this node), or the device split or copied it into new buffers (GSO
+    /// segmentation, some tunnels), which dptrace does not follow.
+    Sent { device: Option<String> },
     /// Dropped with this reason.
     Dropped { reason: Option<String>, location: Option<String> },
     /// The driver refused to transmit it.

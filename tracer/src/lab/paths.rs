@@ -266,6 +266,7 @@ fn ending(path: &PacketPath, names: &[NsRef]) -> String {
     let place = last_placed(path).map_or_else(|| "?".to_string(), |h| ns_label(h, names));
     match &path.outcome {
         PathOutcome::Delivered => format!("delivered in {place}"),
+        PathOutcome::Sent { device } => format!("sent by {} in {place}", device.as_deref().unwrap_or("?")),
         PathOutcome::Dropped { reason, location } => format!(
             "dropped in {place} ({}{})",
             reason.as_deref().unwrap_or("no reason"),

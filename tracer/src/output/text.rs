@@ -260,6 +260,9 @@ pub fn path_text(p: &PacketPath) -> String {
     let start = p.steps.first().map_or("", |s| s.hop.time.get(11..26).unwrap_or(&s.hop.time));
     let outcome = match &p.outcome {
         PathOutcome::Delivered => "delivered".to_string(),
+        PathOutcome::Sent { device } => {
+            format!("sent by {} (or split into new buffers)", device.as_deref().unwrap_or("?"))
+        }
         PathOutcome::Dropped { reason, .. } => format!("dropped ({})", reason.as_deref().unwrap_or("no reason")),
         PathOutcome::TransmitFailed { rc } => format!("transmit failed (rc {rc})"),
         PathOutcome::Unfinished => "unfinished".to_string(),
