@@ -202,7 +202,9 @@ impl Pipeline {
 }
 
 pub struct Session {
+    /// The kernel's facts, without its BTF once the probes are attached.
     facts: KernelFacts,
+    kernel: crate::kernel::KernelSummary,
     probes: Probes,
     events: AsyncFd<RingBuf<MapData>>,
     monitor: Option<LinkMonitor>,
@@ -230,7 +232,7 @@ impl Session {
                 NamespaceWatch { only, before }
             })
         });
-        let facts = KernelFacts::probe()?;
+        let mut facts = KernelFacts::probe()?;
         let mut probes = Probes::attach(&facts, &options.probes)?;
         let ring = probes.take_events().ok_or_else(|| ProbeError::Load("the EVENTS ring buffer is missing".into()))?;
         // SAFETY: the ring buffer owns its map fd and keeps it open and unchanged until the
@@ -254,6 +256,11 @@ impl Session {
             mtus: Default::default(),
         };
         let namespaces = namespace_reader.and_then(|reader| reader.join().ok());
+        // The kernel's BTF (about 40 MiB parsed) served the configuration: everything that
+        // needed an offset has it now. Give the memory back for a long session.
+        let kernel = facts.summary();
+        facts.btf = None;
+        crate::kernel::release_free_memory();
         let monitor = options.probes.links.then(|| LinkMonitor::start(options.monitor_netns));
         let mut filter = options.filter;
         let blind: Vec<&str> = probes
@@ -280,7 +287,7 @@ impl Session {
             path_counts: PathsSummary::default(),
             kept_paths: Vec::new(),
         };
-        Ok(Self { facts, probes, events, monitor, pipeline, started: Instant::now(), namespaces })
+        Ok(Self { facts, kernel, probes, events, monitor, pipeline, started: Instant::now(), namespaces })
     }
 
     pub fn facts(&self) -> &KernelFacts {
@@ -433,7 +440,7 @@ impl Session {
         self.xdp_exceptions(sink);
         self.pipeline.close_paths(sink);
         let paths_summary = self.paths_summary();
-        let kernel = self.facts.summary();
+        let kernel = self.kernel.clone();
         let analyzer = &self.pipeline.analyzer;
         let findings = analyzer.findings(&kernel);
         for f in &findings {

@@ -89,6 +89,16 @@ impl KernelFacts {
     }
 }
 
+/// Returns freed heap memory to the kernel (glibc keeps it otherwise), after a large
+/// structure such as the parsed BTF was dropped.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// CLOCK_MONOTONIC nanoseconds: the clock eBPF events carry (`bpf_ktime_get_ns`).
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
