@@ -3,6 +3,7 @@
 //! Each command sets up what it needs first (idempotently), so a fresh machine needs only
 //! `cargo xtask demo` or `cargo xtask test`.
 
+mod bench;
 mod setup;
 mod vm;
 
@@ -31,6 +32,9 @@ enum Task {
     Demo,
     /// Run the kernel-compatibility matrix (vm-images/matrix.toml) under QEMU, plus the host (needs root).
     VmTest(vm::VmTestArgs),
+    /// Measure what dptrace costs: datapath overhead (iperf3), event pipeline, start-up and memory;
+    /// results under bench/results/ (needs root).
+    Bench(bench::BenchArgs),
     /// Set up, build, run every test: formatting, clippy, unit tests, end-to-end tests, VM.
     Test {
         /// Skip `cargo fmt --check` and clippy.
@@ -74,6 +78,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::setup(&root)?;
             let bin = build(&root)?;
             vm::vm_test(&root, &bin, &args)
+        }
+        Task::Bench(args) => {
+            bench::require_root()?;
+            setup::setup(&root)?;
+            let bin = build(&root)?;
+            bench::bench(&root, &bin, &args)
         }
         Task::Test { no_lint, no_vm, args } => test(&root, no_lint, no_vm, &args),
     }
