@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use tracer_ebpf::{DropConfig, DropEvent, EventKind, ABSENT, HEADER_BYTES};
 
-use crate::events::{count_lost, fill_header, probe_args, read_field, EVENTS};
+use crate::events::{count_lost, fill_header, probe_args, read_field, submit_flags, EVENTS};
 
 #[no_mangle]
 static DROP_CONFIG: DropConfig = DropConfig::absent();
@@ -139,7 +139,7 @@ fn record(cfg: &DropConfig, skb: u64, location: u64, reason: u32, protocol: u16)
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut ev.header, EventKind::Drop);
     fill_packet(cfg, ev, skb, location, reason, protocol);
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 /// Fills everything but the header: the skb's device, namespace and headers. Shared with

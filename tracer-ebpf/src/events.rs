@@ -16,6 +16,31 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[map(name = "LOST")]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Bytes waiting in `EVENTS` from which a record wakes userspace up; below that, userspace's
+/// periodic drain collects the records. Each wake-up costs the producing CPU (often a
+/// packet's softirq) a few microseconds, so at high rates one per record is the largest part
+/// of dptrace's kernel-side cost. Set at load time; 0 wakes on every record.
+#[no_mangle]
+static WAKEUP_BYTES: u64 = 0;
+
+/// `bpf_ringbuf_submit` flags (UAPI): wake userspace only past [`WAKEUP_BYTES`].
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    // Volatile: patched at load time (see drops.rs).
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    if threshold == 0 {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 #[inline(always)]
 pub fn count_lost() {
     if let Some(slot) = LOST.get_ptr_mut(0) {

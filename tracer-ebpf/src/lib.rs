@@ -58,6 +58,8 @@ pub mod names {
     pub const PROG_XDP_EXCEPTION_TP: &str = "xdp_exception_tp";
     pub const PROG_XDP_REDIRECT_ERR_RAW: &str = "xdp_redirect_err_raw";
     pub const PATH_CONFIG: &str = "PATH_CONFIG";
+    /// Bytes waiting in `EVENTS` from which a record wakes userspace up.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     pub const PATH_HOPS: &str = "PATH_HOPS";
     pub const PROG_PATH_RECEIVE: &str = "path_receive";
     pub const PROG_PATH_QUEUE: &str = "path_queue";

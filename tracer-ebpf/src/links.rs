@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use tracer_ebpf::{Actor, EventKind, LinkConfig, NetlinkEvent, ABSENT, NETLINK_BYTES};
 
-use crate::events::{count_lost, fill_header, probe_args, read_field, EVENTS};
+use crate::events::{count_lost, fill_header, probe_args, read_field, submit_flags, EVENTS};
 
 #[no_mangle]
 static LINK_CONFIG: LinkConfig = LinkConfig::absent();
@@ -156,7 +156,7 @@ fn emit_with(cfg: &LinkConfig, kind: EventKind, user_buf: u64, valid: u32, aux: 
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     let copied = copy_user(user_buf, &mut ev.data);
     ev.len = if valid < copied { valid } else { copied };
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 #[tracepoint]
@@ -266,7 +266,7 @@ fn emit_string(ctx: &TracePointContext, cfg: &LinkConfig, kind: EventKind, field
         Ok(text) => text.len() as u32,
         Err(_) => 0,
     };
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 /// Link changes made with the old ioctls (ifconfig, some agents): MAC, flags (up/down), name.
@@ -312,7 +312,7 @@ pub fn rtnl_request(ctx: ProbeContext) -> u32 {
         0
     };
     ev.len = if len < copied { len } else { copied };
-    entry.submit(0);
+    entry.submit(submit_flags());
     0
 }
 
@@ -329,6 +329,6 @@ pub fn rtnl_result(ctx: RetProbeContext) -> u32 {
     ev.data[..4].copy_from_slice(&seq.to_ne_bytes());
     ev.data[4..8].copy_from_slice(&(ret as i32).to_ne_bytes());
     ev.len = 8;
-    entry.submit(0);
+    entry.submit(submit_flags());
     0
 }

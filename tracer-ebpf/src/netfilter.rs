@@ -33,7 +33,7 @@ use tracer_ebpf::{
     NF_NAME_BYTES, TRACE_RECORD_BYTES, VERDICT_IPT, VERDICT_NFT,
 };
 
-use crate::events::{count_lost, fill_header, probe_args, read_field, EVENTS};
+use crate::events::{count_lost, fill_header, probe_args, read_field, submit_flags, EVENTS};
 
 #[no_mangle]
 static NETFILTER_CONFIG: NetfilterConfig = NetfilterConfig::absent();
@@ -121,7 +121,7 @@ fn copy_record(ctx: &TracePointContext, cfg: &NetfilterConfig, source: RecordSou
         net = read_field(sk, cfg.sk_net).unwrap_or(0);
     }
     ev.netns = read_field(net, cfg.net_inum).unwrap_or(0);
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 #[kprobe]
@@ -163,7 +163,7 @@ fn answer(ctx: &ProbeContext, args: [u64; 3], skb: u64) {
     let protocol = u16::from_be(read_field(skb, cfg.skb_protocol).unwrap_or(0));
     crate::drops::fill_packet(&cfg, &mut ev.packet, skb, function, ABSENT, protocol);
     ev.args = args;
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 /// Netfilter calls in progress, per thread (bounded: entries are removed when a thread's
@@ -320,7 +320,7 @@ fn report_verdict(ctx: &RetProbeContext, frame: &NfFrame, verdict: u32) {
         }
         ev.family = read_field::<u8>(frame.object, cfg.xt_table_af).map_or(ABSENT, |f| f as u32);
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 /// Copies a NUL-terminated kernel string (a table or chain name).

@@ -26,7 +26,7 @@ use tracer_ebpf::{
     PATH_NO_HEADER, PATH_SNAP_BYTES,
 };
 
-use crate::events::{count_lost, fill_header, probe_args, read_field, EVENTS};
+use crate::events::{count_lost, fill_header, probe_args, read_field, submit_flags, EVENTS};
 
 #[no_mangle]
 static PATH_CONFIG: PathConfig = PathConfig::absent();
@@ -541,5 +541,5 @@ fn emit(
         }
         ev.l3_offset = (l3 - start) as u16;
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
 }

@@ -26,7 +26,7 @@ use tracer_ebpf::{
     BPF_MESSAGE_BYTES, XDP_REDIRECT_FAILED,
 };
 
-use crate::events::{count_lost, fill_header, read_field, EVENTS};
+use crate::events::{count_lost, fill_header, read_field, submit_flags, EVENTS};
 
 #[no_mangle]
 static XDP_CONFIG: XdpConfig = XdpConfig::absent();
@@ -124,7 +124,7 @@ pub fn bpf_exit(ctx: TracePointContext) -> u32 {
             };
         }
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
     let _ = BPF_PENDING.remove(&tid);
     0
 }

@@ -302,6 +302,9 @@ impl Session {
     /// Streams events to `sink` until `stop` completes, then drains what is left.
     pub async fn run_until<T>(&mut self, stop: impl Future<Output = T>, sink: &mut dyn Sink) -> std::io::Result<T> {
         tokio::pin!(stop);
+        // Records below the wake-up threshold do not wake us: collect them regularly.
+        let mut drain = tokio::time::interval(crate::probes::DRAIN_INTERVAL);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             let monitor = async {
                 match self.monitor.as_mut() {
@@ -316,6 +319,7 @@ impl Session {
                     guard.clear_ready();
                 }
                 Some(record) = monitor => self.pipeline.monitor_record(&record, sink),
+                _ = drain.tick() => self.pipeline.drain_ring(self.events.get_mut(), sink),
                 result = &mut stop => break result,
             }
         };

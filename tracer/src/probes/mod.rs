@@ -475,6 +475,16 @@ struct Configs {
     path: PathConfig,
 }
 
+/// Records wake the session up only once this much of the ring buffer is used (an eighth);
+/// the session drains the rest every [`DRAIN_INTERVAL`]. Fewer wake-ups cost the CPUs that
+/// produce events (softirqs of the traced traffic) less.
+fn wakeup_bytes(buffer_bytes: u32) -> u64 {
+    u64::from(buffer_bytes / 8)
+}
+
+/// How often a session drains the ring buffer without being woken up.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Loads the object with this kernel's configuration (nothing attached yet).
 fn load_object(drop_config: &DropConfig, configs: &Configs, buffer_bytes: u32) -> Result<Ebpf, String> {
     EbpfLoader::new()
@@ -483,6 +493,7 @@ fn load_object(drop_config: &DropConfig, configs: &Configs, buffer_bytes: u32) -
         .override_global(names::NETFILTER_CONFIG, &configs.netfilter, true)
         .override_global(names::XDP_CONFIG, &configs.xdp, true)
         .override_global(names::PATH_CONFIG, &configs.path, true)
+        .override_global(names::WAKEUP_BYTES, &wakeup_bytes(buffer_bytes), true)
         .map_max_entries(names::EVENTS, buffer_bytes)
         .load(EBPF_OBJECT)
         .map_err(|e| format!("loading the object: {}", error_chain(&e)))
