@@ -202,12 +202,7 @@ impl Decoder {
         if let Some(name) = self.ifnames.get(&(netns, ifindex)) {
             return Some(name.clone());
         }
-        let own = crate::kernel::netns::inode_of(std::path::Path::new("/proc/self/ns/net"));
-        let path = if own == Some(netns) {
-            std::path::PathBuf::from("/proc/self/ns/net")
-        } else {
-            crate::kernel::netns::path_of_name(actor.netns_name.as_deref()?)
-        };
+        let path = self.netns_path(netns)?;
         let name = crate::kernel::netns::ifname_in(&path, ifindex)?;
         if self.ifnames.len() > 4096 {
             self.ifnames.clear();

@@ -351,22 +351,12 @@ impl Decoder {
         if !too_big && !silent {
             return;
         }
-        let Some(path) = self.netns_path(netns) else { return };
-        if self.mtus.routes.len() > MTU_LOOKUPS || self.mtus.devices.len() > MTU_LOOKUPS {
-            self.mtus = MtuLookups::default();
-        }
-        let ifindex = drop.ifindex.unwrap_or(0);
         drop.egress = if too_big {
-            let key = (netns, flow.dst, Some(flow.src), ifindex);
-            self.mtus
-                .routes
-                .entry(key)
-                .or_insert_with(|| routes::egress_in(&path, flow.dst, Some(flow.src), drop.ifindex))
-                .clone()
+            self.route_egress(netns, flow.dst, flow.src, drop.ifindex)
         } else {
-            let device = self.mtus.devices.entry((netns, ifindex)).or_insert_with(|| routes::device_in(&path, ifindex));
             // Only tunnels are of interest here, and only for packets they cannot carry.
-            device.clone().filter(|d| d.kind.as_deref().is_some_and(routes::is_tunnel_kind))
+            self.device_egress(netns, drop.ifindex.unwrap_or(0))
+                .filter(|d| d.kind.as_deref().is_some_and(routes::is_tunnel_kind))
         };
     }
 
@@ -378,15 +368,39 @@ impl Decoder {
         if icmp.by_reject || !(v4_frag_needed || v6_too_big) {
             return;
         }
-        let (Some(netns), Some(flow)) = (icmp.netns, icmp.flow.clone()) else { return };
-        let Some(path) = self.netns_path(netns) else { return };
-        let key = (netns, flow.dst, Some(flow.src), icmp.ifindex.unwrap_or(0));
-        icmp.egress = self
-            .mtus
-            .routes
-            .entry(key)
-            .or_insert_with(|| routes::egress_in(&path, flow.dst, Some(flow.src), icmp.ifindex))
-            .clone();
+        let (Some(netns), Some(flow)) = (icmp.netns, icmp.flow.as_ref()) else { return };
+        let (dst, src) = (flow.dst, flow.src);
+        icmp.egress = self.route_egress(netns, dst, src, icmp.ifindex);
+    }
+
+    /// Where a packet from `src` to `dst` that came in on `ifindex` leaves namespace `netns`.
+    /// Cached per key, misses included: a lookup enters the namespace, and drops repeat.
+    fn route_egress(&mut self, netns: u32, dst: IpAddr, src: IpAddr, ifindex: Option<u32>) -> Option<Egress> {
+        let key = (netns, dst, Some(src), ifindex.unwrap_or(0));
+        if let Some(known) = self.mtus.routes.get(&key) {
+            return known.clone();
+        }
+        self.trim_mtu_lookups();
+        let found = self.netns_path(netns).and_then(|path| routes::egress_in(&path, dst, Some(src), ifindex));
+        self.mtus.routes.insert(key, found.clone());
+        found
+    }
+
+    /// Device `ifindex` of namespace `netns` (cached like [`Self::route_egress`]).
+    fn device_egress(&mut self, netns: u32, ifindex: u32) -> Option<Egress> {
+        if let Some(known) = self.mtus.devices.get(&(netns, ifindex)) {
+            return known.clone();
+        }
+        self.trim_mtu_lookups();
+        let found = self.netns_path(netns).and_then(|path| routes::device_in(&path, ifindex));
+        self.mtus.devices.insert((netns, ifindex), found.clone());
+        found
+    }
+
+    fn trim_mtu_lookups(&mut self) {
+        if self.mtus.routes.len() > MTU_LOOKUPS || self.mtus.devices.len() > MTU_LOOKUPS {
+            self.mtus = MtuLookups::default();
+        }
     }
 
     /// A path that enters namespace `inode`: ours, PID 1's, or a named one.
