@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// Run only these parts (comma-separated): datapath, pipeline, startup, memory.
     #[arg(long, value_delimiter = ',', value_parser = ["datapath", "pipeline", "startup", "memory"])]
     pub only: Vec<String>,
+    /// Tracer variants of the datapath tests (comma-separated; the untraced run is always
+    /// added): default, no-syscalls, path, aggregate, bpftrace. [default: all but no-syscalls]
+    #[arg(long, value_delimiter = ',', value_parser = ["default", "no-syscalls", "path", "aggregate", "bpftrace"])]
+    pub variants: Vec<String>,
 }
 
 /// The options in effect, after `--quick` and the defaults.
@@ -75,6 +79,7 @@ pub struct Settings {
     pub udp_rate: String,
     pub senders: usize,
     pub parts: Vec<String>,
+    pub variants: Vec<datapath::Variant>,
 }
 
 impl Settings {
@@ -91,7 +96,16 @@ impl Settings {
             || args.flood_seconds.is_some()
             || args.long_seconds.is_some()
             || args.startup_runs.is_some()
-            || !args.only.is_empty();
+            || !args.only.is_empty()
+            || !args.variants.is_empty();
+        let variants = datapath::VARIANTS
+            .into_iter()
+            .filter(|v| match v {
+                datapath::Variant::None => true,
+                _ if args.variants.is_empty() => *v != datapath::Variant::NoSyscalls,
+                _ => args.variants.iter().any(|name| name == v.name()),
+            })
+            .collect();
         Self {
             mode: match (args.quick, customized) {
                 (true, false) => "quick",
@@ -107,6 +121,7 @@ impl Settings {
             udp_rate: args.udp_rate.clone().unwrap_or_else(|| "500M".into()),
             senders: args.senders.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1),
             parts,
+            variants,
         }
     }
 
@@ -239,7 +254,8 @@ pub fn bench(root: &Path, bin: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     if settings.wants("datapath") {
         step("datapath: iperf3 between pods of a VXLAN overlay, per tracer variant, interleaved");
         let net = topology::overlay(&mut nss).context("building the overlay")?;
-        report.datapath = Some(datapath::run(bin, &net, settings.rounds, settings.seconds, &settings.udp_rate)?);
+        report.datapath =
+            Some(datapath::run(bin, &net, settings.rounds, settings.seconds, &settings.udp_rate, &settings.variants)?);
         nss.clear();
         step("syscall overhead: getppid with no tracer, default hooks, --hooks drops");
         report.syscalls = Some(datapath::syscalls(bin, settings.rounds)?);

@@ -23,19 +23,36 @@ const SETTLE: Duration = Duration::from_millis(300);
 pub enum Variant {
     None,
     Default,
+    /// Default hooks minus the families that attach syscall tracepoints (links, xdp): what
+    /// the syscall tax costs.
+    NoSyscalls,
     Path,
     Aggregate,
     Bpftrace,
 }
 
-pub const VARIANTS: [Variant; 5] =
-    [Variant::None, Variant::Default, Variant::Path, Variant::Aggregate, Variant::Bpftrace];
+/// Every variant, in table order; `--variants` picks some (the untraced one always runs).
+pub const VARIANTS: [Variant; 6] =
+    [Variant::None, Variant::Default, Variant::NoSyscalls, Variant::Path, Variant::Aggregate, Variant::Bpftrace];
 
 impl Variant {
+    /// The name `--variants` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::None => "none",
+            Variant::Default => "default",
+            Variant::NoSyscalls => "no-syscalls",
+            Variant::Path => "path",
+            Variant::Aggregate => "aggregate",
+            Variant::Bpftrace => "bpftrace",
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Variant::None => "no tracer",
             Variant::Default => "dptrace (default hooks)",
+            Variant::NoSyscalls => "dptrace --hooks drops,netfilter",
             Variant::Path => "dptrace --path",
             Variant::Aggregate => "dptrace --path --aggregate",
             Variant::Bpftrace => "bpftrace kfree_skb count",
@@ -52,6 +69,7 @@ impl Variant {
         match self {
             Variant::None => None,
             Variant::Default => dptrace(&[]),
+            Variant::NoSyscalls => dptrace(&["--hooks", "drops,netfilter"]),
             Variant::Path => dptrace(&["--path", "--filter", filter]),
             Variant::Aggregate => dptrace(&["--path", "--aggregate", "--filter", filter]),
             Variant::Bpftrace => {
@@ -156,6 +174,7 @@ pub struct Results {
     pub seconds: u32,
     pub udp_rate: String,
     pub server: String,
+    pub variants: Vec<Variant>,
     pub cells: Vec<Cell>,
     pub runs: Vec<Run>,
 }
@@ -166,13 +185,20 @@ impl Results {
     }
 }
 
-pub fn run(bin: &Path, net: &Overlay, rounds: u32, seconds: u32, udp_rate: &str) -> anyhow::Result<Results> {
+pub fn run(
+    bin: &Path,
+    net: &Overlay,
+    rounds: u32,
+    seconds: u32,
+    udp_rate: &str,
+    variants: &[Variant],
+) -> anyhow::Result<Results> {
     let filter = format!("host {}", net.server_ip);
     let mut runs = Vec::new();
-    let total = rounds as usize * TESTS.len() * VARIANTS.len();
+    let total = rounds as usize * TESTS.len() * variants.len();
     for round in 1..=rounds {
         for test in TESTS {
-            for variant in VARIANTS {
+            for &variant in variants {
                 procs::check_interrupted()?;
                 eprintln!(
                     "[{}/{total}] round {round}: {} under {}",
@@ -217,7 +243,7 @@ pub fn run(bin: &Path, net: &Overlay, rounds: u32, seconds: u32, udp_rate: &str)
     let mut cells = Vec::new();
     for test in TESTS {
         let base = median_value(&runs, test, Variant::None);
-        for variant in VARIANTS {
+        for &variant in variants {
             let these: Vec<&Run> = runs.iter().filter(|r| r.test == test && r.variant == variant).collect();
             let values: Vec<f64> = these.iter().filter_map(|r| r.value).collect();
             let value = Stat::of(&values);
@@ -240,7 +266,15 @@ pub fn run(bin: &Path, net: &Overlay, rounds: u32, seconds: u32, udp_rate: &str)
             });
         }
     }
-    Ok(Results { rounds, seconds, udp_rate: udp_rate.to_string(), server: net.server_ip.to_string(), cells, runs })
+    Ok(Results {
+        rounds,
+        seconds,
+        udp_rate: udp_rate.to_string(),
+        server: net.server_ip.to_string(),
+        variants: variants.to_vec(),
+        cells,
+        runs,
+    })
 }
 
 fn median_value(runs: &[Run], test: Test, variant: Variant) -> Option<f64> {

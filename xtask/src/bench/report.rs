@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{
-    datapath::{Test, Variant, TESTS, VARIANTS},
+    datapath::{Test, Variant, TESTS},
     pipeline::{FloodRun, LONG_PORTS, LONG_RATE},
     Report, Stat,
 };
@@ -381,13 +381,13 @@ pub fn markdown(r: &Report) -> String {
             d.server, d.rounds, d.seconds
         );
         let _ = write!(out, "| test |");
-        for v in VARIANTS {
+        for v in &d.variants {
             let _ = write!(out, " {} |", v.label());
         }
-        let _ = writeln!(out, "\n|---|{}", "---|".repeat(VARIANTS.len()));
+        let _ = writeln!(out, "\n|---|{}", "---|".repeat(d.variants.len()));
         for t in TESTS {
             let _ = write!(out, "| {} |", t.label(&d.udp_rate));
-            for v in VARIANTS {
+            for &v in &d.variants {
                 let cell = d.cell(t, v);
                 let text = match cell.and_then(|c| c.value.map(|s| (s, c.ratio))) {
                     Some((s, ratio)) => {
@@ -408,11 +408,11 @@ pub fn markdown(r: &Report) -> String {
                 let _ = write!(out, " {text} |");
             }
             let _ = write!(out, "\n| ↳ tracer |");
-            for v in VARIANTS {
+            for &v in &d.variants {
                 let text = match d.cell(t, v) {
                     Some(c) if v != Variant::None => {
                         let mut parts = vec![format!("CPU {}", num(c.tracer_cpu.map(|s| s.median), 3))];
-                        if matches!(v, Variant::Default | Variant::Path | Variant::Aggregate) {
+                        if !matches!(v, Variant::None | Variant::Bpftrace) {
                             parts.push(format!("lost {}", c.lost_events_max.map_or("?".into(), |l| int(l as f64))));
                         }
                         if let Some(p) = c.paths_traced.filter(|_| matches!(v, Variant::Path | Variant::Aggregate)) {
@@ -426,7 +426,8 @@ pub fn markdown(r: &Report) -> String {
             }
             let _ = writeln!(out);
         }
-        let udp_loss: Vec<String> = VARIANTS
+        let udp_loss: Vec<String> = d
+            .variants
             .iter()
             .filter_map(|&v| {
                 let l = d.cell(Test::Udp, v)?.loss_percent?;
