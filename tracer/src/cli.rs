@@ -35,6 +35,12 @@ pub enum Command {
         #[command(subcommand)]
         action: LabAction,
     },
+    /// Print the man page or a shell completion script (used by `cargo xtask dist`).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        kind: crate::generate::GenerateKind,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +102,7 @@ pub enum LabAction {
     Run {
         /// Scenario names (see `dptrace lab list`).
         names: Vec<String>,
+        /// Run every scenario.
         #[arg(long)]
         all: bool,
         /// JSON Lines on stdout.

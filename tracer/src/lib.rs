@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod decode;
+pub mod generate;
 pub mod kernel;
 pub mod lab;
 pub mod output;

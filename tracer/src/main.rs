@@ -33,6 +33,9 @@ fn main() -> ExitCode {
             Command::Lab { action: LabAction::Run { names, all, json, verbose, backends } } => {
                 lab::run(&names, all, json, verbose, backends.probe_options(DEFAULT_BUFFER_BYTES)).await
             }
+            Command::Generate { kind } => dptrace::generate::generate(kind, &mut std::io::stdout().lock())
+                .map(|()| Outcome::Ok)
+                .map_err(|e| anyhow::anyhow!("cannot write to standard output: {e}")),
         }
     });
     match result {

@@ -4,6 +4,7 @@
 //! `cargo xtask demo` or `cargo xtask test`.
 
 mod bench;
+mod dist;
 mod setup;
 mod vm;
 
@@ -30,6 +31,9 @@ enum Task {
     Build,
     /// Set up, build, run dptrace's lab of reproduced failures (needs root).
     Demo,
+    /// Set up, build, write target/dist/: dptrace, its man page dptrace.1 and shell completions
+    /// (complete/dptrace.bash, complete/_dptrace for zsh, complete/dptrace.fish).
+    Dist,
     /// Run the kernel-compatibility matrix (vm-images/matrix.toml) under QEMU, plus the host (needs root).
     VmTest(vm::VmTestArgs),
     /// Measure what dptrace costs: datapath overhead (iperf3), event pipeline, start-up and memory;
@@ -73,6 +77,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("the lab did not diagnose every scenario ({status})");
             }
             Ok(())
+        }
+        Task::Dist => {
+            setup::setup(&root)?;
+            let bin = build(&root)?;
+            dist::dist(&root, &bin).map(|_| ())
         }
         Task::VmTest(args) => {
             setup::setup(&root)?;
@@ -143,6 +152,7 @@ fn test(root: &Path, no_lint: bool, no_vm: bool, e2e_args: &[String]) -> anyhow:
         ]))?;
     }
     let bin = build(root)?;
+    dist::dist(root, &bin)?;
     step("unit tests");
     run_cmd(cargo(root).args(["test", "--release", "-p", "dptrace", "-p", "xtask"]))?;
     step("end-to-end tests (real binary, real kernel, as root)");
