@@ -250,6 +250,88 @@ fn creating_a_link_kind_the_kernel_lacks_is_explained() {
     }
 }
 
+/// Every links backend this kernel offers tells the same story of a failed link creation:
+/// the request, then the kernel's message, then the errno. The sockets backend sees the
+/// request only when its send returns, after the message was produced, so it must hold the
+/// message back; the syscall-tracepoints backend must agree with it.
+#[test]
+fn every_links_backend_reports_request_message_and_errno_in_order() {
+    require_root!();
+    let check = json_lines(&dptrace(&["check", "--json"]));
+    let backends: Vec<String> = check
+        .iter()
+        .filter_map(|l| l["backends"].as_array())
+        .flatten()
+        .filter(|b| b["family"] == "links" && b["available"] == true)
+        .map(|b| b["backend"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!backends.is_empty(), "no links backend: {check:#?}");
+    for backend in backends {
+        let pair = NodePair::new();
+        let forced = format!("links={backend}");
+        let lines = trace_json(
+            &["--netns", &pair.client, "--backend", &forced],
+            &pair.client,
+            "ip link add dpt-bogus type bogus 2>/dev/null; true",
+        );
+        let events: Vec<&Value> = of_type(&lines, "event")
+            .into_iter()
+            .filter(|e| e["actor"]["comm"] == "ip" || e["link_kind"] == "bogus")
+            .collect();
+        // iproute2 first asks whether the name exists (a "change" answered ENODEV).
+        let position = |kind: &str, pick: &dyn Fn(&Value) -> bool| {
+            events
+                .iter()
+                .position(|e| e["kind"] == kind && pick(e))
+                .unwrap_or_else(|| panic!("{backend}: no {kind}: {events:#?}"))
+        };
+        let request = position("link-request", &|e| e["link_kind"] == "bogus");
+        let message = position("kernel-message", &|_| true);
+        let ack = position("netlink-ack", &|e| e["error"] == "EOPNOTSUPP");
+        assert!(events[message]["message"].as_str().unwrap().contains("Unknown device type"), "{backend}: {events:#?}");
+        assert_eq!(events[ack]["error"], "EOPNOTSUPP", "{backend}");
+        assert!(request < message && message < ack, "{backend}: out of order: {events:#?}");
+        let finding = of_type(&lines, "finding")
+            .into_iter()
+            .find(|f| f["rule"] == "link-kind-unsupported")
+            .unwrap_or_else(|| panic!("{backend}: no link-kind-unsupported finding: {lines:#?}"));
+        assert!(finding["summary"].as_str().unwrap().contains("bogus"), "{backend}: {finding}");
+        assert!(
+            finding["evidence"].as_array().unwrap().iter().any(|e| e["kind"] == "kernel-message"),
+            "{backend}: {finding}"
+        );
+    }
+}
+
+/// With the default hooks on a kernel that has cheaper hooks, nothing is attached to a
+/// syscall tracepoint: one would slow every syscall of every process on the machine.
+#[test]
+fn default_hooks_attach_no_syscall_tracepoint_where_cheaper_hooks_exist() {
+    require_root!();
+    if !std::path::Path::new("/sys/kernel/tracing/events/sock/sock_send_length").exists()
+        && !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+    {
+        eprintln!("SKIPPED: neither sock:sock_send_length nor kprobes on this kernel");
+        return;
+    }
+    let out = dptrace(&["trace", "--json", "--quiet", "--", "sleep", "0.2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let summary = of_type(&lines, "summary")[0];
+    let hooks = summary["hooks"].as_array().unwrap();
+    for hook in hooks {
+        let detail = hook["backend"].as_str().unwrap_or_default();
+        assert!(!detail.contains("sys_enter") && !detail.contains("sys_exit"), "{hook}");
+    }
+    // Asked for, the syscall tracepoints are used.
+    let out =
+        dptrace(&["trace", "--json", "--quiet", "--backend", "links=tracepoints,bpf=syscalls", "--", "sleep", "0.2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let hooks = of_type(&lines, "summary")[0]["hooks"].to_string();
+    assert!(hooks.contains("sys_enter_sendmsg") && hooks.contains("sys_enter_bpf"), "{hooks}");
+}
+
 #[test]
 fn other_link_creation_failures_carry_the_errno() {
     require_root!();
@@ -269,7 +351,8 @@ fn other_link_creation_failures_carry_the_errno() {
 }
 
 /// A veth MAC rewritten with the old SIOCSIFHWADDR ioctl (as ifconfig does) is attributed
-/// like one made over netlink.
+/// like one made over netlink by the syscall-tracepoints backend; the default backends
+/// (sockets, kprobes) do not see ioctls, but the change itself is still found.
 #[test]
 fn a_mac_change_by_ioctl_is_attributed() {
     require_root!();
@@ -286,7 +369,7 @@ fn a_mac_change_by_ioctl_is_attributed() {
     let script = "ip link add vx0 type veth peer name vx1; sleep 0.2; python3 -c \"import fcntl,socket,struct; \
                   s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); \
                   fcntl.ioctl(s.fileno(),0x8924,struct.pack('16sH14s',b'vx0',1,bytes.fromhex('020000000042')))\"; sleep 0.2";
-    let lines = trace_json(&["--netns", &pair.client], &pair.client, script);
+    let lines = trace_json(&["--netns", &pair.client, "--backend", "links=tracepoints"], &pair.client, script);
     let finding = of_type(&lines, "finding")
         .into_iter()
         .find(|f| f["rule"] == "veth-mac-changed")
@@ -295,6 +378,14 @@ fn a_mac_change_by_ioctl_is_attributed() {
     assert_eq!(finding["actor"]["comm"], "python3");
     assert!(finding["summary"].as_str().unwrap().contains("→ 02:00:00:00:00:42"), "{finding}");
     assert!(finding["evidence"].as_array().unwrap().iter().any(|e| e["via"] == "ioctl"), "{finding}");
+    drop(pair);
+    let pair = NodePair::new();
+    let lines = trace_json(&["--netns", &pair.client], &pair.client, script);
+    let finding = of_type(&lines, "finding")
+        .into_iter()
+        .find(|f| f["rule"] == "veth-mac-changed")
+        .unwrap_or_else(|| panic!("default backends: no veth-mac-changed finding: {lines:#?}"));
+    assert!(finding["summary"].as_str().unwrap().contains("→ 02:00:00:00:00:42"), "{finding}");
 }
 
 /// On cgroup v2, the actor of a link request carries its cgroup, pod UID and container id.

@@ -28,6 +28,8 @@ pub mod names {
     pub const PROG_RECVFROM_ENTER: &str = "nl_recvfrom_enter";
     pub const PROG_RECV_EXIT: &str = "nl_recv_exit";
     pub const PROG_EXTACK: &str = "nl_extack";
+    pub const PROG_SOCK_SEND: &str = "nl_sock_send";
+    pub const PROG_SOCK_RECV: &str = "nl_sock_recv";
     pub const PROG_IOCTL: &str = "link_ioctl";
     pub const PROG_MODULE_REQUEST: &str = "module_request";
     pub const PROG_MODULE_LOAD: &str = "module_load";
@@ -53,6 +55,8 @@ pub mod names {
     pub const XDP_EXCEPTIONS: &str = "XDP_EXCEPTIONS";
     pub const PROG_BPF_ENTER: &str = "bpf_enter";
     pub const PROG_BPF_EXIT: &str = "bpf_exit";
+    pub const PROG_BPF_KPROBE: &str = "bpf_syscall_enter";
+    pub const PROG_BPF_KRETPROBE: &str = "bpf_syscall_exit";
     pub const PROG_XDP_ATTACH_FAILED: &str = "xdp_attach_failed";
     pub const PROG_XDP_EXCEPTION_RAW: &str = "xdp_exception_raw";
     pub const PROG_XDP_EXCEPTION_TP: &str = "xdp_exception_tp";
@@ -198,6 +202,11 @@ pub struct XdpConfig {
     pub prog_aux: u32,
     pub aux_id: u32,
     pub aux_name: u32,
+    /// kprobes on the `bpf()` syscall wrapper, whose argument is the user's saved registers:
+    /// where `struct pt_regs` keeps the first three syscall arguments (BTF).
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    pub regs_arg2: u32,
     pub _pad: u32,
 }
 
@@ -223,6 +232,9 @@ impl XdpConfig {
             prog_aux: ABSENT,
             aux_id: ABSENT,
             aux_name: ABSENT,
+            regs_arg0: ABSENT,
+            regs_arg1: ABSENT,
+            regs_arg2: ABSENT,
             _pad: 0,
         }
     }
@@ -508,6 +520,28 @@ pub struct LinkConfig {
     pub tp_module_load_name: u32,
     /// kprobes backend: which argument of `rtnl_newlink`/`setlink`/`dellink` is the `nlmsghdr`.
     pub arg_nlh: u32,
+    /// sockets backend: `sock:sock_send_length`/`sock_recv_length` fields (`family`,
+    /// `protocol`, `ret`, `flags`; both events share their layout).
+    pub sock_family: u32,
+    pub sock_protocol: u32,
+    pub sock_ret: u32,
+    pub sock_flags: u32,
+    /// sockets backend: where `struct pt_regs` keeps the syscall number and its second and
+    /// third arguments (the user buffer or msghdr, and the length).
+    pub regs_nr: u32,
+    pub regs_arg1: u32,
+    pub regs_arg2: u32,
+    /// sockets backend: this architecture's numbers of the syscalls that carry netlink
+    /// messages (the first argument is the socket, then buffer and length or msghdr).
+    pub sys_sendmsg: u32,
+    pub sys_sendto: u32,
+    pub sys_write: u32,
+    pub sys_recvmsg: u32,
+    pub sys_recvfrom: u32,
+    pub sys_read: u32,
+    /// sockets backend: 1 when kernel messages and module requests are held until their
+    /// request's send completes (its event is emitted then, after them).
+    pub defer_messages: u32,
     pub _pad: u32,
 }
 
@@ -534,6 +568,20 @@ impl LinkConfig {
             tp_module_request_name: ABSENT,
             tp_module_load_name: ABSENT,
             arg_nlh: ABSENT,
+            sock_family: ABSENT,
+            sock_protocol: ABSENT,
+            sock_ret: ABSENT,
+            sock_flags: ABSENT,
+            regs_nr: ABSENT,
+            regs_arg1: ABSENT,
+            regs_arg2: ABSENT,
+            sys_sendmsg: ABSENT,
+            sys_sendto: ABSENT,
+            sys_write: ABSENT,
+            sys_recvmsg: ABSENT,
+            sys_recvfrom: ABSENT,
+            sys_read: ABSENT,
+            defer_messages: 0,
             _pad: 0,
         }
     }

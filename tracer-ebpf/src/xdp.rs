@@ -1,6 +1,8 @@
 //! XDP and BPF attach observation (userspace twin: tracer/src/probes/xdp.rs).
 //!
-//! - `bpf_enter`/`bpf_exit` (`syscalls:sys_enter_bpf`/`sys_exit_bpf`): every PROG_LOAD,
+//! - `bpf_enter`/`bpf_exit` (`syscalls:sys_enter_bpf`/`sys_exit_bpf`), or
+//!   `bpf_syscall_enter`/`bpf_syscall_exit` (kprobe/kretprobe on the `bpf()` syscall wrapper,
+//!   which unlike a syscall tracepoint costs nothing to other syscalls): every PROG_LOAD,
 //!   BTF_LOAD and LINK_CREATE with its `union bpf_attr` and result, by whom. A loader that
 //!   fails to load its object and retries forever (field report 4) shows as a series of these.
 //! - `xdp_attach_failed` (`xdp:bpf_xdp_link_attach_failed`, 5.18+): the kernel's reason for
@@ -17,9 +19,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
         bpf_probe_read_user_str_bytes,
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use tracer_ebpf::{
     BpfEvent, BpfPending, EventKind, XdpConfig, XdpExceptionCount, XdpExceptionKey, ABSENT, BPF_ATTR_BYTES,
@@ -51,18 +53,60 @@ fn config() -> XdpConfig {
 #[tracepoint]
 pub fn bpf_enter(ctx: TracePointContext) -> u32 {
     let cfg = config();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == cfg.own_tgid || cfg.tp_bpf_cmd == ABSENT {
+    if cfg.tp_bpf_cmd == ABSENT {
         return 0;
     }
     let cmd: u64 = unsafe { ctx.read_at(cfg.tp_bpf_cmd as usize) }.unwrap_or(u64::MAX);
-    let cmd = cmd as u32;
-    if cmd != cfg.cmd_prog_load && cmd != cfg.cmd_btf_load && cmd != cfg.cmd_link_create {
-        return 0;
-    }
     let uattr: u64 = unsafe { ctx.read_at(cfg.tp_bpf_uattr as usize) }.unwrap_or(0);
     let size: u64 = unsafe { ctx.read_at(cfg.tp_bpf_size as usize) }.unwrap_or(0);
-    let Some(p) = BPF_SCRATCH.get_ptr_mut(0) else { return 0 };
+    command_start(&cfg, cmd as u32, uattr, size);
+    0
+}
+
+#[tracepoint]
+pub fn bpf_exit(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    let ret: i64 = unsafe { ctx.read_at(cfg.tp_bpf_ret as usize) }.unwrap_or(0);
+    command_end(&cfg, ret);
+    0
+}
+
+/// kprobe on the `bpf()` syscall wrapper (`__x64_sys_bpf` …): its argument is the saved
+/// user registers, which hold the syscall's arguments.
+#[kprobe]
+pub fn bpf_syscall_enter(ctx: ProbeContext) -> u32 {
+    let cfg = config();
+    let Some(regs) = ctx.arg::<u64>(0) else { return 0 };
+    let (Some(cmd), Some(uattr), Some(size)) = (
+        read_field::<u64>(regs, cfg.regs_arg0),
+        read_field::<u64>(regs, cfg.regs_arg1),
+        read_field::<u64>(regs, cfg.regs_arg2),
+    ) else {
+        return 0;
+    };
+    command_start(&cfg, cmd as u32, uattr, size);
+    0
+}
+
+#[kretprobe]
+pub fn bpf_syscall_exit(ctx: RetProbeContext) -> u32 {
+    let ret: i64 = ctx.ret();
+    command_end(&config(), ret);
+    0
+}
+
+/// A `bpf()` command starts: PROG_LOAD, BTF_LOAD and LINK_CREATE are kept with their
+/// attributes until the call returns.
+#[inline(always)]
+fn command_start(cfg: &XdpConfig, cmd: u32, uattr: u64, size: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == cfg.own_tgid {
+        return;
+    }
+    if cmd != cfg.cmd_prog_load && cmd != cfg.cmd_btf_load && cmd != cfg.cmd_link_create {
+        return;
+    }
+    let Some(p) = BPF_SCRATCH.get_ptr_mut(0) else { return };
     // SAFETY: per-CPU scratch slot, only this program on this CPU uses it.
     let p = unsafe { &mut *p };
     p.cmd = cmd;
@@ -79,19 +123,17 @@ pub fn bpf_enter(ctx: TracePointContext) -> u32 {
     };
     p.attr_len = if size < copied { size } else { copied } as u32;
     let _ = BPF_PENDING.insert(&(pid_tgid as u32), p, 0);
-    0
 }
 
-#[tracepoint]
-pub fn bpf_exit(ctx: TracePointContext) -> u32 {
-    let cfg = config();
+/// A `bpf()` command returned `ret`: the thread's kept command becomes an event.
+#[inline(always)]
+fn command_end(cfg: &XdpConfig, ret: i64) {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(pending) = (unsafe { BPF_PENDING.get(&tid) }) else { return 0 };
-    let ret: i64 = unsafe { ctx.read_at(cfg.tp_bpf_ret as usize) }.unwrap_or(0);
+    let Some(pending) = (unsafe { BPF_PENDING.get(&tid) }) else { return };
     let Some(mut entry) = EVENTS.reserve::<BpfEvent>(0) else {
         count_lost();
         let _ = BPF_PENDING.remove(&tid);
-        return 0;
+        return;
     };
     // SAFETY: the entry is `size_of::<BpfEvent>()` bytes we own until submit.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
@@ -126,7 +168,6 @@ pub fn bpf_exit(ctx: TracePointContext) -> u32 {
     }
     entry.submit(submit_flags());
     let _ = BPF_PENDING.remove(&tid);
-    0
 }
 
 #[tracepoint]

@@ -5,7 +5,11 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::probes::{
-    drops::DropBackend, links::LinkBackend, netfilter::NetfilterBackend, xdp::XdpBackend, ProbeOptions,
+    drops::DropBackend,
+    links::LinkBackend,
+    netfilter::NetfilterBackend,
+    xdp::{CommandBackend, XdpBackend},
+    ProbeOptions,
 };
 
 #[derive(Debug, Parser)]
@@ -121,10 +125,15 @@ pub enum LabAction {
 pub struct BackendArgs {
     /// Force a hook family's backend instead of the best one this kernel offers, e.g.
     /// `drops=kprobe`. Drops: tracepoint, tracepoint-noreason (as kernels before 5.17), fentry,
-    /// kprobe. Links: tracepoints, tracepoints-noextack (as kernels before 4.16), kprobes.
+    /// kprobe. Links: sockets (6.5+), kprobes, tracepoints (syscall tracepoints: also sees
+    /// ioctls, but slows every syscall on the machine while attached), tracepoints-noextack
+    /// (as kernels before 4.16).
     /// Netfilter: verdicts (kprobes on nft_do_chain/ipt_do_table: table and chain of every DROP,
     /// per-packet cost), kprobes, tracepoints, tracepoints-noreset (as kernels without
     /// tcp_send_reset/icmp_send). Xdp: raw-tracepoint, tracepoints (exceptions without names).
+    /// Bpf (the xdp family's view of bpf() loads and attaches): kprobes (the default, where
+    /// the kernel has them), syscalls (syscall tracepoints: every kernel, but every syscall
+    /// on the machine is slower while attached, so only when asked for).
     #[arg(long = "backend", value_name = "FAMILY=BACKEND", value_delimiter = ',', value_parser = parse_backend)]
     pub backend: Vec<ForcedBackend>,
 }
@@ -136,6 +145,8 @@ pub enum ForcedBackend {
     Links(LinkBackend),
     Netfilter(NetfilterBackend),
     Xdp(XdpBackend),
+    /// How the xdp family observes `bpf()` commands.
+    Bpf(CommandBackend),
 }
 
 impl BackendArgs {
@@ -156,6 +167,10 @@ impl BackendArgs {
             ForcedBackend::Xdp(x) => Some(*x),
             _ => None,
         });
+        let bpf_backend = self.backend.iter().rev().find_map(|b| match b {
+            ForcedBackend::Bpf(x) => Some(*x),
+            _ => None,
+        });
         ProbeOptions {
             buffer_bytes,
             drops_backend,
@@ -165,6 +180,8 @@ impl BackendArgs {
             netfilter_backend,
             xdp: true,
             xdp_backend,
+            bpf_backend,
+            bpf_syscalls_fallback: false,
             path: None,
         }
     }
@@ -179,7 +196,7 @@ pub fn parse_backend(text: &str) -> Result<ForcedBackend, String> {
             format!("unknown backend `{backend}` for drops; available: {names}")
         }),
         "links" => LinkBackend::from_name(backend).map(ForcedBackend::Links).ok_or_else(|| {
-            format!("unknown backend `{backend}` for links; available: tracepoints, tracepoints-noextack, kprobes")
+            format!("unknown backend `{backend}` for links; available: sockets, kprobes, tracepoints, tracepoints-noextack")
         }),
         "netfilter" => NetfilterBackend::from_name(backend).map(ForcedBackend::Netfilter).ok_or_else(|| {
             format!("unknown backend `{backend}` for netfilter; available: verdicts, kprobes, tracepoints, tracepoints-noreset")
@@ -187,6 +204,9 @@ pub fn parse_backend(text: &str) -> Result<ForcedBackend, String> {
         "xdp" => XdpBackend::from_name(backend)
             .map(ForcedBackend::Xdp)
             .ok_or_else(|| format!("unknown backend `{backend}` for xdp; available: raw-tracepoint, tracepoints")),
+        "bpf" => CommandBackend::from_name(backend)
+            .map(ForcedBackend::Bpf)
+            .ok_or_else(|| format!("unknown backend `{backend}` for bpf; available: kprobes, syscalls")),
         _ => Err(format!("unknown hook family `{family}`; available: {}", HOOK_FAMILIES.join(", "))),
     }
 }

@@ -176,6 +176,9 @@ async fn run_one(
     let topology = scenario.setup(&mut lab)?;
     let inodes: HashSet<u32> = lab.namespaces().iter().filter_map(|n| lab.inode(n)).collect();
     let mut probes = probes.clone();
+    // Lab sessions are short and on throwaway namespaces: they see bpf() loads on every
+    // kernel, even where that slows every syscall while they run.
+    probes.bpf_syscalls_fallback = true;
     let path_filter = scenario.path_filter(&topology);
     if let Some(text) = &path_filter {
         let filter = PacketFilter::parse(text).with_context(|| format!("the scenario's path filter `{text}`"))?;

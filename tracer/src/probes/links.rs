@@ -15,6 +15,10 @@ use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, tracefs::Tracefs, Kernel
 /// How link requests are observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkBackend {
+    /// `sock:sock_send_length`/`sock_recv_length` (6.5+, BTF): fire for socket traffic only,
+    /// so they cost nothing to the rest of the machine; the request is read from the user
+    /// buffer the syscall's saved registers point to. No ioctls.
+    Sockets,
     /// Syscall tracepoints (sendmsg/sendto and the receives of the answer): stable fields.
     Tracepoints,
     /// The same without `netlink:netlink_extack`, as kernels before 4.16.
@@ -27,6 +31,7 @@ pub enum LinkBackend {
 impl LinkBackend {
     pub fn name(self) -> &'static str {
         match self {
+            LinkBackend::Sockets => "sockets",
             LinkBackend::Tracepoints => "tracepoints",
             LinkBackend::TracepointsNoExtack => "tracepoints-noextack",
             LinkBackend::Kprobes => "kprobes",
@@ -34,9 +39,19 @@ impl LinkBackend {
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        [LinkBackend::Tracepoints, LinkBackend::TracepointsNoExtack, LinkBackend::Kprobes]
+        [LinkBackend::Sockets, LinkBackend::Tracepoints, LinkBackend::TracepointsNoExtack, LinkBackend::Kprobes]
             .into_iter()
             .find(|b| b.name() == name)
+    }
+
+    /// Best first. Syscall tracepoints come last although they have stable fields: while
+    /// one is attached, every syscall of every process on the machine takes the slow path
+    /// (+90 ns each, `cargo xtask bench`), which the others do not cost.
+    pub const CHAIN: [LinkBackend; 3] = [LinkBackend::Sockets, LinkBackend::Kprobes, LinkBackend::Tracepoints];
+
+    /// Whether this backend attaches syscall tracepoints (and so taxes every syscall).
+    pub fn uses_syscall_tracepoints(self) -> bool {
+        matches!(self, LinkBackend::Tracepoints | LinkBackend::TracepointsNoExtack)
     }
 }
 
@@ -58,7 +73,9 @@ pub struct LinkCoverage {
 }
 
 /// The tracepoints the programs attach to: (program, category, event).
-const ATTACHMENTS: [(&str, &str, &str); 10] = [
+const ATTACHMENTS: [(&str, &str, &str); 12] = [
+    (names::PROG_SOCK_SEND, "sock", "sock_send_length"),
+    (names::PROG_SOCK_RECV, "sock", "sock_recv_length"),
     (names::PROG_SENDMSG, "syscalls", "sys_enter_sendmsg"),
     (names::PROG_SENDTO, "syscalls", "sys_enter_sendto"),
     (names::PROG_RECVMSG_ENTER, "syscalls", "sys_enter_recvmsg"),
@@ -96,11 +113,29 @@ pub fn link_config(facts: &KernelFacts, backend: LinkBackend) -> (LinkConfig, Li
     cfg.tp_sendto_len = field(tracefs, ("syscalls", "sys_enter_sendto"), "len", &mut cov);
     cfg.tp_recvfrom_buf = field(tracefs, ("syscalls", "sys_enter_recvfrom"), "ubuf", &mut cov);
     cfg.tp_exit_ret = field(tracefs, ("syscalls", "sys_exit_recvmsg"), "ret", &mut cov);
-    cfg.tp_ioctl_cmd = field(tracefs, ("syscalls", "sys_enter_ioctl"), "cmd", &mut cov);
-    cfg.tp_ioctl_arg = field(tracefs, ("syscalls", "sys_enter_ioctl"), "arg", &mut cov);
-    cov.ioctls = cfg.tp_ioctl_cmd != ABSENT && cfg.tp_ioctl_arg != ABSENT;
-    cov.requests = cfg.tp_msghdr != ABSENT && cfg.tp_sendto_buff != ABSENT;
-    cov.acks = cov.requests && cfg.tp_exit_ret != ABSENT && cfg.tp_recvfrom_buf != ABSENT;
+    if backend.uses_syscall_tracepoints() {
+        cfg.tp_ioctl_cmd = field(tracefs, ("syscalls", "sys_enter_ioctl"), "cmd", &mut cov);
+        cfg.tp_ioctl_arg = field(tracefs, ("syscalls", "sys_enter_ioctl"), "arg", &mut cov);
+        cov.ioctls = cfg.tp_ioctl_cmd != ABSENT && cfg.tp_ioctl_arg != ABSENT;
+    } else {
+        cov.gaps.push(format!(
+            "ioctl link changes (ifconfig): not attributed to a process with the {} backend (the changes \
+             still show as link states); --backend links=tracepoints sees them at the price of slowing \
+             every syscall",
+            backend.name()
+        ));
+    }
+    match backend {
+        LinkBackend::Sockets => {
+            sockets_config(facts, &mut cfg, &mut cov);
+            cov.requests = cfg.defer_messages != 0;
+            cov.acks = cov.requests;
+        }
+        _ => {
+            cov.requests = cfg.tp_msghdr != ABSENT && cfg.tp_sendto_buff != ABSENT;
+            cov.acks = cov.requests && cfg.tp_exit_ret != ABSENT && cfg.tp_recvfrom_buf != ABSENT;
+        }
+    }
     if without_extack {
         cov.gaps.push(
             "kernel messages: left out (--backend links=tracepoints-noextack emulates kernels before 4.16)".into(),
@@ -144,6 +179,67 @@ pub fn link_config(facts: &KernelFacts, backend: LinkBackend) -> (LinkConfig, Li
     (cfg, cov)
 }
 
+/// The sockets backend's offsets: the `sock:sock_*_length` fields (tracefs), where the
+/// saved registers keep the syscall number and arguments (BTF), and this architecture's
+/// syscall numbers. Sets `defer_messages` only when everything is there.
+fn sockets_config(facts: &KernelFacts, cfg: &mut LinkConfig, cov: &mut LinkCoverage) {
+    let tracefs = &facts.tracefs;
+    let fields = |event: &str| -> Result<[u32; 4], String> {
+        let format = tracefs.format("sock", event).map_err(|e| e.to_string())?;
+        let mut offsets = [0; 4];
+        for (slot, name) in offsets.iter_mut().zip(["family", "protocol", "ret", "flags"]) {
+            *slot = format.field(name).ok_or_else(|| format!("sock:{event} has no `{name}` field"))?.offset;
+        }
+        Ok(offsets)
+    };
+    let (send, recv) = match (fields("sock_send_length"), fields("sock_recv_length")) {
+        (Ok(send), Ok(recv)) => (send, recv),
+        (Err(e), _) | (_, Err(e)) => {
+            cov.gaps.push(format!("sockets backend: {e} (the sock:sock_*_length tracepoints came in 6.5)"));
+            return;
+        }
+    };
+    if send != recv {
+        cov.gaps.push("sockets backend: sock:sock_send_length and sock_recv_length differ in layout".into());
+        return;
+    }
+    let Some(btf) = facts.btf.as_ref() else {
+        cov.gaps.push("sockets backend: needs kernel BTF (for the saved registers)".into());
+        return;
+    };
+    let Some(regs) = syscall_registers(btf) else {
+        cov.gaps.push(format!(
+            "sockets backend: where struct pt_regs keeps syscall arguments is not known for {}",
+            std::env::consts::ARCH
+        ));
+        return;
+    };
+    [cfg.sock_family, cfg.sock_protocol, cfg.sock_ret, cfg.sock_flags] = send;
+    [cfg.regs_nr, cfg.regs_arg1, cfg.regs_arg2] = regs;
+    // UAPI syscall numbers of the architecture dptrace was built for (the kernel's own).
+    cfg.sys_sendmsg = libc::SYS_sendmsg as u32;
+    cfg.sys_sendto = libc::SYS_sendto as u32;
+    cfg.sys_write = libc::SYS_write as u32;
+    cfg.sys_recvmsg = libc::SYS_recvmsg as u32;
+    cfg.sys_recvfrom = libc::SYS_recvfrom as u32;
+    cfg.sys_read = libc::SYS_read as u32;
+    cfg.defer_messages = 1;
+}
+
+/// Offsets in `struct pt_regs` of the syscall number and the second and third arguments.
+fn syscall_registers(btf: &KernelBtf) -> Option<[u32; 3]> {
+    let member = |name: &str| btf.member("pt_regs", name).ok().map(|m| m.offset);
+    match std::env::consts::ARCH {
+        "x86_64" => Some([member("orig_ax")?, member("si")?, member("dx")?]),
+        // arm64: x0 is overwritten by the return value; arguments 1 and 2 stay in regs[].
+        "aarch64" => {
+            let regs = member("regs")?;
+            Some([member("syscallno")?, regs + 8, regs + 16])
+        }
+        _ => None,
+    }
+}
+
 /// `struct user_msghdr` and `struct iovec` are user ABI; BTF confirms their layout where it
 /// exists, otherwise the 64-bit ABI applies (msg_iov after msg_name and msg_namelen).
 fn fill_user_abi(btf: Option<&KernelBtf>, cfg: &mut LinkConfig) {
@@ -152,6 +248,18 @@ fn fill_user_abi(btf: Option<&KernelBtf>, cfg: &mut LinkConfig) {
     cfg.msghdr_iov = from_btf("user_msghdr", "msg_iov").unwrap_or(2 * ptr);
     cfg.iov_base = from_btf("iovec", "iov_base").unwrap_or(0);
     cfg.iov_len = from_btf("iovec", "iov_len").unwrap_or(ptr);
+}
+
+/// Whether this kernel has what `backend` needs, before loading anything: the chain takes
+/// the first such backend (the link configuration is fixed at load time).
+pub fn available(facts: &KernelFacts, backend: LinkBackend) -> bool {
+    match backend {
+        LinkBackend::Kprobes => {
+            std::path::Path::new(super::KPROBE_PMU).exists()
+                && RTNL_HANDLERS.iter().any(|h| facts.kallsyms.range(h).is_some())
+        }
+        _ => link_config(facts, backend).1.requests,
+    }
 }
 
 /// Loads and attaches the programs; `Err` says why the backend is unavailable.
@@ -179,7 +287,11 @@ pub fn attach(
         }
         attached.push(format!("kprobes {}", handlers.join(" ")));
     } else if !coverage.requests {
-        return Err(format!("no syscall tracepoints for sendmsg/sendto: {}", coverage.gaps.join("; ")));
+        let what = match backend {
+            LinkBackend::Sockets => "no sock:sock_send_length/sock_recv_length to read requests at",
+            _ => "no syscall tracepoints for sendmsg/sendto",
+        };
+        return Err(format!("{what}: {}", coverage.gaps.join("; ")));
     }
     for (prog, category, event) in ATTACHMENTS {
         let syscall_capture = matches!(
@@ -191,7 +303,10 @@ pub fn attach(
                 | "sys_exit_recvmsg"
                 | "sys_exit_recvfrom"
         );
-        if backend == LinkBackend::Kprobes && syscall_capture {
+        let socket_capture = category == "sock";
+        if (syscall_capture && !backend.uses_syscall_tracepoints())
+            || (socket_capture && backend != LinkBackend::Sockets)
+        {
             continue;
         }
         let wanted = match event {

@@ -93,6 +93,11 @@ pub struct ProbeOptions {
     pub xdp: bool,
     /// Forces one xdp backend.
     pub xdp_backend: Option<xdp::XdpBackend>,
+    /// Forces how the xdp family observes `bpf()` commands.
+    pub bpf_backend: Option<xdp::CommandBackend>,
+    /// Observe `bpf()` commands with syscall tracepoints where nothing cheaper works,
+    /// although every syscall on the machine pays for it (the lab does; sessions do not).
+    pub bpf_syscalls_fallback: bool,
     /// Trace packets hop by hop (the path family), off unless asked for.
     pub path: Option<path::PathOptions>,
 }
@@ -108,6 +113,8 @@ impl Default for ProbeOptions {
             netfilter_backend: None,
             xdp: true,
             xdp_backend: None,
+            bpf_backend: None,
+            bpf_syscalls_fallback: false,
             path: None,
         }
     }
@@ -134,15 +141,11 @@ impl Probes {
         let mut unavailable = Vec::new();
         let link_chain = match options.links_backend {
             Some(forced) => vec![forced],
-            None => vec![links::LinkBackend::Tracepoints, links::LinkBackend::Kprobes],
+            None => links::LinkBackend::CHAIN.to_vec(),
         };
         // The link configuration is fixed at load time: take the first backend whose
         // prerequisites this kernel has (attach errors of the links family are reported below).
-        let link_backend = link_chain
-            .iter()
-            .copied()
-            .find(|b| *b == links::LinkBackend::Kprobes || links::link_config(facts, *b).1.requests)
-            .unwrap_or(link_chain[0]);
+        let link_backend = link_chain.iter().copied().find(|b| links::available(facts, *b)).unwrap_or(link_chain[0]);
         let (link_config, link_coverage) = links::link_config(facts, link_backend);
         let nf_chain: Vec<netfilter::NetfilterBackend> = match options.netfilter_backend {
             Some(forced) => vec![forced],
@@ -155,6 +158,7 @@ impl Probes {
             None => xdp::XdpBackend::CHAIN.to_vec(),
         };
         let (xdp_config, _) = xdp::xdp_config(facts, xdp_chain[0]);
+        let command_chain = xdp::CommandBackend::chain(options.bpf_backend, options.bpf_syscalls_fallback);
         let path_options = options.path.clone().unwrap_or_default();
         let (path_config, mut path_coverage) = path::path_config(facts, &path_options);
         let configs = Configs { links: link_config, netfilter: nf_config, xdp: xdp_config, path: path_config };
@@ -181,7 +185,8 @@ impl Probes {
                         answer_functions = answers;
                     }
                     if options.xdp {
-                        hooks.push(attach_xdp(&mut ebpf, facts, &xdp_chain)?);
+                        let forced = options.bpf_backend.is_some();
+                        hooks.push(attach_xdp(&mut ebpf, facts, &xdp_chain, &command_chain, forced)?);
                     }
                     if options.path.is_some() {
                         let functions = path::functions(facts);
@@ -240,7 +245,7 @@ impl Probes {
                 probe("drops", backend.name(), result)
             })
             .collect();
-        for backend in [links::LinkBackend::Tracepoints, links::LinkBackend::Kprobes] {
+        for backend in links::LinkBackend::CHAIN {
             let (link_config, link_coverage) = links::link_config(facts, backend);
             let configs = Configs {
                 links: link_config,
@@ -275,16 +280,18 @@ impl Probes {
             probes.push(probe("netfilter", backend.name(), result));
         }
         for backend in xdp::XdpBackend::CHAIN {
-            let (config, coverage) = xdp::xdp_config(facts, backend);
+            let (config, mut coverage) = xdp::xdp_config(facts, backend);
             let configs = Configs {
                 links: LinkConfig::absent(),
                 netfilter: NetfilterConfig::absent(),
                 xdp: config,
                 path: PathConfig::absent(),
             };
+            // What a session gets without options: bpf() commands only where that is cheap.
+            let chain = xdp::CommandBackend::chain(None, false);
             let result = load_object(&DropConfig::absent(), &configs, 4096)
                 .and_then(|mut ebpf| {
-                    let mut parts = xdp::attach_commands(&mut ebpf, &coverage)?;
+                    let mut parts = xdp::attach_commands(&mut ebpf, facts, &config, &mut coverage, &chain, false)?;
                     parts.push(xdp::attach_exceptions(&mut ebpf, backend, &coverage)?);
                     Ok(parts.join(" "))
                 })
@@ -337,13 +344,22 @@ impl Probes {
 }
 
 /// The xdp family's status with the first exception backend of `chain` that attaches.
-fn attach_xdp(ebpf: &mut Ebpf, facts: &KernelFacts, chain: &[xdp::XdpBackend]) -> Result<HookStatus, ProbeError> {
-    let (_, first) = xdp::xdp_config(facts, chain[0]);
-    let commands = xdp::attach_commands(ebpf, &first)
-        .map_err(|why| ProbeError::NoBackend { family: "xdp", tried: format!("bpf() tracepoints: {why}") })?;
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    facts: &KernelFacts,
+    chain: &[xdp::XdpBackend],
+    command_chain: &[xdp::CommandBackend],
+    forced_commands: bool,
+) -> Result<HookStatus, ProbeError> {
+    let (config, mut first) = xdp::xdp_config(facts, chain[0]);
+    let commands = xdp::attach_commands(ebpf, facts, &config, &mut first, command_chain, forced_commands)
+        .map_err(|why| ProbeError::NoBackend { family: "xdp", tried: format!("bpf() commands: {why}") })?;
     let mut unavailable = Vec::new();
     for &backend in chain {
-        let (_, coverage) = xdp::xdp_config(facts, backend);
+        let (_, mut coverage) = xdp::xdp_config(facts, backend);
+        coverage.bpf_commands = first.bpf_commands;
+        coverage.bpf_commands_via = first.bpf_commands_via;
+        coverage.gaps.extend(first.gaps.iter().filter(|g| g.starts_with("BPF loads")).cloned());
         match xdp::attach_exceptions(ebpf, backend, &coverage) {
             Ok(detail) => {
                 for gap in &coverage.gaps {
@@ -354,7 +370,7 @@ fn attach_xdp(ebpf: &mut Ebpf, facts: &KernelFacts, chain: &[xdp::XdpBackend]) -
                 return Ok(HookStatus {
                     family: "xdp",
                     backend_id: backend.name().into(),
-                    backend: format!("tracepoints {}", parts.join(" ")),
+                    backend: parts.join(" "),
                     coverage: serde_json::to_value(&coverage).unwrap_or_default(),
                     unavailable,
                 });

@@ -4,7 +4,7 @@
 
 use aya::{
     maps::HashMap as BpfHashMap,
-    programs::{RawTracePoint, TracePoint},
+    programs::{KProbe, RawTracePoint, TracePoint},
     Ebpf,
 };
 use serde::Serialize;
@@ -38,11 +38,57 @@ impl XdpBackend {
     }
 }
 
+/// How `bpf()` commands (program loads, link creations) are observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandBackend {
+    /// kprobe/kretprobe on the syscall's wrapper: only `bpf()` calls pay for it.
+    Kprobes,
+    /// `syscalls:sys_enter_bpf`/`sys_exit_bpf`: every kernel with syscall tracepoints, but
+    /// while attached every syscall of every process takes the slow path (+90 ns each,
+    /// `cargo xtask bench`). Used when asked for (`--backend bpf=syscalls`) and in the lab.
+    Syscalls,
+}
+
+impl CommandBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            CommandBackend::Kprobes => "kprobes",
+            CommandBackend::Syscalls => "syscalls",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [CommandBackend::Kprobes, CommandBackend::Syscalls].into_iter().find(|b| b.name() == name)
+    }
+
+    /// The backends to try: the forced one, else kprobes, then the syscall tracepoints if
+    /// their machine-wide cost is accepted.
+    pub fn chain(forced: Option<CommandBackend>, accept_syscall_cost: bool) -> Vec<CommandBackend> {
+        match forced {
+            Some(b) => vec![b],
+            None if accept_syscall_cost => vec![CommandBackend::Kprobes, CommandBackend::Syscalls],
+            None => vec![CommandBackend::Kprobes],
+        }
+    }
+}
+
+/// The `bpf()` syscall's wrapper on this architecture: it takes the saved user registers.
+fn bpf_wrapper() -> Option<&'static str> {
+    match std::env::consts::ARCH {
+        "x86_64" => Some("__x64_sys_bpf"),
+        "aarch64" => Some("__arm64_sys_bpf"),
+        _ => None,
+    }
+}
+
 /// What the xdp family sees on this kernel.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct XdpCoverage {
     /// `bpf()` PROG_LOAD / BTF_LOAD / LINK_CREATE and their results.
     pub bpf_commands: bool,
+    /// How they are observed (kprobes, syscalls), when they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf_commands_via: Option<&'static str>,
     /// The kernel's message for a failed XDP link attach (5.18+).
     pub attach_messages: bool,
     pub exceptions: bool,
@@ -67,9 +113,18 @@ pub fn xdp_config(facts: &KernelFacts, backend: XdpBackend) -> (XdpConfig, XdpCo
     cfg.tp_bpf_uattr = field("syscalls", "sys_enter_bpf", "uattr");
     cfg.tp_bpf_size = field("syscalls", "sys_enter_bpf", "size");
     cfg.tp_bpf_ret = field("syscalls", "sys_exit_bpf", "ret");
-    cov.bpf_commands = [cfg.tp_bpf_cmd, cfg.tp_bpf_uattr, cfg.tp_bpf_size, cfg.tp_bpf_ret].iter().all(|o| *o != ABSENT);
-    if !cov.bpf_commands {
-        cov.gaps.push("BPF loads and attaches: no syscalls:sys_enter_bpf/sys_exit_bpf tracepoints".into());
+    if let Some(btf) = &facts.btf {
+        let m = |name: &str| btf.member("pt_regs", name).map_or(ABSENT, |m| m.offset);
+        match std::env::consts::ARCH {
+            "x86_64" => [cfg.regs_arg0, cfg.regs_arg1, cfg.regs_arg2] = [m("di"), m("si"), m("dx")],
+            "aarch64" => {
+                let regs = m("regs");
+                if regs != ABSENT {
+                    [cfg.regs_arg0, cfg.regs_arg1, cfg.regs_arg2] = [regs, regs + 8, regs + 16];
+                }
+            }
+            _ => {}
+        }
     }
     cfg.tp_attach_failed_msg = field("xdp", "bpf_xdp_link_attach_failed", "msg");
     cov.attach_messages = cfg.tp_attach_failed_msg != ABSENT;
@@ -115,16 +170,41 @@ pub fn xdp_config(facts: &KernelFacts, backend: XdpBackend) -> (XdpConfig, XdpCo
     (cfg, cov)
 }
 
-/// Attaches the `bpf()` command programs (the same with every backend).
-pub fn attach_commands(ebpf: &mut Ebpf, coverage: &XdpCoverage) -> Result<Vec<String>, String> {
+/// Attaches the `bpf()` command programs with the first backend of `chain` that works
+/// (recorded in `coverage`), and the XDP link attach messages. An empty or failed chain is
+/// a gap, not an error, unless a backend was forced (`forced`).
+pub fn attach_commands(
+    ebpf: &mut Ebpf,
+    facts: &KernelFacts,
+    config: &XdpConfig,
+    coverage: &mut XdpCoverage,
+    chain: &[CommandBackend],
+    forced: bool,
+) -> Result<Vec<String>, String> {
     let mut attached = Vec::new();
-    if coverage.bpf_commands {
-        for (prog, event) in [(names::PROG_BPF_ENTER, "sys_enter_bpf"), (names::PROG_BPF_EXIT, "sys_exit_bpf")] {
-            let p: &mut TracePoint = program(ebpf, prog)?;
-            p.load().map_err(|e| format!("{prog}: {}", error_chain(&e)))?;
-            p.attach("syscalls", event).map_err(|e| format!("syscalls:{event}: {}", error_chain(&e)))?;
-            attached.push(event.to_string());
+    let mut tried = Vec::new();
+    for &backend in chain {
+        match attach_command_backend(ebpf, facts, config, backend) {
+            Ok(detail) => {
+                attached.push(detail);
+                coverage.bpf_commands = true;
+                coverage.bpf_commands_via = Some(backend.name());
+                break;
+            }
+            Err(why) => tried.push(format!("{}: {why}", backend.name())),
         }
+    }
+    if !coverage.bpf_commands {
+        if forced {
+            return Err(tried.join("; "));
+        }
+        let why = if tried.is_empty() { String::new() } else { format!(" ({})", tried.join("; ")) };
+        let hint = if chain.contains(&CommandBackend::Syscalls) {
+            String::new()
+        } else {
+            ": --backend bpf=syscalls sees them, at the price of slowing every syscall on the machine".into()
+        };
+        coverage.gaps.push(format!("BPF loads and attaches (bpf()): not observed{why}{hint}"));
     }
     if coverage.attach_messages {
         let p: &mut TracePoint = program(ebpf, names::PROG_XDP_ATTACH_FAILED)?;
@@ -133,6 +213,45 @@ pub fn attach_commands(ebpf: &mut Ebpf, coverage: &XdpCoverage) -> Result<Vec<St
         attached.push("xdp:bpf_xdp_link_attach_failed".into());
     }
     Ok(attached)
+}
+
+fn attach_command_backend(
+    ebpf: &mut Ebpf,
+    facts: &KernelFacts,
+    config: &XdpConfig,
+    backend: CommandBackend,
+) -> Result<String, String> {
+    match backend {
+        CommandBackend::Kprobes => {
+            if !std::path::Path::new(super::KPROBE_PMU).exists() {
+                return Err(format!("this kernel has no kprobes (no {})", super::KPROBE_PMU));
+            }
+            let wrapper = bpf_wrapper().ok_or("no known bpf() syscall wrapper on this architecture")?;
+            if facts.kallsyms.range(wrapper).is_none() {
+                return Err(format!("{wrapper} is not in /proc/kallsyms"));
+            }
+            if [config.regs_arg0, config.regs_arg1, config.regs_arg2].contains(&ABSENT) {
+                return Err("needs kernel BTF (struct pt_regs)".into());
+            }
+            for (prog, ret) in [(names::PROG_BPF_KPROBE, "kprobe"), (names::PROG_BPF_KRETPROBE, "kretprobe")] {
+                let p: &mut KProbe = program(ebpf, prog)?;
+                p.load().map_err(|e| format!("{prog}: {}", error_chain(&e)))?;
+                p.attach(wrapper, 0).map_err(|e| format!("{ret} on {wrapper}: {}", error_chain(&e)))?;
+            }
+            Ok(format!("kprobes {wrapper}"))
+        }
+        CommandBackend::Syscalls => {
+            if [config.tp_bpf_cmd, config.tp_bpf_uattr, config.tp_bpf_size, config.tp_bpf_ret].contains(&ABSENT) {
+                return Err("no syscalls:sys_enter_bpf/sys_exit_bpf tracepoints".into());
+            }
+            for (prog, event) in [(names::PROG_BPF_ENTER, "sys_enter_bpf"), (names::PROG_BPF_EXIT, "sys_exit_bpf")] {
+                let p: &mut TracePoint = program(ebpf, prog)?;
+                p.load().map_err(|e| format!("{prog}: {}", error_chain(&e)))?;
+                p.attach("syscalls", event).map_err(|e| format!("syscalls:{event}: {}", error_chain(&e)))?;
+            }
+            Ok("sys_enter_bpf sys_exit_bpf".into())
+        }
+    }
 }
 
 /// Attaches the exception counter of `backend`; `Err` says why the backend is unavailable.
