@@ -471,7 +471,8 @@ pub fn parse_ack(data: &[u8]) -> Option<(u32, i32)> {
     }
     let code = i32::from_ne_bytes(data[16..20].try_into().ok()?);
     let seq = u32::from_ne_bytes(data[28..32].try_into().ok()?);
-    Some((seq, -code))
+    // A negative errno, or 0 for success; i32::MIN is no errno (and cannot be negated).
+    Some((seq, code.checked_neg()?))
 }
 
 pub fn format_mac(bytes: &[u8]) -> String {
@@ -525,6 +526,10 @@ mod tests {
         ack[28..32].copy_from_slice(&9u32.to_ne_bytes());
         assert_eq!(parse_ack(&ack), Some((9, 95)));
         assert_eq!(parse_ack(&ack[..20]), None);
+        // Found by fuzzing (fuzz/ decode): an error code of i32::MIN overflowed its negation.
+        let mut bogus = ack.clone();
+        bogus[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
+        assert_eq!(parse_ack(&bogus), None);
     }
 
     #[test]
