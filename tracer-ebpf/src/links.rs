@@ -39,6 +39,8 @@ const AF_NETLINK: u16 = 16;
 const NETLINK_ROUTE: u16 = 0;
 // include/uapi/linux/socket.h: a peeking receive leaves the message queued.
 const MSG_PEEK: u32 = 2;
+/// The module alias rtnetlink asks for when a link kind is missing (net/core/rtnetlink.c).
+const RTNL_LINK_PREFIX: &[u8; 10] = b"rtnl-link-";
 // Link-changing ioctls (include/uapi/linux/sockios.h) and the size of `struct ifreq` on 64-bit.
 const SIOCSIFFLAGS: u32 = 0x8914;
 const SIOCSIFNAME: u32 = 0x8923;
@@ -295,7 +297,13 @@ fn emit_string(ctx: &TracePointContext, cfg: &LinkConfig, kind: EventKind, field
             Ok(text) => text.len() as u32,
             Err(_) => 0,
         };
-        let _ = NL_PENDING.insert(&((tid() as u64) << 1 | slot), ev, 0);
+        // Only link creation's autoloads (`rtnl-link-KIND`) happen inside a netlink send;
+        // other module requests (sockets, filesystems) would wait for one forever.
+        if slot == 1 || ev.data[..RTNL_LINK_PREFIX.len()] == *RTNL_LINK_PREFIX {
+            let _ = NL_PENDING.insert(&((tid() as u64) << 1 | slot), ev, 0);
+        } else if EVENTS.output::<NetlinkEvent>(ev, submit_flags()).is_err() {
+            count_lost();
+        }
         return;
     }
     let Some(mut entry) = start_event(cfg, kind, 0) else { return };

@@ -25,7 +25,7 @@
 set -u
 [ -f /etc/dptrace-matrix.env ] && . /etc/dptrace-matrix.env
 DPTRACE="${DPTRACE:-dptrace}"
-BACKENDS="${DPTRACE_MATRIX_BACKENDS:-drops=tracepoint drops=tracepoint-noreason drops=fentry drops=kprobe netfilter=verdicts netfilter=kprobes netfilter=tracepoints}"
+BACKENDS="${DPTRACE_MATRIX_BACKENDS:-drops=tracepoint drops=tracepoint-noreason drops=fentry drops=kprobe netfilter=verdicts netfilter=kprobes netfilter=tracepoints links=sockets links=kprobes links=tracepoints}"
 IN_VM=1
 [ "${DPTRACE_MATRIX_HOST:-0}" = 1 ] && IN_VM=0
 
@@ -120,6 +120,11 @@ forced_backend() {
       "$DPTRACE" trace --json --backend "$1" -- ip netns exec "$CLIENT" bash -c \
         "echo x > /dev/udp/$SERVER_V4/9998; echo x > /dev/udp/$SERVER_V4/9997; timeout 2 bash -c 'echo > /dev/tcp/$SERVER_V4/6443'; sleep 0.3"
       ;;
+    links=*)
+      # A link kind no kernel has: the request, the kernel's message and EOPNOTSUPP.
+      "$DPTRACE" trace --json --backend "$1" --netns "$CLIENT" -- \
+        ip netns exec "$CLIENT" bash -c "ip link add dpt-bogus type bogus 2>/dev/null; true"
+      ;;
     *)
       "$DPTRACE" trace --json --backend "$1" --netns "$SERVER" -- \
         ip netns exec "$CLIENT" bash -c "echo x > /dev/udp/$SERVER_V4/$PORT; echo x > /dev/udp/$SERVER_V6/$PORT"
@@ -137,6 +142,12 @@ say_backend() {
       echo "OK: $backend: the DROP and the REJECT were told apart"
     else
       echo "FAIL: $backend: no netfilter-drop for udp/9998 or no reject-by-rule for tcp/6443 (exit $rc)"
+    fi
+  elif [ "${backend%%=*}" = links ]; then
+    if grep '"rule":"link-kind-unsupported"' "$WORK/out" | grep -q bogus; then
+      echo "OK: $backend: the failed creation of a bogus link was explained"
+    else
+      echo "FAIL: $backend: no link-kind-unsupported for the bogus link (exit $rc)"
     fi
   elif grep '"type":"event"' "$WORK/out" | grep -q "\"dport\":$PORT"; then
     echo "OK: $backend: the test drops were seen"

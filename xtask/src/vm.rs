@@ -755,6 +755,7 @@ fn backend_verdict(spec: &str, console: &Console, check: Option<&Value>) -> (Ver
     let (family, backend) = spec.split_once('=').unwrap_or(("drops", spec));
     let seen = match family {
         "netfilter" => netfilter_told_apart(&console.json(&section), backend),
+        "links" => link_failure_explained(&console.json(&section)),
         _ => test_drops_seen(&console.json(&section)),
     };
     let why = match seen {
@@ -822,6 +823,23 @@ fn test_drops_seen(output: &[Value]) -> Result<String, String> {
         return Ok(format!("{flowless} NO_SOCKET drops without packet headers"));
     }
     Err(format!("{} ({} drop events)", missing.join("; "), drops.len()))
+}
+
+/// Did the trace explain matrix.sh's failed creation of a `bogus` link? A
+/// `link-kind-unsupported` finding whose evidence holds the request and its EOPNOTSUPP, and
+/// the kernel's message where the kernel has extended acks.
+fn link_failure_explained(output: &[Value]) -> Result<String, String> {
+    let finding = output
+        .iter()
+        .find(|v| v["type"] == "finding" && v["rule"] == "link-kind-unsupported")
+        .ok_or("no link-kind-unsupported finding for the bogus link")?;
+    let evidence = finding["evidence"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let has = |kind: &str, field: &str, value: &str| evidence.iter().any(|e| e["kind"] == kind && e[field] == value);
+    if !has("link-request", "link_kind", "bogus") || !has("netlink-ack", "error", "EOPNOTSUPP") {
+        return Err(format!("link-kind-unsupported without the bogus request and its EOPNOTSUPP: {finding}"));
+    }
+    let message = evidence.iter().find(|e| e["kind"] == "kernel-message").and_then(|e| e["message"].as_str());
+    Ok(format!("request, EOPNOTSUPP{}", message.map(|m| format!(", kernel: {m}")).unwrap_or_default()))
 }
 
 /// Did the trace tell matrix.sh's netfilter faults apart? Native nftables rules without
