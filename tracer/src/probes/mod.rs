@@ -504,10 +504,6 @@ pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis
 /// Loads the object with this kernel's configuration (nothing attached yet).
 fn load_object(drop_config: &DropConfig, configs: &Configs, buffer_bytes: u32) -> Result<Ebpf, String> {
     EbpfLoader::new()
-        // The programs read kernel structures at offsets passed in globals, not through
-        // CO-RE relocations: aya's own parse of the kernel BTF (about 30 MiB at its peak)
-        // would serve nothing. fentry loads parse it when they need it.
-        .btf(None)
         .override_global(names::DROP_CONFIG, drop_config, true)
         .override_global(names::LINK_CONFIG, &configs.links, true)
         .override_global(names::NETFILTER_CONFIG, &configs.netfilter, true)
