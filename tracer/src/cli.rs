@@ -50,7 +50,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     /// Stop after this long (e.g. `10s`, `2m`, `1h30m`).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// JSON Lines on stdout: `event`, `finding` and `summary` objects.
     #[arg(long)]
@@ -89,7 +89,7 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE", requires = "path")]
     pub pcap: Option<PathBuf>,
     /// Ring buffer size in bytes: a power of two, at least 4096 (suffixes k/m allowed).
-    #[arg(long, value_parser = parse_buffer_size, default_value = "4m")]
+    #[arg(long, value_parser = parse_buffer_size, default_value = "4m", allow_hyphen_values = true)]
     pub buffer_size: u32,
     #[command(flatten)]
     pub backends: BackendArgs,
@@ -218,10 +218,20 @@ pub fn parse_filter(text: &str) -> Result<crate::packet_filter::PacketFilter, St
     crate::packet_filter::PacketFilter::parse(text).map_err(|e| e.to_string())
 }
 
+/// The longest `--duration`: longer ones are typos (`10000h`?); a session without
+/// `--duration` runs until Ctrl-C.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim_start().starts_with('-') {
+        return Err("a duration cannot be negative; use a duration such as 500ms, 10s, 2m".into());
+    }
     let d = humantime::parse_duration(text).map_err(|e| format!("{e}; use a duration such as 500ms, 10s, 2m"))?;
     if d.is_zero() {
         return Err("the duration must be greater than zero".into());
+    }
+    if d > MAX_DURATION {
+        return Err("longer than 366 days; leave --duration out to trace until Ctrl-C".into());
     }
     Ok(d)
 }
@@ -284,6 +294,9 @@ mod tests {
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-5s").unwrap_err().contains("negative"));
+        assert!(parse_duration("400d").unwrap_err().contains("366 days"));
+        assert_eq!(parse_duration("366d").unwrap(), MAX_DURATION);
         assert!(parse_ifname("veth0").is_ok());
         assert!(parse_ifname("this-name-is-too-long").is_err());
         assert_eq!(netns_path("1234"), PathBuf::from("/proc/1234/ns/net"));

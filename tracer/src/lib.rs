@@ -16,3 +16,4 @@ pub mod output;
 pub mod packet_filter;
 pub mod probes;
 pub mod session;
+pub mod usage;

@@ -16,8 +16,10 @@ use crate::{run_cmd, step};
 const DEBIAN_TOOLCHAIN: [&str; 4] = ["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 /// Used by the lab, `dptrace check` and the end-to-end tests.
 const RUNTIME_TOOLS: [&str; 5] = ["iproute2", "iptables", "nftables", "iputils-ping", "wireguard-tools"];
-/// Used by the end-to-end tests only: tshark reads back the pcapng that `--pcap` writes.
-const TEST_TOOLS: [&str; 1] = ["tshark"];
+/// Used by the end-to-end tests only: tshark reads back the pcapng that `--pcap` writes;
+/// bpftool checks that the BPF objects of a dead dptrace are gone (reliability.rs,
+/// bad_input.rs); capsh (libcap2-bin) runs dptrace as root without its capabilities.
+const TEST_TOOLS: [&str; 3] = ["tshark", "bpftool", "libcap2-bin"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "~0.13";
 

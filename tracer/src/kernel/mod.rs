@@ -65,6 +65,17 @@ impl KernelFacts {
                 let path = PathBuf::from(other.unwrap_or(btf::VMLINUX));
                 match KernelBtf::load(&path) {
                     Ok(btf) => (Some(btf), None),
+                    // A file the user named is meant to be used: not silently traced without.
+                    Err(e) if other.is_some() => {
+                        let why = match e {
+                            KernelError::NoBtf(why) => why,
+                            e => e.to_string(),
+                        };
+                        return Err(KernelError::NoBtf(format!(
+                            "DPTRACE_BTF names no usable BTF file ({why}): point it at a kernel BTF such as {}, set it to `none`, or unset it",
+                            btf::VMLINUX
+                        )));
+                    }
                     Err(e) => (None, Some(e.to_string())),
                 }
             }

@@ -126,6 +126,9 @@ pub fn drop_config(
             Ok((cfg, coverage, None))
         }
         DropBackend::Fentry | DropBackend::Kprobe => {
+            if let (DropBackend::Fentry, Err(missing)) = (backend, btf) {
+                return Err(KernelError::NoBtf(format!("fentry programs need it ({missing})")));
+            }
             let function = drop_function(facts.btf.as_ref(), &facts.kallsyms, backend == DropBackend::Fentry)
                 .map_err(|why| KernelError::MissingMember { member: "a drop function".into(), why })?;
             let (cfg, coverage) = function_config(&function, &facts.drop_reasons, btf);

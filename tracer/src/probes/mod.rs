@@ -38,7 +38,7 @@ pub enum ProbeError {
     Kernel(#[from] crate::kernel::KernelError),
     #[error("loading the eBPF programs failed: {0}. dptrace needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)")]
     Load(String),
-    #[error("no backend could attach the {family} hooks: {tried}")]
+    #[error("no backend could attach the {family} hooks: {tried}; `dptrace check` shows what this kernel offers")]
     NoBackend { family: &'static str, tried: String },
 }
 
@@ -191,7 +191,14 @@ impl Probes {
                     if options.path.is_some() {
                         let functions = path::functions(facts);
                         let detail = path::attach(&mut ebpf, &mut path_coverage, &functions).map_err(|why| {
-                            ProbeError::NoBackend { family: "path", tried: format!("tracepoints: {why}") }
+                            // Without BTF there is nothing to try: say why it is missing.
+                            let advice = match &facts.btf_missing {
+                                Some(missing) if facts.btf.is_none() => format!(
+                                    " (kernel BTF: {missing}); --path needs a kernel built with CONFIG_DEBUG_INFO_BTF: trace without --path"
+                                ),
+                                _ => String::new(),
+                            };
+                            ProbeError::NoBackend { family: "path", tried: format!("tracepoints: {why}{advice}") }
                         })?;
                         for gap in &path_coverage.gaps {
                             log::info!("path: {gap}");
