@@ -17,6 +17,8 @@ use crate::{
 pub async fn check(json: bool) -> anyhow::Result<Outcome> {
     require_root()?;
     let facts = KernelFacts::probe()?;
+    // crictl may take its timeout: it runs while the backends are probed.
+    let kubernetes = std::thread::spawn(crate::pods::KubernetesStatus::read);
     let kernel = facts.summary();
     let backends = Probes::survey(&facts);
     let features = probe_features();
@@ -52,7 +54,9 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         .as_ref()
         .map(|f| f.fields.iter().filter(|f| !f.name.starts_with("common_")).collect())
         .unwrap_or_default();
+    let kubernetes = kubernetes.join().ok();
     let value = json!({
+        "kubernetes": kubernetes,
         "kernel": kernel,
         "tracefs": facts.tracefs.root(),
         "tracefs_mounted_by_dptrace": facts.tracefs.mounted_by_us,
@@ -74,6 +78,9 @@ pub async fn check(json: bool) -> anyhow::Result<Outcome> {
         "  kallsyms:           {}\n",
         if kernel.kallsyms { "yes" } else { "no (addresses shown raw)" }
     ));
+    if let Some(k) = &kubernetes {
+        text.push_str(&format!("  kubernetes:         {}\n", k.line()));
+    }
     match &facts.kfree_skb {
         Ok(_) => {
             let layout: Vec<String> = fields.iter().map(|f| format!("{}@{}", f.name, f.offset)).collect();

@@ -166,11 +166,25 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
             bail!("unknown hook family `{hook}`; available: {}", cli::HOOK_FAMILIES.join(", "));
         }
     }
-    let filter = event_filter(&args)?;
+    let mut filter = event_filter(&args)?;
     require_root()?;
+    // --pod is resolved before anything is attached: an unknown pod is the only output. It
+    // then stands for its namespace, as --netns PATH would.
+    let netns_spec = match args.pod.as_ref().map(crate::pods::resolve).transpose()? {
+        Some(found) => {
+            filter.netns = Some(HashSet::from([found.inode]));
+            if found.host_network {
+                eprintln!("dptrace: pod {} uses the node's network namespace (hostNetwork): all of the node's events are kept", found.pod);
+            } else {
+                eprintln!("dptrace: pod {}: network namespace {} ({})", found.pod, found.inode, found.path.display());
+            }
+            Some(found.path.display().to_string())
+        }
+        None => args.netns.clone(),
+    };
     // With a command, the device may be one the command creates.
     if let (Some(name), true) = (&args.iface, args.command.is_empty()) {
-        check_iface(name, args.netns.as_deref())?;
+        check_iface(name, netns_spec.as_deref())?;
     }
     let mut probes = args.backends.probe_options(args.buffer_size);
     probes.links = args.hooks.iter().any(|h| h == "links");
@@ -201,7 +215,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
     if args.path && args.filter.is_none() && !args.aggregate {
         eprintln!("dptrace: --path without --filter follows every packet of this node: expect many events and lost ones on a busy node");
     }
-    let monitor_netns = args.netns.as_deref().map(|spec| vec![cli::netns_path(spec)]);
+    let monitor_netns = netns_spec.as_deref().map(|spec| vec![cli::netns_path(spec)]);
     // Registered before attaching: a signal that arrives while the probes attach and the
     // rulesets are read still ends the session cleanly, with its summary.
     use tokio::signal::unix::{signal, SignalKind};

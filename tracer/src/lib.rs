@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod lab;
 pub mod output;
 pub mod packet_filter;
+pub mod pods;
 pub mod probes;
 pub mod session;
 pub mod usage;

@@ -134,14 +134,19 @@ const MAX_KEPT_PATHS: usize = 1024;
 impl Pipeline {
     fn process(&mut self, decoded: Result<Event, DecodeError>, sink: &mut dyn Sink) {
         match decoded {
-            Ok(Event::PacketHop(hop)) => {
+            Ok(Event::PacketHop(mut hop)) => {
                 if let Some(assembler) = self.paths.as_mut() {
+                    if let Some(netns) = hop.netns {
+                        hop.pod = self.decoder.pods.pod_of_netns(netns);
+                    }
                     for path in assembler.push(hop) {
                         self.path(path, sink);
                     }
                 }
             }
-            Ok(event) if self.filter.keeps(&event) => {
+            Ok(mut event) if self.filter.keeps(&event) => {
+                // Only kept events are looked up: the lookup is cached, but not free.
+                self.decoder.pods.annotate(&mut event);
                 self.analyzer.observe(&event);
                 sink.event(&event);
             }
@@ -232,6 +237,8 @@ impl Session {
                 NamespaceWatch { only, before }
             })
         });
+        // Pod names are listed (crictl, in the background) while the probes attach.
+        let pods = crate::pods::PodResolver::start();
         let mut facts = KernelFacts::probe()?;
         let mut probes = Probes::attach(&facts, &options.probes)?;
         let ring = probes.take_events().ok_or_else(|| ProbeError::Load("the EVENTS ring buffer is missing".into()))?;
@@ -254,6 +261,10 @@ impl Session {
             bpf_names: std::sync::Arc::new(crate::decode::xdp::BpfNames::resolve(facts.btf.as_ref())),
             ifnames: Default::default(),
             mtus: Default::default(),
+            pods: {
+                pods.wait_ready();
+                pods
+            },
         };
         let namespaces = namespace_reader.and_then(|reader| reader.join().ok());
         // The kernel's BTF (about 40 MiB parsed) served the configuration: everything that
@@ -419,6 +430,7 @@ impl Session {
                 ts_ns: now,
                 netns: snapshot.netns,
                 netns_name: decoder.name_netns(snapshot.netns),
+                pod: None,
                 bridge: bridge.name.clone(),
                 ports: bridge.ports.clone(),
                 packets,

@@ -36,6 +36,10 @@ impl std::fmt::Display for Severity {
 pub struct Place {
     pub netns: Option<u32>,
     pub netns_name: Option<String>,
+    /// The pod whose network namespace this is (from the evidence): its UID, and namespace
+    /// and name when the container runtime (crictl) knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pods::Pod>,
     pub device: Option<String>,
     /// Kernel function (and offset) where the packets died.
     pub location: Option<String>,
@@ -48,6 +52,9 @@ impl std::fmt::Display for Place {
             (Some(name), Some(inode)) => parts.push(format!("netns {name} ({inode})")),
             (None, Some(inode)) => parts.push(format!("netns {inode}")),
             _ => {}
+        }
+        if let Some(pod) = &self.pod {
+            parts.push(format!("pod {pod}"));
         }
         if let Some(dev) = &self.device {
             parts.push(format!("dev {dev}"));
@@ -141,6 +148,9 @@ impl Analyzer {
     /// All findings, most severe first.
     pub fn findings(&self, kernel: &KernelSummary) -> Vec<Finding> {
         let mut findings: Vec<Finding> = self.rules.iter().flat_map(|r| r.evaluate(&self.state, kernel)).collect();
+        for f in findings.iter_mut().filter(|f| f.place.pod.is_none()) {
+            f.place.pod = crate::pods::pod_at(f.place.netns, &f.evidence);
+        }
         findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(b.count.cmp(&a.count)));
         findings
     }

@@ -130,7 +130,11 @@ impl PathAssembler {
 /// Where a hop was, as the summary names it: `tx eth0@node-a`.
 pub fn point_label(hop: &PacketHop) -> String {
     let device = hop.device_label();
-    let netns = hop.netns_name.clone().or(hop.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+    // In a pod's namespace, the pod: `rx eth0@kube-system/coredns-5d78c9869d-8xq2p`.
+    let netns = match &hop.pod {
+        Some(pod) => pod.to_string(),
+        None => hop.netns_name.clone().or(hop.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into()),
+    };
     format!("{} {device}@{netns}", hop.hook.word())
 }
 
@@ -265,6 +269,7 @@ mod tests {
             hook,
             netns: Some(1),
             netns_name: Some("n".into()),
+            pod: None,
             ifindex: 2,
             device: Some(dev.into()),
             len: 84,

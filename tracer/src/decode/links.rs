@@ -21,6 +21,10 @@ pub struct Actor {
     pub parent_comm: Option<String>,
     pub netns: Option<u32>,
     pub netns_name: Option<String>,
+    /// The pod whose network namespace the task is in (`pod_uid` is the pod of its cgroup):
+    /// its UID, and namespace and name when the container runtime (crictl) knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pods::Pod>,
     /// The task's cgroup (v2) path, and the pod and container it names, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
@@ -41,7 +45,15 @@ impl std::fmt::Display for Actor {
             (None, Some(inode)) => write!(f, ", netns {inode}")?,
             _ => {}
         }
+        if let Some(pod) = &self.pod {
+            write!(f, " pod {pod}")?;
+        }
         match (&self.pod_uid, &self.container, &self.cgroup) {
+            // The namespace's pod is the task's own: only its container is left to say.
+            (Some(uid), Some(c), _) if self.pod.as_ref().is_some_and(|p| &p.uid == uid) => {
+                write!(f, ", container {c}")?
+            }
+            (Some(uid), None, _) if self.pod.as_ref().is_some_and(|p| &p.uid == uid) => {}
             (Some(pod), container, _) => {
                 write!(f, ", pod {pod}{}", container.as_ref().map(|c| format!(" container {c}")).unwrap_or_default())?
             }
@@ -143,6 +155,10 @@ pub struct LinkState {
     pub change: &'static str,
     pub netns: u32,
     pub netns_name: Option<String>,
+    /// The pod whose network namespace this is: its UID, and namespace and name when the
+    /// container runtime (crictl) knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pods::Pod>,
     pub ifindex: u32,
     pub ifname: Option<String>,
     pub link_kind: Option<String>,
@@ -188,6 +204,7 @@ impl Decoder {
             parent_comm: (a.parent_pid != 0).then(|| c_string(&a.parent_comm)),
             netns: (a.netns != 0).then_some(a.netns),
             netns_name: self.netns.name(a.netns).map(str::to_string),
+            pod: None,
             cgroup: None,
             pod_uid: None,
             container: None,
@@ -282,6 +299,7 @@ impl Decoder {
             change,
             netns: record.netns,
             netns_name: self.netns.name(record.netns).map(str::to_string),
+            pod: None,
             ifindex: link.header.index,
             ifname: request.ifname,
             link_kind: request.link_kind,
@@ -347,6 +365,7 @@ fn empty_request() -> LinkRequest {
             parent_comm: None,
             netns: None,
             netns_name: None,
+            pod: None,
             cgroup: None,
             pod_uid: None,
             container: None,

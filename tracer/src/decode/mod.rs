@@ -114,6 +114,10 @@ pub struct DropRecord {
     pub cpu: u32,
     pub netns: Option<u32>,
     pub netns_name: Option<String>,
+    /// The pod whose network namespace this is: its UID, and namespace and name when the
+    /// container runtime (crictl) knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pods::Pod>,
     pub ifindex: Option<u32>,
     pub device: Option<String>,
     /// `ipv4`, `ipv6`, `arp` or the ethertype in hex.
@@ -220,6 +224,8 @@ pub struct Decoder {
     pub ifnames: std::collections::HashMap<(u32, u32), String>,
     /// Route and device lookups for packets too big for their way out (cached).
     pub mtus: MtuLookups,
+    /// Network namespace → pod, for the `pod` fields of kept events (cached).
+    pub pods: crate::pods::PodResolver,
 }
 
 /// Cached answers of `kernel::routes`: each lookup enters a namespace (about 1.5 ms).
@@ -293,6 +299,7 @@ impl Decoder {
                     ts_ns: packet.ts_ns,
                     netns: packet.netns,
                     netns_name: packet.netns_name,
+                    pod: None,
                     device: packet.device,
                     flow: packet.flow,
                     skb: packet.skb,
@@ -460,6 +467,7 @@ impl Decoder {
             cpu: raw.header.cpu,
             netns,
             netns_name: netns.and_then(|inode| self.netns.name(inode).map(str::to_string)),
+            pod: None,
             ifindex: (raw.ifindex != 0).then_some(raw.ifindex),
             device: (raw.ifindex != 0).then(|| c_string(&raw.ifname)),
             protocol,
@@ -597,6 +605,7 @@ mod tests {
             bpf_names: Default::default(),
             ifnames: Default::default(),
             mtus: Default::default(),
+            pods: Default::default(),
         }
     }
 

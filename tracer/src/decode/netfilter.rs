@@ -29,6 +29,10 @@ pub struct TcpReset {
     pub direction: &'static str,
     pub netns: Option<u32>,
     pub netns_name: Option<String>,
+    /// The pod whose network namespace this is: its UID, and namespace and name when the
+    /// container runtime (crictl) knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pods::Pod>,
     pub ifindex: Option<u32>,
     /// For `sent`: the RST's own addresses (from the local end to the peer). For `received`:
     /// the socket's (local > remote).
@@ -59,6 +63,10 @@ pub struct IcmpError {
     pub ts_ns: u64,
     pub netns: Option<u32>,
     pub netns_name: Option<String>,
+    /// The pod whose network namespace this is: its UID, and namespace and name when the
+    /// container runtime (crictl) knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pods::Pod>,
     pub ifindex: Option<u32>,
     pub icmp_type: u8,
     pub icmp_code: u8,
@@ -86,6 +94,10 @@ pub struct TcpConnect {
     pub ts_ns: u64,
     pub netns: Option<u32>,
     pub netns_name: Option<String>,
+    /// The pod whose network namespace this is: its UID, and namespace and name when the
+    /// container runtime (crictl) knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pods::Pod>,
     pub flow: Option<Flow>,
     pub task: Option<Task>,
 }
@@ -105,6 +117,10 @@ pub struct RuleCounter {
     pub ts_ns: u64,
     pub netns: u32,
     pub netns_name: Option<String>,
+    /// The pod whose network namespace this is: its UID, and namespace and name when the
+    /// container runtime (crictl) knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pods::Pod>,
     /// `iptables-nft`, `iptables-legacy` or `nftables`.
     pub backend: &'static str,
     pub family: String,
@@ -133,6 +149,7 @@ impl RuleCounter {
             ts_ns,
             netns: hit.netns,
             netns_name,
+            pod: None,
             backend: hit.backend,
             family: hit.family,
             table: hit.table,
@@ -166,6 +183,10 @@ pub struct BridgeState {
     pub ts_ns: u64,
     pub netns: u32,
     pub netns_name: Option<String>,
+    /// The pod whose network namespace this is: its UID, and namespace and name when the
+    /// container runtime (crictl) knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pods::Pod>,
     pub bridge: String,
     pub ports: Vec<String>,
     /// Packets received on its ports during the session.
@@ -316,6 +337,7 @@ pub fn decode_answer(
             direction: "sent",
             netns: packet.netns,
             netns_name: packet.netns_name,
+            pod: None,
             ifindex: packet.ifindex,
             flow: reversed.map(|mut f| {
                 f.l4 = "tcp".into();
@@ -339,6 +361,7 @@ pub fn decode_answer(
                 ts_ns: packet.ts_ns,
                 netns: packet.netns,
                 netns_name: packet.netns_name,
+                pod: None,
                 ifindex: packet.ifindex,
                 icmp_type,
                 icmp_code,
@@ -363,6 +386,10 @@ pub struct NfVerdict {
     pub ts_ns: u64,
     pub netns: Option<u32>,
     pub netns_name: Option<String>,
+    /// The pod whose network namespace this is: its UID, and namespace and name when the
+    /// container runtime (crictl) knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pods::Pod>,
     pub device: Option<String>,
     pub flow: Option<Flow>,
     pub skb: String,
@@ -461,6 +488,7 @@ pub fn decode(
                 direction: if sent { "sent" } else { "received" },
                 netns,
                 netns_name,
+                pod: None,
                 ifindex,
                 flow: record.endpoints().map(tcp_flow),
                 socket: pointer("skaddr").is_some(),
@@ -493,6 +521,7 @@ pub fn decode(
                 ts_ns,
                 netns,
                 netns_name,
+                pod: None,
                 ifindex,
                 icmp_type,
                 icmp_code,
@@ -511,6 +540,7 @@ pub fn decode(
             ts_ns,
             netns,
             netns_name,
+            pod: None,
             flow: record.endpoints().map(tcp_flow),
             task,
         }),

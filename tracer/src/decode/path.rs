@@ -91,6 +91,10 @@ pub struct PacketHop {
     pub hook: HopKind,
     pub netns: Option<u32>,
     pub netns_name: Option<String>,
+    /// The pod whose network namespace this is: its UID, and namespace and name when the
+    /// container runtime (crictl) knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pods::Pod>,
     pub ifindex: u32,
     pub device: Option<String>,
     /// `skb->len`: bytes from the current header on.
@@ -210,6 +214,7 @@ pub fn decode_hop(raw: &tracer_ebpf::PathEvent, ctx: HopContext) -> PacketHop {
         hook,
         netns: (raw.netns != 0).then_some(raw.netns),
         netns_name: ctx.netns_name,
+        pod: None,
         ifindex: raw.ifindex,
         device: (raw.ifindex != 0).then(|| super::c_string(&raw.ifname)),
         len: raw.len,

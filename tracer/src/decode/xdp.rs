@@ -60,6 +60,10 @@ pub struct XdpException {
     pub last_time: String,
     pub netns: Option<u32>,
     pub netns_name: Option<String>,
+    /// The pod whose network namespace this is: its UID, and namespace and name when the
+    /// container runtime (crictl) knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pods::Pod>,
     pub ifindex: u32,
     pub device: Option<String>,
     pub prog_id: u32,
@@ -201,6 +205,7 @@ pub fn decode_exception(
         last_time: times.1,
         netns: (key.netns != 0).then_some(key.netns),
         netns_name,
+        pod: None,
         ifindex: key.ifindex,
         device: (!device.is_empty()).then_some(device),
         prog_id: key.prog_id,
@@ -261,6 +266,7 @@ mod tests {
             parent_comm: None,
             netns: None,
             netns_name: None,
+            pod: None,
             cgroup: None,
             pod_uid: None,
             container: None,

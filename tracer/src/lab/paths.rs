@@ -361,6 +361,7 @@ mod tests {
             hook,
             netns,
             netns_name: None,
+            pod: None,
             ifindex: 0,
             device: device.map(str::to_string),
             len: 84,

@@ -389,6 +389,7 @@ mod tests {
             hook,
             netns: Some(4026532301),
             netns_name: Some("dptlab-1-node-a".into()),
+            pod: None,
             ifindex,
             device: Some(device.into()),
             len,

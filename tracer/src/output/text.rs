@@ -41,6 +41,9 @@ pub fn drop_line(d: &DropRecord) -> String {
         (None, Some(inode)) => line.push_str(&format!(" netns {inode}")),
         _ => line.push_str(" netns ?"),
     }
+    if let Some(pod) = &d.pod {
+        line.push_str(&format!(" pod {pod}"));
+    }
     line.push_str(&format!(" dev {}", d.device.as_deref().unwrap_or("-")));
     match &d.flow {
         Some(flow) => line.push_str(&format!(" {flow}")),
@@ -92,6 +95,7 @@ pub fn event_line(event: &Event) -> String {
         Event::Module(m) => format!("{} module {} {} (by {})", clock(&m.time), m.action, m.module, m.actor),
         Event::LinkState(l) => {
             let netns = l.netns_name.clone().unwrap_or_else(|| l.netns.to_string());
+            let netns = in_pod(netns, &l.pod);
             let mut line = format!(
                 "{} link state  {} #{} {} in netns {netns}",
                 clock(&l.time),
@@ -114,6 +118,7 @@ pub fn event_line(event: &Event) -> String {
         }
         Event::TcpReset(r) => {
             let netns = r.netns_name.clone().or(r.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+            let netns = in_pod(netns, &r.pod);
             let flow = r.flow.as_ref().map_or_else(|| "?".to_string(), ToString::to_string);
             let mut line = format!("{} tcp RST {:<8} {flow} netns {netns}", clock(&r.time), r.direction);
             if let Some(reason) = &r.reason {
@@ -129,21 +134,25 @@ pub fn event_line(event: &Event) -> String {
         }
         Event::IcmpError(i) => {
             let netns = i.netns_name.clone().or(i.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+            let netns = in_pod(netns, &i.pod);
             let flow = i.flow.as_ref().map_or_else(|| "?".to_string(), ToString::to_string);
             format!("{} icmp {} sent about {flow} netns {netns}", clock(&i.time), i.meaning)
         }
         Event::TcpConnect(c) => {
             let netns = c.netns_name.clone().or(c.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+            let netns = in_pod(netns, &c.pod);
             let flow = c.flow.as_ref().map_or_else(|| "?".to_string(), ToString::to_string);
             let by = c.task.as_ref().map(|t| format!(" by {}[{}]", t.comm, t.pid)).unwrap_or_default();
             format!("{} tcp connect {flow} netns {netns}{by}", clock(&c.time))
         }
         Event::RuleCounter(c) => {
             let netns = c.netns_name.clone().unwrap_or_else(|| c.netns.to_string());
+            let netns = in_pod(netns, &c.pod);
             format!("{} counter +{} packet(s) {} netns {netns}", clock(&c.time), c.packets, c.describe())
         }
         Event::NetfilterVerdict(v) => {
             let netns = v.netns_name.clone().or(v.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+            let netns = in_pod(netns, &v.pod);
             let flow = v.flow.as_ref().map_or_else(|| v.skb.clone(), ToString::to_string);
             let chain = v.chain.as_deref().map(|c| format!(" chain {c}")).unwrap_or_default();
             let hook = v.hook.as_deref().map(|h| format!(" hook {h}")).unwrap_or_default();
@@ -181,6 +190,7 @@ pub fn event_line(event: &Event) -> String {
         }
         Event::XdpException(x) => {
             let netns = x.netns_name.clone().or(x.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+            let netns = in_pod(netns, &x.pod);
             format!(
                 "{} xdp {} x{} on {} netns {netns} by prog {} ({})",
                 clock(&x.time),
@@ -197,6 +207,7 @@ pub fn event_line(event: &Event) -> String {
         Event::PacketPath(p) => path_text(p),
         Event::Bridge(b) => {
             let netns = b.netns_name.clone().unwrap_or_else(|| b.netns.to_string());
+            let netns = in_pod(netns, &b.pod);
             let nf = |v: Option<bool>| v.map_or("absent", |on| if on { "1" } else { "0" });
             format!(
                 "{} bridge {} netns {netns} carried {} packet(s), br_netfilter {} bridge-nf-call-iptables={} ip6tables={}",
@@ -216,10 +227,23 @@ fn hop_text(h: &PacketHop) -> String {
     hop_text_padded(h, 28)
 }
 
-/// Where a hop was: `device@netns`.
+/// Where a hop was: `device@netns`, or `device@NAMESPACE/POD` in a pod's namespace.
 fn hop_place(h: &PacketHop) -> String {
-    let netns = h.netns_name.clone().or(h.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
-    format!("{}@{netns}", h.device_label())
+    match &h.pod {
+        Some(pod) => format!("{}@{pod}", h.device_label()),
+        None => {
+            let netns = h.netns_name.clone().or(h.netns.map(|n| n.to_string())).unwrap_or_else(|| "?".into());
+            format!("{}@{netns}", h.device_label())
+        }
+    }
+}
+
+/// `NETNS pod NAMESPACE/NAME` where the namespace is a pod's, else `NETNS`.
+fn in_pod(netns: String, pod: &Option<crate::pods::Pod>) -> String {
+    match pod {
+        Some(pod) => format!("{netns} pod {pod}"),
+        None => netns,
+    }
 }
 
 /// A hop with its place padded to `width`, so a path's columns line up.
@@ -330,7 +354,10 @@ impl Sink for TextSink {
             ));
         }
         if s.filtered_events > 0 {
-            text.push_str(&format!("\n  {} events outside the --netns/--iface filter were skipped", s.filtered_events));
+            text.push_str(&format!(
+                "\n  {} events outside the --netns/--pod/--iface filter were skipped",
+                s.filtered_events
+            ));
         }
         if s.decode_errors > 0 {
             text.push_str(&format!("\n  {} records could not be decoded", s.decode_errors));

@@ -70,6 +70,7 @@ fn finding(rule: &'static str, b: &BridgeState) -> Finding {
         place: Place {
             netns: Some(b.netns),
             netns_name: b.netns_name.clone(),
+            pod: None,
             device: Some(b.bridge.clone()),
             location: None,
         },

@@ -128,6 +128,7 @@ impl BridgeBypassesNetfilter {
             place: Place {
                 netns: b.bridge.map(|br| br.netns).or(g.key.netns),
                 netns_name: b.bridge.map_or(g.first.netns_name.clone(), |br| br.netns_name.clone()),
+                pod: None,
                 device: b.bridge.map(|br| br.bridge.clone()).or(g.key.device.clone()),
                 location: Some(g.first.location.clone()),
             },

@@ -76,6 +76,7 @@ pub(crate) fn finding_from_groups(
         place: Place {
             netns: first.first.netns,
             netns_name: first.first.netns_name.clone(),
+            pod: None,
             device: first.first.device.clone(),
             location: Some(first.first.location.clone()),
         },
@@ -122,12 +123,17 @@ pub(crate) fn inferred_note(groups: &[&DropGroup]) -> &'static str {
     }
 }
 
-/// `netns NAME` or `netns INODE`, for remediation commands.
+/// The group's namespace for summaries: its name or inode, and its pod where known
+/// (`cni-5f2a… (pod kube-system/coredns-5d78c9869d-8xq2p)`).
 pub(crate) fn netns_label(group: &DropGroup) -> String {
-    match (&group.first.netns_name, group.first.netns) {
+    let netns = match (&group.first.netns_name, group.first.netns) {
         (Some(name), _) => name.clone(),
         (None, Some(inode)) => inode.to_string(),
         _ => "?".into(),
+    };
+    match &group.first.pod {
+        Some(pod) => format!("{netns} (pod {pod})"),
+        None => netns,
     }
 }
 
@@ -167,6 +173,7 @@ pub(crate) fn finding_from_links(
         place: Place {
             netns: request.actor.netns,
             netns_name: request.actor.netns_name.clone(),
+            pod: None,
             device: request.ifname.clone(),
             location: None,
         },
@@ -209,6 +216,7 @@ pub(crate) fn finding_from_history(
         place: Place {
             netns: Some(history.netns),
             netns_name: history.netns_name.clone(),
+            pod: None,
             device: history.ifname.clone(),
             location: None,
         },

@@ -124,6 +124,7 @@ impl TunnelMtuExceeded {
             place: Place {
                 netns: first.netns,
                 netns_name: first.netns_name.clone(),
+                pod: None,
                 device: None,
                 location: Some(first.origin.clone()),
             },

@@ -47,6 +47,7 @@ impl Rule for XdpAborted {
                     place: Place {
                         netns: x.netns,
                         netns_name: x.netns_name.clone(),
+                        pod: None,
                         device: x.device.clone(),
                         location: None,
                     },

@@ -131,6 +131,7 @@ impl Rule for XdpAttachFailed {
                 place: Place {
                     netns: first.actor.netns,
                     netns_name: first.actor.netns_name.clone(),
+                    pod: None,
                     device: None,
                     location: None,
                 },
