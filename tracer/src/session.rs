@@ -240,7 +240,16 @@ impl Session {
         // Pod names are listed (crictl, in the background) while the probes attach.
         let pods = crate::pods::PodResolver::start();
         let mut facts = KernelFacts::probe()?;
-        let mut probes = Probes::attach(&facts, &options.probes)?;
+        // What needs the kernel's BTF, before `Probes::attach` drops it.
+        let kernel = facts.summary();
+        let bpf_cmds = {
+            let (xdp, _) = crate::probes::xdp::xdp_config(&facts, crate::probes::xdp::XdpBackend::Tracepoints);
+            [xdp.cmd_prog_load, xdp.cmd_btf_load, xdp.cmd_link_create]
+        };
+        let bpf_names = std::sync::Arc::new(crate::decode::xdp::BpfNames::resolve(facts.btf.as_ref()));
+        let mut probes = Probes::attach(&mut facts, &options.probes)?;
+        // aya's own parse of the BTF is gone too: give the memory back for a long session.
+        crate::kernel::release_free_memory();
         let ring = probes.take_events().ok_or_else(|| ProbeError::Load("the EVENTS ring buffer is missing".into()))?;
         // SAFETY: the ring buffer owns its map fd and keeps it open and unchanged until the
         // AsyncFd (which owns the ring buffer) is dropped.
@@ -254,11 +263,8 @@ impl Session {
             clock: WallClock::now(),
             record_formats: std::sync::Arc::new(probes.record_formats.clone()),
             answer_functions: std::sync::Arc::new(probes.answer_functions.clone()),
-            bpf_cmds: {
-                let (xdp, _) = crate::probes::xdp::xdp_config(&facts, crate::probes::xdp::XdpBackend::Tracepoints);
-                [xdp.cmd_prog_load, xdp.cmd_btf_load, xdp.cmd_link_create]
-            },
-            bpf_names: std::sync::Arc::new(crate::decode::xdp::BpfNames::resolve(facts.btf.as_ref())),
+            bpf_cmds,
+            bpf_names,
             ifnames: Default::default(),
             mtus: Default::default(),
             pods: {
@@ -267,11 +273,6 @@ impl Session {
             },
         };
         let namespaces = namespace_reader.and_then(|reader| reader.join().ok());
-        // The kernel's BTF (about 40 MiB parsed) served the configuration: everything that
-        // needed an offset has it now. Give the memory back for a long session.
-        let kernel = facts.summary();
-        facts.btf = None;
-        crate::kernel::release_free_memory();
         let monitor = options.probes.links.then(|| LinkMonitor::start(options.monitor_netns));
         let mut filter = options.filter;
         let blind: Vec<&str> = probes

@@ -132,8 +132,11 @@ pub struct Probes {
 
 impl Probes {
     /// Attaches each hook family with the first backend of its chain that works here (or
-    /// the one forced by `options`).
-    pub fn attach(facts: &KernelFacts, options: &ProbeOptions) -> Result<Self, ProbeError> {
+    /// the one forced by `options`). Everything that needs the kernel's BTF is worked out
+    /// first; the parsed BTF (about 40 MiB) is then dropped from `facts` before aya parses
+    /// the kernel's BTF again to load the object, so that the two never coexist: this is
+    /// the session's memory peak.
+    pub fn attach(facts: &mut KernelFacts, options: &ProbeOptions) -> Result<Self, ProbeError> {
         let chain: Vec<DropBackend> = match options.drops_backend {
             Some(forced) => vec![forced],
             None => DropBackend::CHAIN.to_vec(),
@@ -153,17 +156,31 @@ impl Probes {
         };
         // The backends of one chain share their configuration (they differ in kprobes).
         let (nf_config, _, record_formats) = netfilter::netfilter_config(facts, nf_chain[0]);
+        let nf_plans: Vec<NetfilterPlan> = nf_chain.iter().map(|&b| NetfilterPlan::new(facts, b)).collect();
         let xdp_chain: Vec<xdp::XdpBackend> = match options.xdp_backend {
             Some(forced) => vec![forced],
             None => xdp::XdpBackend::CHAIN.to_vec(),
         };
-        let (xdp_config, _) = xdp::xdp_config(facts, xdp_chain[0]);
+        let xdp_plans: Vec<(xdp::XdpBackend, XdpConfig, xdp::XdpCoverage)> = xdp_chain
+            .iter()
+            .map(|&b| {
+                let (config, coverage) = xdp::xdp_config(facts, b);
+                (b, config, coverage)
+            })
+            .collect();
+        let xdp_config = xdp_plans[0].1;
         let command_chain = xdp::CommandBackend::chain(options.bpf_backend, options.bpf_syscalls_fallback);
         let path_options = options.path.clone().unwrap_or_default();
         let (path_config, mut path_coverage) = path::path_config(facts, &path_options);
+        let path_functions = if options.path.is_some() { path::functions(facts) } else { vec![] };
         let configs = Configs { links: link_config, netfilter: nf_config, xdp: xdp_config, path: path_config };
-        for backend in chain {
-            match attach_drops(facts, backend, options.buffer_bytes, &configs) {
+        let drop_plans: Vec<(DropBackend, DropPlan)> =
+            chain.iter().map(|&b| (b, drops::drop_config(facts, b).map_err(|e| e.to_string()))).collect();
+        let had_btf = facts.btf.is_some();
+        facts.btf = None;
+        crate::kernel::release_free_memory();
+        for (backend, plan) in drop_plans {
+            match attach_drops(plan, backend, options.buffer_bytes, &configs) {
                 Ok((mut ebpf, detail, coverage)) => {
                     for gap in &coverage.gaps {
                         log::info!("drops: {gap}");
@@ -180,20 +197,19 @@ impl Probes {
                     }
                     let mut answer_functions = vec![];
                     if options.netfilter {
-                        let (status, answers) = attach_netfilter(&mut ebpf, facts, &nf_chain)?;
+                        let (status, answers) = attach_netfilter(&mut ebpf, &nf_plans)?;
                         hooks.push(status);
                         answer_functions = answers;
                     }
                     if options.xdp {
                         let forced = options.bpf_backend.is_some();
-                        hooks.push(attach_xdp(&mut ebpf, facts, &xdp_chain, &command_chain, forced)?);
+                        hooks.push(attach_xdp(&mut ebpf, facts, &xdp_plans, &command_chain, forced)?);
                     }
                     if options.path.is_some() {
-                        let functions = path::functions(facts);
-                        let detail = path::attach(&mut ebpf, &mut path_coverage, &functions).map_err(|why| {
+                        let detail = path::attach(&mut ebpf, &mut path_coverage, &path_functions).map_err(|why| {
                             // Without BTF there is nothing to try: say why it is missing.
                             let advice = match &facts.btf_missing {
-                                Some(missing) if facts.btf.is_none() => format!(
+                                Some(missing) if !had_btf => format!(
                                     " (kernel BTF: {missing}); --path needs a kernel built with CONFIG_DEBUG_INFO_BTF: trace without --path"
                                 ),
                                 _ => String::new(),
@@ -245,8 +261,9 @@ impl Probes {
         let mut probes: Vec<BackendProbe> = DropBackend::ALL
             .into_iter()
             .map(|backend| {
+                let plan = drops::drop_config(facts, backend).map_err(|e| e.to_string());
                 let result =
-                    attach_drops(facts, backend, 4096, &configs).map(|(_detached_on_drop, detail, coverage)| {
+                    attach_drops(plan, backend, 4096, &configs).map(|(_detached_on_drop, detail, coverage)| {
                         (detail, serde_json::to_value(coverage).unwrap_or_default())
                     });
                 probe("drops", backend.name(), result)
@@ -354,16 +371,16 @@ impl Probes {
 fn attach_xdp(
     ebpf: &mut Ebpf,
     facts: &KernelFacts,
-    chain: &[xdp::XdpBackend],
+    plans: &[(xdp::XdpBackend, XdpConfig, xdp::XdpCoverage)],
     command_chain: &[xdp::CommandBackend],
     forced_commands: bool,
 ) -> Result<HookStatus, ProbeError> {
-    let (config, mut first) = xdp::xdp_config(facts, chain[0]);
+    let (_, config, mut first) = plans[0].clone();
     let commands = xdp::attach_commands(ebpf, facts, &config, &mut first, command_chain, forced_commands)
         .map_err(|why| ProbeError::NoBackend { family: "xdp", tried: format!("bpf() commands: {why}") })?;
     let mut unavailable = Vec::new();
-    for &backend in chain {
-        let (_, mut coverage) = xdp::xdp_config(facts, backend);
+    for (backend, _, coverage) in plans {
+        let (backend, mut coverage) = (*backend, coverage.clone());
         coverage.bpf_commands = first.bpf_commands;
         coverage.bpf_commands_via = first.bpf_commands_via;
         coverage.gaps.extend(first.gaps.iter().filter(|g| g.starts_with("BPF loads")).cloned());
@@ -406,23 +423,39 @@ fn netfilter_kprobes(
 
 /// The netfilter family's status with the first backend of `chain` that attaches, and the
 /// answer functions it hooked.
+/// One netfilter backend, worked out while the kernel's BTF is at hand.
+struct NetfilterPlan {
+    backend: netfilter::NetfilterBackend,
+    coverage: netfilter::NetfilterCoverage,
+    formats: netfilter::RecordFormats,
+    answers: Vec<netfilter::AnswerFunction>,
+    verdicts: Vec<(&'static str, &'static str)>,
+}
+
+impl NetfilterPlan {
+    fn new(facts: &KernelFacts, backend: netfilter::NetfilterBackend) -> Self {
+        let (config, mut coverage, formats) = netfilter::netfilter_config(facts, backend);
+        let (answers, verdicts) = netfilter_kprobes(facts, backend, &config, &formats);
+        coverage.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
+        coverage.verdict_functions = verdicts.iter().map(|(f, _)| f.to_string()).collect();
+        Self { backend, coverage, formats, answers, verdicts }
+    }
+}
+
 fn attach_netfilter(
     ebpf: &mut Ebpf,
-    facts: &KernelFacts,
-    chain: &[netfilter::NetfilterBackend],
+    plans: &[NetfilterPlan],
 ) -> Result<(HookStatus, Vec<netfilter::AnswerFunction>), ProbeError> {
     let mut unavailable = Vec::new();
-    for &backend in chain {
-        let (config, mut coverage, formats) = netfilter::netfilter_config(facts, backend);
+    for plan in plans {
+        let NetfilterPlan { backend, coverage, formats, answers, verdicts } = plan;
+        let backend = *backend;
         if backend.uses_kprobes() && !std::path::Path::new(KPROBE_PMU).exists() {
             let why = format!("this kernel has no kprobes (no {KPROBE_PMU})");
             unavailable.push(Unavailable { backend: backend.name().into(), why });
             continue;
         }
-        let (answers, verdicts) = netfilter_kprobes(facts, backend, &config, &formats);
-        coverage.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
-        coverage.verdict_functions = verdicts.iter().map(|(f, _)| f.to_string()).collect();
-        match netfilter::attach(ebpf, &formats, &answers, &verdicts) {
+        match netfilter::attach(ebpf, formats, answers, verdicts) {
             Ok(detail) => {
                 for gap in &coverage.gaps {
                     log::info!("netfilter: {gap}");
@@ -431,10 +464,10 @@ fn attach_netfilter(
                     family: "netfilter",
                     backend_id: backend.name().into(),
                     backend: detail,
-                    coverage: serde_json::to_value(&coverage).unwrap_or_default(),
+                    coverage: serde_json::to_value(coverage).unwrap_or_default(),
                     unavailable,
                 };
-                return Ok((status, answers));
+                return Ok((status, answers.clone()));
             }
             Err(why) => {
                 // Whatever attached before the failure is detached before the next backend.
@@ -524,13 +557,16 @@ fn load_object(drop_config: &DropConfig, configs: &Configs, buffer_bytes: u32) -
 
 /// Loads the object configured for `backend` and attaches the drop program.
 /// Returns what was attached (`kprobe kfree_skb_reason`, …) and its coverage.
+/// A drops backend's configuration, coverage and hooked function, or why it has none.
+type DropPlan = Result<(DropConfig, DropCoverage, Option<drops::DropFunction>), String>;
+
 fn attach_drops(
-    facts: &KernelFacts,
+    plan: DropPlan,
     backend: DropBackend,
     buffer_bytes: u32,
     configs: &Configs,
 ) -> Result<(Ebpf, String, DropCoverage), String> {
-    let (config, coverage, function) = drops::drop_config(facts, backend).map_err(|e| e.to_string())?;
+    let (config, coverage, function) = plan?;
     let mut ebpf = load_object(&config, configs, buffer_bytes)?;
     let detail = match (backend, function) {
         (DropBackend::Tracepoint | DropBackend::TracepointNoreason, _) => {
