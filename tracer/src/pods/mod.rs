@@ -231,13 +231,13 @@ impl PodResolver {
             return known.clone();
         }
         let recently_missed = self.misses.get(&inode).is_some_and(|t| t.elapsed() < MISS_TTL);
+        // A miss is remembered only once a scan looked for it: a namespace first seen just
+        // after another one's scan is looked for as soon as the rate limit allows.
         if !recently_missed && self.scanned_at.is_none_or(|t| t.elapsed() >= RESCAN_INTERVAL) {
             self.rescan();
             if let Some(known) = self.by_netns.get(&inode) {
                 return known.clone();
             }
-        }
-        if !recently_missed {
             if self.misses.len() >= MAX_CACHED {
                 self.misses.clear();
             }
@@ -263,7 +263,6 @@ impl PodResolver {
                 self.history.insert(*inode, uid.clone());
             }
         }
-        self.misses.clear();
         self.scanned_at = Some(Instant::now());
     }
 
@@ -739,6 +738,34 @@ mod tests {
             assert_eq!(resolver.netns_uid(host), None);
         }
         assert_eq!(resolver.netns_uid(inode), None, "a namespace that is gone has no pod");
+    }
+
+    #[test]
+    fn lookups_rescan_at_most_once_per_interval_and_remember_what_a_scan_missed() {
+        let mut r = PodResolver::default();
+        // No namespace has inode 1 or 2.
+        assert_eq!(r.netns_uid(1), None);
+        let first = r.scanned_at.expect("a miss scans");
+        assert!(r.misses.contains_key(&1));
+        // Within the interval: no new scan, for this or another unknown namespace, and no
+        // miss is remembered for one that no scan looked for.
+        assert_eq!((r.netns_uid(1), r.netns_uid(2)), (None, None));
+        assert_eq!(r.scanned_at, Some(first));
+        assert!(!r.misses.contains_key(&2));
+        std::thread::sleep(RESCAN_INTERVAL);
+        // A remembered miss does not scan again before MISS_TTL; the other one gets its scan.
+        assert_eq!(r.netns_uid(1), None);
+        assert_eq!(r.scanned_at, Some(first));
+        assert_eq!(r.netns_uid(2), None);
+        assert!(r.scanned_at.unwrap() > first);
+        // Namespaces with processes are answered from the scan, without scanning again.
+        let own = inode_of(Path::new("/proc/self/ns/net")).unwrap();
+        if Some(own) != r.host {
+            assert!(r.by_netns.contains_key(&own));
+            let scanned = r.scanned_at;
+            r.netns_uid(own);
+            assert_eq!(r.scanned_at, scanned);
+        }
     }
 
     fn pod_of_self() -> Option<String> {
