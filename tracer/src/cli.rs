@@ -35,6 +35,9 @@ pub enum Command {
     /// Trace live; with `-- COMMAND ARGS…`, trace while the command runs, then report.
     // Boxed: its options dwarf the other subcommands' (clippy::large_enum_variant).
     Trace(Box<TraceArgs>),
+    /// Analyze a session recorded with `trace --record FILE`: the same findings and summary,
+    /// offline, on any machine, without root.
+    Report(ReportArgs),
     /// Reproduce known failures in throwaway namespaces and diagnose them.
     Lab {
         #[command(subcommand)]
@@ -99,11 +102,31 @@ pub struct TraceArgs {
     /// Ring buffer size in bytes: a power of two, at least 4096 (suffixes k/m allowed).
     #[arg(long, value_parser = parse_buffer_size, default_value = "4m", allow_hyphen_values = true)]
     pub buffer_size: u32,
+    /// Also write every event the analysis sees, the kernel facts and the session's totals to
+    /// FILE (gzip'd JSON Lines), for `dptrace report FILE` later or on another machine.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     #[command(flatten)]
     pub backends: BackendArgs,
     /// Command to run while tracing (after `--`).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A file written by `dptrace trace --record FILE`.
+    pub file: PathBuf,
+    /// JSON Lines on stdout: `event`, `finding` and `summary` objects.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not print each event, only findings and the summary.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Report a truncated or damaged record from the events before the damage (with a
+    /// warning) instead of refusing it.
+    #[arg(long)]
+    pub partial: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -211,6 +211,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
+    let record = args.record.as_deref().map(output::record::open).transpose()?;
     // After every check of the arguments: an error stays the only line.
     if args.path && args.filter.is_none() && !args.aggregate {
         eprintln!("dptrace: --path without --filter follows every packet of this node: expect many events and lost ones on a busy node");
@@ -228,10 +229,25 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
             if let Some((_, Some(created))) = &pcap {
                 let _ = std::fs::remove_file(created);
             }
+            if let Some(writer) = record {
+                writer.abandon();
+            }
             return Err(e.into());
         }
     };
     let mut sink = output::sink(args.json, !args.quiet);
+    // Inside the pcapng tee: the record's end line gets the summary with its pcapng line.
+    let record_failure = match record {
+        Some(writer) => {
+            let header = crate::record::RecordHeader::new(session.kernel().clone(), session.hooks().to_vec());
+            let path = writer.path().display().to_string();
+            let (tee, failure) = output::record::RecordTee::new(sink, writer, &header)
+                .map_err(|e| anyhow::anyhow!("cannot write the record file {path}: {e}"))?;
+            sink = Box::new(tee);
+            Some(failure)
+        }
+        None => None,
+    };
     if let Some((writer, _)) = pcap {
         sink = Box::new(output::PcapTee::new(sink, writer, args.pcap.clone().unwrap_or_default()));
     }
@@ -339,6 +355,10 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
         "dptrace: {why}: session ended after {:.1} s with {} events ({} lost) and {} findings; all probes detached",
         s.duration_secs, s.events, s.lost_events, s.findings
     );
+    if let Some(failure) = record_failure.and_then(|f| f.lock().ok()?.clone()) {
+        let path = args.record.as_deref().unwrap_or(std::path::Path::new("")).display();
+        bail!("the record file {path} is incomplete ({failure}): the findings above are complete; free space or pick another --record path and trace again");
+    }
     Ok(Outcome::Ok)
 }
 

@@ -16,5 +16,7 @@ pub mod output;
 pub mod packet_filter;
 pub mod pods;
 pub mod probes;
+pub mod record;
+pub mod report;
 pub mod session;
 pub mod usage;

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             match cli.command {
                 Command::Check { json } => dptrace::check::check(json).await,
                 Command::Trace(args) => commands::trace(*args).await,
+                Command::Report(args) => dptrace::report::report(&args),
                 Command::Lab { action: LabAction::List } => lab::list(),
                 Command::Lab { action: LabAction::Run { names, all, json, verbose, backends } } => {
                     lab::run(&names, all, json, verbose, backends.probe_options(DEFAULT_BUFFER_BYTES)).await

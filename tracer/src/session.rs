@@ -279,7 +279,7 @@ impl Session {
             .hooks
             .iter()
             .filter(|h| h.coverage["device_and_netns"] == false || h.coverage["actor_netns_and_parent"] == false)
-            .map(|h| h.family)
+            .map(|h| h.family.as_ref())
             .collect();
         if filter.netns.is_some() && !blind.is_empty() {
             filter.keep_unknown_netns = true;
@@ -304,6 +304,11 @@ impl Session {
 
     pub fn facts(&self) -> &KernelFacts {
         &self.facts
+    }
+
+    /// The kernel facts the rules read (taken before the BTF was dropped).
+    pub fn kernel(&self) -> &crate::kernel::KernelSummary {
+        &self.kernel
     }
 
     /// The backend each hook family got.
@@ -481,6 +486,7 @@ impl Session {
             hooks: self.probes.hooks.clone(),
             command_status,
             paths: paths_summary,
+            record: None,
         };
         sink.summary(&summary);
         SessionReport { findings, summary, paths: std::mem::take(&mut self.pipeline.kept_paths) }

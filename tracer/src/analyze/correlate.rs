@@ -292,7 +292,7 @@ impl Correlated {
             let went_down = (before.up && !after.up) || (before.carrier && !after.carrier) || after.change == "deleted";
             if went_down {
                 let by = self.find_request(after.ts_ns, |r| {
-                    (r.admin == Some("down") || r.op == "delete")
+                    (r.admin.as_deref() == Some("down") || r.op == "delete")
                         && (r.ifname == h.ifname || r.ifindex == Some(h.ifindex))
                 });
                 evidence.extend(by.map(|r| Event::LinkRequest(r.clone())));

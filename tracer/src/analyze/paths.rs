@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracer_ebpf::{PathHopKey, PathHopStats, LATENCY_BUCKETS, PATH_HOP_END_TO_END};
 
 use crate::{
@@ -232,7 +232,7 @@ impl PathLatency {
 }
 
 /// Latency of one hop (or of whole journeys from `from` to `to`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LatencyRow {
     pub from: String,
     pub to: String,
@@ -244,7 +244,7 @@ pub struct LatencyRow {
     pub mean_ns: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LatencySummary {
     pub hops: Vec<LatencyRow>,
     pub end_to_end: Vec<LatencyRow>,

@@ -6,13 +6,13 @@ use netlink_packet_route::{
     link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     RouteNetlinkMessage,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracer_ebpf::{EventKind, NetlinkEvent};
 
-use super::{c_string, Decoder};
+use super::{c_string, Decoder, Word};
 
 /// Who made a request: the process, its parent and its network namespace.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Actor {
     pub pid: u32,
     pub tid: u32,
@@ -66,12 +66,12 @@ impl std::fmt::Display for Actor {
 }
 
 /// An rtnetlink link request (`ip link add/set/del`, a CNI plugin, udev, ...).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinkRequest {
     pub time: String,
     pub ts_ns: u64,
     /// `create`, `change` or `delete`.
-    pub op: &'static str,
+    pub op: Word,
     pub seq: u32,
     pub ifname: Option<String>,
     pub ifindex: Option<u32>,
@@ -84,7 +84,7 @@ pub struct LinkRequest {
     pub peer: Option<String>,
     pub peer_netns: Option<String>,
     /// `up` or `down` when the request changes the administrative state.
-    pub admin: Option<&'static str>,
+    pub admin: Option<Word>,
     /// The new name, for a rename.
     pub new_name: Option<String>,
     /// Where the link is moved to (`IFLA_NET_NS_PID`/`_FD`), as `pid N` or `fd N`.
@@ -93,23 +93,23 @@ pub struct LinkRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xdp: Option<XdpRequest>,
     /// `netlink` or `ioctl`.
-    pub via: &'static str,
+    pub via: Word,
     /// The request did not fit the captured bytes and could not be parsed.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
     pub actor: Actor,
 }
 
 /// An XDP attach (or detach: `fd` -1) asked for over netlink.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct XdpRequest {
     pub fd: i32,
     /// `native` (XDP_FLAGS_DRV_MODE), `generic` (SKB_MODE), `offload` (HW_MODE) or `any`
     /// (no mode flag: the kernel picks native when the driver has it, else generic).
-    pub mode: &'static str,
+    pub mode: Word,
     pub flags: u32,
     /// XDP_FLAGS_UPDATE_IF_NOEXIST: fail if a program is already attached.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub if_noexist: bool,
 }
 
@@ -124,7 +124,7 @@ pub fn xdp_mode(flags: u32) -> &'static str {
 }
 
 /// The kernel's answer to a request of the same thread.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NetlinkAck {
     pub time: String,
     pub ts_ns: u64,
@@ -137,7 +137,7 @@ pub struct NetlinkAck {
 }
 
 /// The kernel's extended-ack text for the current request of a thread.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KernelMessage {
     pub time: String,
     pub ts_ns: u64,
@@ -147,12 +147,12 @@ pub struct KernelMessage {
 
 /// The state of a link after a change, from the rtnetlink monitor: whoever changed it and
 /// however (netlink, ioctl, the kernel itself).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinkState {
     pub time: String,
     pub ts_ns: u64,
     /// `new` (created or changed) or `deleted`.
-    pub change: &'static str,
+    pub change: Word,
     pub netns: u32,
     pub netns_name: Option<String>,
     /// The pod whose network namespace this is: its UID, and namespace and name when the
@@ -174,11 +174,11 @@ pub struct LinkState {
 
 /// The kernel asked for a module (`requested`, e.g. `rtnl-link-wireguard` while creating a
 /// wireguard link) or loaded one (`loaded`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModuleEvent {
     pub time: String,
     pub ts_ns: u64,
-    pub action: &'static str,
+    pub action: Word,
     pub module: String,
     pub actor: Actor,
 }
@@ -260,7 +260,7 @@ impl Decoder {
             k if k == EventKind::ModuleRequest as u16 || k == EventKind::ModuleLoad as u16 => {
                 let module = String::from_utf8_lossy(data).trim_end_matches('\0').to_string();
                 let action = if k == EventKind::ModuleRequest as u16 { "requested" } else { "loaded" };
-                Some(LinkEvent::Module(ModuleEvent { time, ts_ns: h.ts_ns, action, module, actor }))
+                Some(LinkEvent::Module(ModuleEvent { time, ts_ns: h.ts_ns, action: action.into(), module, actor }))
             }
             k if k == EventKind::NetlinkExtack as u16 => {
                 let message = String::from_utf8_lossy(data).trim_end_matches('\0').to_string();
@@ -296,7 +296,7 @@ impl Decoder {
         Some(LinkState {
             time: self.time(record.ts_ns),
             ts_ns: record.ts_ns,
-            change,
+            change: change.into(),
             netns: record.netns,
             netns_name: self.netns.name(record.netns).map(str::to_string),
             pod: None,
@@ -343,7 +343,7 @@ fn empty_request() -> LinkRequest {
     LinkRequest {
         time: String::new(),
         ts_ns: 0,
-        op: "change",
+        op: "change".into(),
         seq: 0,
         ifname: None,
         ifindex: None,
@@ -355,7 +355,7 @@ fn empty_request() -> LinkRequest {
         new_name: None,
         to_netns: None,
         xdp: None,
-        via: "netlink",
+        via: "netlink".into(),
         truncated: false,
         actor: Actor {
             pid: 0,
@@ -389,7 +389,8 @@ pub fn parse_request(data: &[u8], time: String, ts_ns: u64, actor: Actor) -> Opt
                 16 => "create",
                 17 => "delete",
                 _ => "change",
-            };
+            }
+            .into();
             return Some(request);
         }
     };
@@ -403,7 +404,7 @@ pub fn parse_request(data: &[u8], time: String, ts_ns: u64, actor: Actor) -> Opt
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => ("delete", l),
         _ => return None,
     };
-    request.op = op;
+    request.op = op.into();
     fill_from_link(&mut request, &link);
     Some(request)
 }
@@ -411,7 +412,7 @@ pub fn parse_request(data: &[u8], time: String, ts_ns: u64, actor: Actor) -> Opt
 fn fill_from_link(request: &mut LinkRequest, link: &LinkMessage) {
     request.ifindex = (link.header.index != 0).then_some(link.header.index);
     if link.header.change_mask.contains(LinkFlags::Up) {
-        request.admin = Some(if link.header.flags.contains(LinkFlags::Up) { "up" } else { "down" });
+        request.admin = Some(if link.header.flags.contains(LinkFlags::Up) { "up" } else { "down" }.into());
     }
     for attr in &link.attributes {
         match attr {
@@ -421,13 +422,13 @@ fn fill_from_link(request: &mut LinkRequest, link: &LinkMessage) {
             LinkAttribute::Address(mac) => request.mac = Some(format_mac(mac)),
             LinkAttribute::Xdp(xdp) => {
                 use netlink_packet_route::link::LinkXdp;
-                let mut x = XdpRequest { fd: -1, mode: "any", flags: 0, if_noexist: false };
+                let mut x = XdpRequest { fd: -1, mode: "any".into(), flags: 0, if_noexist: false };
                 for attr in xdp {
                     match attr {
                         LinkXdp::Fd(fd) => x.fd = *fd,
                         LinkXdp::Flags(flags) => {
                             x.flags = *flags;
-                            x.mode = xdp_mode(*flags);
+                            x.mode = xdp_mode(*flags).into();
                             x.if_noexist = flags & 1 != 0;
                         }
                         _ => {}
@@ -466,15 +467,21 @@ pub fn parse_ioctl(cmd: u32, ifreq: &[u8], time: String, ts_ns: u64, actor: Acto
         return None;
     }
     let name = |bytes: &[u8]| super::c_string(bytes);
-    let mut request =
-        LinkRequest { time, ts_ns, ifname: Some(name(&ifreq[..IFNAMSIZ])), via: "ioctl", actor, ..empty_request() };
+    let mut request = LinkRequest {
+        time,
+        ts_ns,
+        ifname: Some(name(&ifreq[..IFNAMSIZ])),
+        via: "ioctl".into(),
+        actor,
+        ..empty_request()
+    };
     let union = &ifreq[IFNAMSIZ..];
     match cmd {
         // struct sockaddr: sa_family (2 bytes), then the address.
         0x8924 => request.mac = Some(format_mac(&union[2..8])),
         0x8914 => {
             let flags = i16::from_ne_bytes([union[0], union[1]]);
-            request.admin = Some(if flags & nix::libc::IFF_UP as i16 != 0 { "up" } else { "down" });
+            request.admin = Some(if flags & nix::libc::IFF_UP as i16 != 0 { "up" } else { "down" }.into());
         }
         0x8923 => request.new_name = Some(name(&union[..16])),
         _ => return None,
@@ -527,7 +534,7 @@ mod tests {
         let data = bytes(RouteNetlinkMessage::NewLink(link), NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, 77);
         let r = parse_request(&data, "t".into(), 1, actor()).unwrap();
         assert_eq!(
-            (r.op, r.seq, r.ifname.as_deref(), r.link_kind.as_deref()),
+            (r.op.as_ref(), r.seq, r.ifname.as_deref(), r.link_kind.as_deref()),
             ("create", 77, Some("flannel-wg"), Some("wireguard"))
         );
     }
@@ -539,7 +546,7 @@ mod tests {
         link.attributes.push(LinkAttribute::Address(vec![0x02, 0, 0, 0, 0, 0x42]));
         let data = bytes(RouteNetlinkMessage::SetLink(link), NLM_F_REQUEST | NLM_F_ACK, 9);
         let r = parse_request(&data, "t".into(), 1, actor()).unwrap();
-        assert_eq!((r.op, r.ifindex, r.mac.as_deref()), ("change", Some(5), Some("02:00:00:00:00:42")));
+        assert_eq!((r.op.as_ref(), r.ifindex, r.mac.as_deref()), ("change", Some(5), Some("02:00:00:00:00:42")));
         let mut ack = vec![0u8; 36];
         ack[16..20].copy_from_slice(&(-95i32).to_ne_bytes());
         ack[28..32].copy_from_slice(&9u32.to_ne_bytes());
@@ -558,9 +565,12 @@ mod tests {
         ifreq[16..18].copy_from_slice(&1u16.to_ne_bytes());
         ifreq[18..24].copy_from_slice(&[2, 0, 0, 0, 0, 7]);
         let r = parse_ioctl(0x8924, &ifreq, "t".into(), 1, actor()).unwrap();
-        assert_eq!((r.ifname.as_deref(), r.mac.as_deref(), r.via), (Some("veth0"), Some("02:00:00:00:00:07"), "ioctl"));
+        assert_eq!(
+            (r.ifname.as_deref(), r.mac.as_deref(), r.via.as_ref()),
+            (Some("veth0"), Some("02:00:00:00:00:07"), "ioctl")
+        );
         ifreq[16..18].copy_from_slice(&0i16.to_ne_bytes());
-        assert_eq!(parse_ioctl(0x8914, &ifreq, "t".into(), 1, actor()).unwrap().admin, Some("down"));
+        assert_eq!(parse_ioctl(0x8914, &ifreq, "t".into(), 1, actor()).unwrap().admin.as_deref(), Some("down"));
         assert!(parse_ioctl(0x1234, &ifreq, "t".into(), 1, actor()).is_none());
         assert!(parse_ioctl(0x8924, &ifreq[..20], "t".into(), 1, actor()).is_none());
     }

@@ -15,7 +15,7 @@ use std::{
 };
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracer_ebpf::{
     AnswerEvent, BpfEvent, DropEvent, EventHeader, EventKind, NetlinkEvent, PathEvent, TraceRecordEvent, VerdictEvent,
     ABSENT, VERDICT_NFT,
@@ -44,8 +44,12 @@ pub enum DecodeError {
     UnknownRecord(u16),
 }
 
+/// A word from a small fixed vocabulary (`create`, `netlink`, `sent`, …): borrowed from the
+/// binary when decoded live, owned when read back from a record (`dptrace report`).
+pub type Word = std::borrow::Cow<'static, str>;
+
 /// A decoded event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Event {
     Drop(DropRecord),
@@ -98,14 +102,14 @@ impl Event {
 }
 
 /// The task that was running when an event fired.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Task {
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DropRecord {
     /// Wall-clock time, RFC 3339 with microseconds.
     pub time: String,
@@ -128,7 +132,7 @@ pub struct DropRecord {
     pub reason: Option<String>,
     pub reason_code: Option<u32>,
     /// `reason` was inferred from the location, not reported by the kernel.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reason_inferred: bool,
     /// Where the packet was freed: `symbol+0xoff`, or the raw address without kallsyms.
     pub location: String,
@@ -144,7 +148,7 @@ pub struct DropRecord {
 }
 
 /// The addresses and ports of a packet, as far as its captured headers show them.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct Flow {
     /// `tcp`, `udp`, `icmp`, `icmpv6`, or `proto-N`.
     pub l4: String,
@@ -308,7 +312,7 @@ impl Decoder {
                     chain: (raw.source == VERDICT_NFT && !chain.is_empty()).then_some(chain),
                     hook: (raw.hook != ABSENT).then(|| netfilter::hook_name(raw.family, raw.hook)).flatten(),
                     // The kernel side keeps only drops (NF_DROP, or NF_STOLEN with an errno).
-                    verdict: "drop",
+                    verdict: "drop".into(),
                     origin: packet.function.unwrap_or_else(|| "?".into()),
                 }))
             }

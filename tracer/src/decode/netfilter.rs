@@ -5,10 +5,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracer_ebpf::{RecordSource, TraceRecordEvent};
 
-use super::{task, Flow, Task};
+use super::{task, Flow, Task, Word};
 use crate::{
     kernel::tracefs::TracepointFormat,
     probes::{
@@ -21,12 +21,12 @@ const AF_INET: u16 = libc::AF_INET as u16;
 const AF_INET6: u16 = libc::AF_INET6 as u16;
 
 /// A TCP RST the stack sent, or one a socket received.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TcpReset {
     pub time: String,
     pub ts_ns: u64,
     /// `sent` (`tcp:tcp_send_reset`) or `received` (`tcp:tcp_receive_reset`).
-    pub direction: &'static str,
+    pub direction: Word,
     pub netns: Option<u32>,
     pub netns_name: Option<String>,
     /// The pod whose network namespace this is: its UID, and namespace and name when the
@@ -52,12 +52,12 @@ pub struct TcpReset {
     /// Where it was seen: the tracepoint, or the kernel function (kprobe) that sent it.
     pub origin: String,
     /// Sent by a REJECT rule (`nf_send_reset`), not by the TCP stack.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub by_reject: bool,
 }
 
 /// An ICMP error the kernel sent (`icmp:icmp_send`), about the packet `flow`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IcmpError {
     pub time: String,
     pub ts_ns: u64,
@@ -79,7 +79,7 @@ pub struct IcmpError {
     /// Where it was seen: the tracepoint, or the kernel function (kprobe) that sent it.
     pub origin: String,
     /// Sent by a REJECT rule (`nf_send_unreach`), not by the stack.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub by_reject: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub packet_len: Option<u32>,
@@ -88,7 +88,7 @@ pub struct IcmpError {
 }
 
 /// A TCP connection attempt (a socket entering SYN_SENT), with its addresses.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TcpConnect {
     pub time: String,
     pub ts_ns: u64,
@@ -111,7 +111,7 @@ pub enum NetfilterEvent {
 
 /// A rule or chain policy whose packet counters moved during the session (rule counters,
 /// read in userspace at the start and the end).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuleCounter {
     pub time: String,
     pub ts_ns: u64,
@@ -122,7 +122,7 @@ pub struct RuleCounter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<crate::pods::Pod>,
     /// `iptables-nft`, `iptables-legacy` or `nftables`.
-    pub backend: &'static str,
+    pub backend: Word,
     pub family: String,
     pub table: String,
     pub chain: String,
@@ -134,9 +134,11 @@ pub struct RuleCounter {
     pub packets: u64,
     pub bytes: u64,
     /// The namespace had no snapshot at the start: these counts are since the rule was made.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_baseline: bool,
-    #[serde(skip)]
+    /// Left out of the event's JSON (`kind` names the event type there); a record stores
+    /// them beside the event (`record`), the rules need them.
+    #[serde(skip, default = "Verdict::unknown")]
     pub kind: Verdict,
     #[serde(skip)]
     pub matches: RuleMatch,
@@ -150,7 +152,7 @@ impl RuleCounter {
             netns: hit.netns,
             netns_name,
             pod: None,
-            backend: hit.backend,
+            backend: hit.backend.into(),
             family: hit.family,
             table: hit.table,
             chain: hit.chain,
@@ -177,7 +179,7 @@ impl RuleCounter {
 }
 
 /// A bridge, what it carried during the session and the br_netfilter state of its namespace.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BridgeState {
     pub time: String,
     pub ts_ns: u64,
@@ -334,7 +336,7 @@ pub fn decode_answer(
         "stack-rst" | "reject-rst" => Some(NetfilterEvent::Reset(TcpReset {
             time: packet.time,
             ts_ns: packet.ts_ns,
-            direction: "sent",
+            direction: "sent".into(),
             netns: packet.netns,
             netns_name: packet.netns_name,
             pod: None,
@@ -380,7 +382,7 @@ pub fn decode_answer(
 }
 
 /// A DROP verdict read in the kernel (kprobes on `nft_do_chain` / `ipt_do_table`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NfVerdict {
     pub time: String,
     pub ts_ns: u64,
@@ -400,7 +402,7 @@ pub struct NfVerdict {
     pub chain: Option<String>,
     /// `prerouting`, `input`, `forward`, `output`, `postrouting` (`ingress` for netdev).
     pub hook: Option<String>,
-    pub verdict: &'static str,
+    pub verdict: Word,
     /// `nft_do_chain` (nf_tables: nftables and iptables-nft) or `ipt_do_table`/`ip6t_do_table`.
     pub origin: String,
 }
@@ -485,7 +487,7 @@ pub fn decode(
             NetfilterEvent::Reset(TcpReset {
                 time,
                 ts_ns,
-                direction: if sent { "sent" } else { "received" },
+                direction: if sent { "sent" } else { "received" }.into(),
                 netns,
                 netns_name,
                 pod: None,

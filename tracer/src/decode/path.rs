@@ -2,12 +2,12 @@
 //! its outer and (for VXLAN/Geneve) inner headers. The hops of one packet share a
 //! `trace_id`; `analyze::paths` joins them into [`PacketPath`]s.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{Flow, Task};
+use super::{Flow, Task, Word};
 
 /// Where a hop saw the packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HopKind {
     /// A device received it (`net:netif_receive_skb`).
@@ -69,15 +69,15 @@ impl PacketHop {
 }
 
 /// An encapsulation header between the outer and the inner packet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tunnel {
     /// `vxlan` or `geneve`.
-    pub kind: &'static str,
+    pub kind: Word,
     pub vni: u32,
 }
 
 /// One sighting of a traced packet.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PacketHop {
     /// Wall-clock time, RFC 3339 with microseconds.
     pub time: String,
@@ -125,7 +125,7 @@ pub struct PacketHop {
 }
 
 /// A hop of a [`PacketPath`] with its timing.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PathStep {
     #[serde(flatten)]
     pub hop: PacketHop,
@@ -136,7 +136,7 @@ pub struct PathStep {
 }
 
 /// How a traced packet's journey ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "outcome")]
 pub enum PathOutcome {
     /// Consumed by a socket or the stack (`consume_skb`).
@@ -155,7 +155,7 @@ pub enum PathOutcome {
 }
 
 /// One traced packet, hop by hop (assembled by `analyze::paths`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PacketPath {
     pub trace_id: u64,
     /// The packet as first seen.
@@ -252,7 +252,7 @@ pub fn headers(ip: &[u8]) -> (Option<Flow>, Option<Tunnel>, Option<Flow>) {
     } else {
         return (outer, None, None);
     };
-    let tunnel = Some(Tunnel { kind, vni: vni(&payload) });
+    let tunnel = Some(Tunnel { kind: kind.into(), vni: vni(&payload) });
     let inner = payload.get(ethernet..).and_then(|eth| {
         let ethertype = u16::from_be_bytes([*eth.get(12)?, *eth.get(13)?]);
         matches!(ethertype, 0x0800 | 0x86dd).then(|| super::parse_flow(eth.get(14..)?)).flatten()
@@ -291,7 +291,7 @@ mod tests {
         vxlan.extend(inner_frame());
         let (outer, tunnel, inner) = headers(&udp4(8472, &vxlan));
         assert_eq!(outer.unwrap().dport, Some(8472));
-        assert_eq!(tunnel, Some(Tunnel { kind: "vxlan", vni: 42 }));
+        assert_eq!(tunnel, Some(Tunnel { kind: "vxlan".into(), vni: 42 }));
         let inner = inner.unwrap();
         assert_eq!(
             (inner.l4.as_str(), inner.src.to_string(), inner.dst.to_string()),
@@ -302,7 +302,7 @@ mod tests {
         geneve.extend_from_slice(&[0, 0x01, 0x80, 0x01, 0, 0, 0, 0]);
         geneve.extend(inner_frame());
         let (_, tunnel, inner) = headers(&udp4(6081, &geneve));
-        assert_eq!(tunnel, Some(Tunnel { kind: "geneve", vni: 256 }));
+        assert_eq!(tunnel, Some(Tunnel { kind: "geneve".into(), vni: 256 }));
         assert_eq!(inner.unwrap().dst.to_string(), "10.244.2.2");
         // Other UDP, or VXLAN without its I flag: no tunnel.
         assert_eq!(headers(&udp4(53, &vxlan)).1, None);

@@ -4,18 +4,18 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracer_ebpf::{BpfEvent, XdpExceptionCount, XdpExceptionKey};
 
-use super::{c_string, links::Actor};
+use super::{c_string, links::Actor, Word};
 
 /// A BPF object load or attach and what the kernel answered.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BpfCommand {
     pub time: String,
     pub ts_ns: u64,
     /// `prog-load`, `btf-load` or `link-create`.
-    pub command: &'static str,
+    pub command: Word,
     /// The new fd, or the negative errno.
     pub result: i64,
     /// `EINVAL`, `EOPNOTSUPP`, … when it failed.
@@ -35,7 +35,7 @@ pub struct BpfCommand {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_ifindex: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub xdp_mode: Option<&'static str>,
+    pub xdp_mode: Option<Word>,
     /// The kernel's reason for a failed XDP link attach.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -53,7 +53,7 @@ impl BpfCommand {
 }
 
 /// XDP_ABORTED (or invalid actions) counted in the kernel for one device and program.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct XdpException {
     pub time: String,
     pub ts_ns: u64,
@@ -140,7 +140,7 @@ pub fn decode_command(raw: &BpfEvent, cmds: [u32; 3], names: &BpfNames, time: St
     let mut out = BpfCommand {
         time,
         ts_ns: raw.header.ts_ns,
-        command,
+        command: command.into(),
         result: raw.ret,
         error: (raw.ret < 0).then(|| format!("{:?}", nix::errno::Errno::from_raw(raw.ret.saturating_neg() as i32))),
         prog_type: None,
@@ -164,7 +164,7 @@ pub fn decode_command(raw: &BpfEvent, cmds: [u32; 3], names: &BpfNames, time: St
             out.attach_type = u32_at(attr, 8).map(|t| names.attach_type(t));
             if out.attach_type.as_deref() == Some("xdp") {
                 out.target_ifindex = u32_at(attr, 4);
-                out.xdp_mode = u32_at(attr, 12).map(super::links::xdp_mode);
+                out.xdp_mode = u32_at(attr, 12).map(|flags| super::links::xdp_mode(flags).into());
             }
         }
         _ => {}
@@ -284,7 +284,10 @@ mod tests {
         );
         let c = decode_command(&raw, [5, 18, 28], &BpfNames::resolve(None), "t".into(), actor());
         assert_eq!(c.command, "link-create");
-        assert_eq!((c.attach_type.as_deref(), c.target_ifindex, c.xdp_mode), (Some("xdp"), Some(3), Some("native")));
+        assert_eq!(
+            (c.attach_type.as_deref(), c.target_ifindex, c.xdp_mode.as_deref()),
+            (Some("xdp"), Some(3), Some("native"))
+        );
         assert_eq!(c.error.as_deref(), Some("EOPNOTSUPP"));
         assert!(c.failed() && c.is_xdp());
         assert_eq!(c.message.as_deref(), Some("Underlying driver does not support XDP in native mode"));
@@ -305,7 +308,7 @@ mod tests {
         let raw = event(5, -13, &[(0, &6u32.to_ne_bytes()), (4, &42u32.to_ne_bytes()), (48, &name)], "");
         let c = decode_command(&raw, [5, 18, 28], &BpfNames::resolve(None), "t".into(), actor());
         assert_eq!(
-            (c.command, c.prog_type.as_deref(), c.prog_name.as_deref()),
+            (c.command.as_ref(), c.prog_type.as_deref(), c.prog_name.as_deref()),
             ("prog-load", Some("xdp"), Some("xdp_fw1"))
         );
         assert_eq!((c.instructions, c.error.as_deref(), c.message.as_deref()), (Some(42), Some("EACCES"), None));

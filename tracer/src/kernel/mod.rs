@@ -12,7 +12,7 @@ pub mod tracefs;
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use self::{btf::KernelBtf, drop_reasons::DropReasons, kallsyms::Kallsyms, tracefs::Tracefs};
 
@@ -44,11 +44,11 @@ pub struct KernelFacts {
 }
 
 /// The part of [`KernelFacts`] shown in reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KernelSummary {
     pub release: String,
     pub btf: bool,
-    pub drop_reason_names: &'static str,
+    pub drop_reason_names: crate::decode::Word,
     pub kallsyms: bool,
 }
 
@@ -91,9 +91,11 @@ impl KernelFacts {
             release: self.release.clone(),
             btf: self.btf.is_some(),
             drop_reason_names: match self.drop_reasons.source {
-                drop_reasons::ReasonSource::Btf => "btf",
-                drop_reasons::ReasonSource::TracefsFormat => "tracefs-format",
-                drop_reasons::ReasonSource::Unavailable => "unavailable (kfree_skb has no reason field; kernel < 5.17)",
+                drop_reasons::ReasonSource::Btf => "btf".into(),
+                drop_reasons::ReasonSource::TracefsFormat => "tracefs-format".into(),
+                drop_reasons::ReasonSource::Unavailable => {
+                    "unavailable (kfree_skb has no reason field; kernel < 5.17)".into()
+                }
             },
             kallsyms: !self.kallsyms.is_empty(),
         }

@@ -16,10 +16,10 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The device a route points at and what fits through it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Egress {
     /// The device the route points at, e.g. `flannel.1`.
     pub device: String,

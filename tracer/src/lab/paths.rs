@@ -414,7 +414,7 @@ mod tests {
     fn encapsulated(netns: u32) -> PacketHop {
         let mut h = hop(HopKind::Transmit, Some(netns), Some("eth0"));
         h.outer = Some(Flow { dport: Some(8472), ..flow("udp", "192.168.50.1", "192.168.50.2") });
-        h.tunnel = Some(Tunnel { kind: "vxlan", vni: 1 });
+        h.tunnel = Some(Tunnel { kind: "vxlan".into(), vni: 1 });
         h.inner = Some(flow("icmp", "10.244.1.2", "10.244.2.2"));
         h
     }

@@ -4,9 +4,10 @@
 
 mod json;
 pub mod pcapng;
+pub mod record;
 mod text;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{analyze::Finding, decode::Event, kernel::KernelSummary, probes::HookStatus};
 
@@ -40,10 +41,13 @@ pub struct Summary {
     /// The path family's results (with `--path`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paths: Option<PathsSummary>,
+    /// The record file written (`trace --record`) or read (`report`), and what it holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
 }
 
 /// What the path family traced, with its latency histograms.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PathsSummary {
     pub traced: u64,
     pub delivered: u64,

@@ -555,7 +555,7 @@ mod tests {
         path.steps[0].hop.device = None;
         path.steps[1].hop.hook = HopKind::TransmitError;
         path.steps[1].hop.xmit_rc = Some(-105);
-        path.steps[1].hop.tunnel = Some(Tunnel { kind: "vxlan", vni: 1 });
+        path.steps[1].hop.tunnel = Some(Tunnel { kind: "vxlan".into(), vni: 1 });
         path.steps[1].hop.inner = Some(icmp_flow());
         path.steps[2].hop.bytes.clear();
         // The same devices (netns inode, ifindex, link type) again in a second path: no new

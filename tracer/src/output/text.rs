@@ -69,7 +69,7 @@ pub fn event_line(event: &Event) -> String {
                     line.push_str(&format!(" {label} {v}"));
                 }
             }
-            if let Some(admin) = r.admin {
+            if let Some(admin) = &r.admin {
                 line.push_str(&format!(" {admin}"));
             }
             if let Some(new_name) = &r.new_name {
@@ -175,7 +175,7 @@ pub fn event_line(event: &Event) -> String {
             if let Some(ifindex) = c.target_ifindex {
                 line.push_str(&format!(" ifindex {ifindex}"));
             }
-            if let Some(mode) = c.xdp_mode {
+            if let Some(mode) = &c.xdp_mode {
                 line.push_str(&format!(" mode {mode}"));
             }
             match &c.error {
@@ -367,6 +367,9 @@ impl Sink for TextSink {
         }
         if let Some(status) = &s.command_status {
             text.push_str(&format!("\n  command: {status}"));
+        }
+        if let Some(record) = &s.record {
+            text.push_str(&format!("\n  record: {record}"));
         }
         print(&text);
     }

@@ -16,7 +16,7 @@ use aya::{
     programs::{FEntry, KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracer_ebpf::{names, DropConfig};
 
 use self::drops::{DropBackend, DropCoverage};
@@ -43,16 +43,16 @@ pub enum ProbeError {
 }
 
 /// A backend that was tried and did not attach, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Unavailable {
     pub backend: String,
     pub why: String,
 }
 
 /// Which backend a hook family got on this kernel, and what it cannot see.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HookStatus {
-    pub family: &'static str,
+    pub family: crate::decode::Word,
     /// Backend id, as `--backend FAMILY=ID` takes it.
     pub backend_id: String,
     /// What exactly was attached, e.g. `tracepoint skb:kfree_skb` or `kprobe kfree_skb_reason`.
@@ -186,7 +186,7 @@ impl Probes {
                         log::info!("drops: {gap}");
                     }
                     let mut hooks = vec![HookStatus {
-                        family: "drops",
+                        family: "drops".into(),
                         backend_id: backend.name().into(),
                         backend: detail,
                         coverage: serde_json::to_value(&coverage).unwrap_or_default(),
@@ -220,7 +220,7 @@ impl Probes {
                             log::info!("path: {gap}");
                         }
                         hooks.push(HookStatus {
-                            family: "path",
+                            family: "path".into(),
                             backend_id: "tracepoints".into(),
                             backend: detail,
                             coverage: serde_json::to_value(&path_coverage).unwrap_or_default(),
@@ -392,7 +392,7 @@ fn attach_xdp(
                 let mut parts = commands.clone();
                 parts.push(detail);
                 return Ok(HookStatus {
-                    family: "xdp",
+                    family: "xdp".into(),
                     backend_id: backend.name().into(),
                     backend: parts.join(" "),
                     coverage: serde_json::to_value(&coverage).unwrap_or_default(),
@@ -461,7 +461,7 @@ fn attach_netfilter(
                     log::info!("netfilter: {gap}");
                 }
                 let status = HookStatus {
-                    family: "netfilter",
+                    family: "netfilter".into(),
                     backend_id: backend.name().into(),
                     backend: detail,
                     coverage: serde_json::to_value(coverage).unwrap_or_default(),
@@ -515,7 +515,7 @@ fn attach_links(
         log::info!("links: {gap}");
     }
     Ok(HookStatus {
-        family: "links",
+        family: "links".into(),
         backend_id: id.into(),
         backend: detail,
         coverage: serde_json::to_value(coverage).unwrap_or_default(),

@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const IPTABLES_NFT: &str = "iptables-nft";
@@ -122,7 +122,7 @@ pub struct RuleHit {
     pub matches: RuleMatch,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
     Drop,
@@ -148,6 +148,11 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// A verdict not known (the default of an event read without one).
+    pub fn unknown() -> Self {
+        Verdict::Other("unknown".into())
+    }
+
     /// The packet was dropped or rejected here.
     pub fn is_drop(&self) -> bool {
         matches!(self, Verdict::Drop | Verdict::Reject { .. } | Verdict::PolicyDrop)
@@ -175,14 +180,14 @@ impl fmt::Display for Verdict {
 
 /// What a rule matches, parsed best-effort (negated and unknown constraints are left out), to
 /// pair hits with flows.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleMatch {
     /// tcp, udp, icmp, icmpv6, sctp, …; a set is comma-separated.
     pub l4: Option<String>,
     /// The first destination port of the rule.
     pub dport: Option<u16>,
     /// Every destination port range of the rule (`--dports 80,8000:8100`, `{ 22, 1000-2000 }`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dports: Vec<(u16, u16)>,
     pub sport: Option<u16>,
     /// Address, CIDR or range as written; a set is comma-separated.

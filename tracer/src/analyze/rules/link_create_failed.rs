@@ -29,7 +29,7 @@ impl Rule for LinkCreateFailed {
     fn evaluate(&self, state: &Correlated, _kernel: &KernelSummary) -> Vec<Finding> {
         let mut groups: BTreeMap<GroupKey, Vec<&LinkOutcome>> = BTreeMap::new();
         for o in state.link_outcomes() {
-            match (o.request.op, o.errno()) {
+            match (o.request.op.as_ref(), o.errno()) {
                 ("create", Some(errno)) if errno != 0 && errno != link_kind_unsupported::ERRNO => {
                     let key =
                         (o.request.link_kind.clone(), o.request.ifname.clone(), errno, o.request.actor.comm.clone());

@@ -29,7 +29,7 @@ impl Rule for LinkKindUnsupported {
     fn evaluate(&self, state: &Correlated, kernel: &KernelSummary) -> Vec<Finding> {
         let mut by_kind_and_actor: BTreeMap<(String, String, Option<u32>), Vec<&LinkOutcome>> = BTreeMap::new();
         for o in state.link_outcomes() {
-            if let (Some(kind), "create", Some(ERRNO)) = (&o.request.link_kind, o.request.op, o.errno()) {
+            if let (Some(kind), "create", Some(ERRNO)) = (&o.request.link_kind, o.request.op.as_ref(), o.errno()) {
                 let key = (kind.clone(), o.request.actor.comm.clone(), o.request.actor.netns);
                 by_kind_and_actor.entry(key).or_default().push(o);
             }

@@ -264,7 +264,7 @@ pub(crate) fn matching_counters<'a>(
 pub(crate) fn verdict_of(counter: &RuleCounter) -> NetfilterVerdict {
     NetfilterVerdict {
         source: "rule-counters".into(),
-        backend: counter.backend.into(),
+        backend: counter.backend.to_string(),
         family: counter.family.clone(),
         table: counter.table.clone(),
         chain: counter.chain.clone(),
@@ -277,7 +277,7 @@ pub(crate) fn verdict_of(counter: &RuleCounter) -> NetfilterVerdict {
 
 /// How to remove or narrow a rule, in its own tool's words.
 pub(crate) fn how_to_remove(counter: &RuleCounter, in_ns: &str) -> String {
-    let tool = match (counter.backend, counter.family.as_str()) {
+    let tool = match (counter.backend.as_ref(), counter.family.as_str()) {
         ("nftables", _) => "nft",
         ("iptables-legacy", "ip6") => "ip6tables-legacy",
         ("iptables-legacy", _) => "iptables-legacy",
@@ -333,7 +333,7 @@ pub(crate) fn refusal<'a>(state: &'a Correlated, g: &DropGroup) -> Option<Refusa
     // destination back to its source), or the one the client's socket received (its local
     // end = the dropped packet's source).
     let client_reset = state.resets.iter().find(|r| {
-        r.flow.as_ref().is_some_and(|f| match r.direction {
+        r.flow.as_ref().is_some_and(|f| match r.direction.as_ref() {
             "received" => f.src == src && f.dst == dst && f.dport == g.key.dport,
             _ => r.by_reject && f.src == dst && f.dst == src && f.sport == g.key.dport,
         })
@@ -371,7 +371,7 @@ pub(crate) fn verdict_from_kernel(v: &NfVerdict, packets: u64) -> NetfilterVerdi
         chain: v.chain.clone().unwrap_or_default(),
         hook: v.hook.clone(),
         rule: None,
-        verdict: v.verdict.into(),
+        verdict: v.verdict.to_string(),
         packets,
     }
 }

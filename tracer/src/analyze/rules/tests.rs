@@ -63,7 +63,7 @@ fn counter(netns: u32, chain: &str, verdict: Verdict, matches: RuleMatch, rule: 
         netns,
         netns_name: Some(format!("ns{netns}")),
         pod: None,
-        backend: "iptables-nft",
+        backend: "iptables-nft".into(),
         family: "ip".into(),
         table: if matches!(verdict, Verdict::Dnat { .. }) { "nat" } else { "filter" }.into(),
         chain: chain.into(),
@@ -87,7 +87,7 @@ fn findings(events: &[Event]) -> Vec<Finding> {
     for e in events {
         analyzer.observe(e);
     }
-    let kernel = KernelSummary { release: "test".into(), btf: true, drop_reason_names: "btf", kallsyms: true };
+    let kernel = KernelSummary { release: "test".into(), btf: true, drop_reason_names: "btf".into(), kallsyms: true };
     analyzer.findings(&kernel)
 }
 
@@ -138,7 +138,7 @@ fn without_counters_the_clients_reset_or_the_kernel_verdict_decide() {
     let reset = Event::TcpReset(TcpReset {
         time: "t".into(),
         ts_ns: 3,
-        direction: "received",
+        direction: "received".into(),
         netns: Some(CLIENT_NS),
         netns_name: None,
         pod: None,
@@ -165,7 +165,7 @@ fn without_counters_the_clients_reset_or_the_kernel_verdict_decide() {
         table: "guard".into(),
         chain: Some("input".into()),
         hook: Some("input".into()),
-        verdict: "drop",
+        verdict: "drop".into(),
         origin: "nft_do_chain".into(),
     });
     let f = findings(&[syn(6443, 1), syn(6444, 2), reset, verdict]);

@@ -67,17 +67,17 @@ impl Rule for XdpAttachFailed {
                 attempts(outcomes),
                 retry_note(outcomes.len())
             );
-            let remediation = remedy(x.mode, &error, message.as_deref(), &device, kernel);
+            let remediation = remedy(&x.mode, &error, message.as_deref(), &device, kernel);
             findings.push(finding_from_links(self.id(), Severity::Error, summary, outcomes, remediation));
         }
         // bpf() commands: failed XDP link attaches and failed loads of XDP programs.
-        let mut by_program: BTreeMap<(String, &'static str, String), Vec<&BpfCommand>> = BTreeMap::new();
+        let mut by_program: BTreeMap<(String, &str, String), Vec<&BpfCommand>> = BTreeMap::new();
         for c in state.bpf_commands.iter().filter(|c| c.failed() && c.is_xdp()) {
-            let what = match c.command {
+            let what = match c.command.as_ref() {
                 "link-create" => c.target_ifindex.map_or("?".into(), |i| format!("ifindex {i}")),
                 _ => c.prog_name.clone().unwrap_or_else(|| "(unnamed)".into()),
             };
-            by_program.entry((c.actor.comm.clone(), c.command, what)).or_default().push(c);
+            by_program.entry((c.actor.comm.clone(), c.command.as_ref(), what)).or_default().push(c);
         }
         for ((comm, command, what), cmds) in by_program {
             let first = cmds[0];
@@ -98,11 +98,11 @@ impl Rule for XdpAttachFailed {
                 (
                     format!(
                         "{comm} could not attach an XDP link ({} mode) to {what}{}: {error}{said}; {how_often}{}",
-                        first.xdp_mode.unwrap_or("any"),
+                        first.xdp_mode.as_deref().unwrap_or("any"),
                         netns_part(first.actor.netns_name.as_deref(), first.actor.netns),
                         retry_note(runs)
                     ),
-                    remedy(first.xdp_mode.unwrap_or("any"), &error, first.message.as_deref(), &what, kernel),
+                    remedy(first.xdp_mode.as_deref().unwrap_or("any"), &error, first.message.as_deref(), &what, kernel),
                 )
             } else {
                 let verifier = cmds
