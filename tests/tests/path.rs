@@ -193,3 +193,49 @@ fn path_without_btf_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("need kernel BTF"), "{}", stderr(&out));
 }
+
+/// UDP frees what it delivered to a socket without a tracepoint, and the next datagram often
+/// gets the same `sk_buff` memory at once: each datagram must still be its own path (they
+/// were merged into long paths before the kernel side learnt to tell a new packet).
+#[test]
+fn udp_datagrams_to_a_local_socket_are_separate_paths() {
+    require_root!();
+    if !Command::new("python3").arg("-c").arg("import socket").status().is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: python3 is needed for the receiving socket");
+        return;
+    }
+    let pair = NodePair::new();
+    // One sender, back to back: the allocator hands the freed memory to the next datagram.
+    let program = "import socket, threading, time\n\
+                   r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                   r.bind(('127.0.0.1', 7777))\n\
+                   def drain():\n    while True: r.recv(100)\n\
+                   threading.Thread(target=drain, daemon=True).start()\n\
+                   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                   for i in range(100):\n    s.sendto(b'x', ('127.0.0.1', 7777)); time.sleep(0.001)\n\
+                   time.sleep(0.3)\n";
+    let out = dptrace(&[
+        "trace",
+        "--json",
+        "--path",
+        "--filter",
+        "udp and port 7777",
+        "--",
+        "ip",
+        "netns",
+        "exec",
+        &pair.client,
+        "python3",
+        "-c",
+        program,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let paths = paths(&lines);
+    assert_eq!(paths.len(), 100, "one path per datagram: {paths:#?}");
+    for path in paths {
+        let hooks: Vec<&str> = steps(path).iter().map(|s| s["hook"].as_str().unwrap()).collect();
+        assert_eq!(hooks.iter().filter(|h| **h == "transmit").count(), 1, "{path}");
+        assert_eq!(hooks[0], "transmit", "{path}");
+    }
+}

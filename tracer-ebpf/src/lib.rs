@@ -70,6 +70,7 @@ pub mod names {
     pub const PROG_PATH_XMIT: &str = "path_xmit";
     pub const PROG_PATH_FREE: &str = "path_free";
     pub const PROG_PATH_CONSUME: &str = "path_consume";
+    pub const PROG_PATH_DELIVER: &str = "path_deliver";
     /// kprobes on datapath functions, by the position of their skb argument.
     pub const PROG_PATH_FN_SKB0: &str = "path_fn_skb0";
     pub const PROG_PATH_FN_SKB1: &str = "path_fn_skb1";
@@ -678,11 +679,15 @@ pub mod path_hook {
     pub const FREE: u32 = 4;
     /// `skb:consume_skb`: delivered or done with, normally.
     pub const CONSUME: u32 = 5;
+    /// `skb:skb_copy_datagram_iovec`: copied to a reading socket. UDP and TCP free what they
+    /// delivered without `consume_skb`, so without this the packet's `sk_buff` would stay
+    /// tracked and the next packet given the same memory would join its path.
+    pub const DELIVER: u32 = 6;
     /// Size of the per-tracepoint arrays in [`super::PathConfig`] (indexed by the values above).
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     /// A kernel function (kprobe, where the kernel has kprobes) saw an already traced
     /// packet: `location` is the function's address. Not a tracepoint, not in the arrays.
-    pub const FUNCTION: u32 = 6;
+    pub const FUNCTION: u32 = 7;
 }
 
 /// One sighting of a traced packet (the `path` family).

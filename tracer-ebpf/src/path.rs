@@ -97,6 +97,12 @@ pub fn path_free(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn path_deliver(ctx: TracePointContext) -> u32 {
+    hop(&ctx, path_hook::DELIVER);
+    0
+}
+
+#[tracepoint]
 pub fn path_consume(ctx: TracePointContext) -> u32 {
     hop(&ctx, path_hook::CONSUME);
     0
@@ -147,6 +153,33 @@ fn function_hop(ctx: &ProbeContext, skb: u64) {
     emit(skb, path_hook::FUNCTION, trace_id, point, len, 0, function, &d, dev);
 }
 
+/// Where an `sk_buff` is: its device, the device's index and namespace, its socket.
+#[derive(Clone, Copy)]
+struct Place {
+    dev: u64,
+    ifindex: u32,
+    netns: u32,
+    sk: u64,
+}
+
+#[inline(always)]
+fn place(skb: u64) -> Place {
+    let d = drops();
+    let dev: u64 = read_field(skb, d.skb_dev).unwrap_or(0);
+    let sk: u64 = read_field(skb, d.skb_sk).unwrap_or(0);
+    let mut net: u64 = read_field(dev, d.dev_net).unwrap_or(0);
+    if net == 0 {
+        // Queued to a socket, the packet has no device any more: its socket's namespace.
+        net = read_field(sk, d.sk_net).unwrap_or(0);
+    }
+    Place {
+        dev,
+        ifindex: read_field(dev, d.dev_ifindex).unwrap_or(0),
+        netns: read_field(net, d.net_inum).unwrap_or(0),
+        sk,
+    }
+}
+
 #[inline(always)]
 fn drops() -> DropConfig {
     crate::drops::config()
@@ -176,7 +209,8 @@ fn hop(ctx: &TracePointContext, hook: u32) {
         path_hook::QUEUE => setting!(tp_skb[2]),
         path_hook::XMIT_ERROR => setting!(tp_skb[3]),
         path_hook::FREE => setting!(tp_skb[4]),
-        _ => setting!(tp_skb[5]),
+        path_hook::CONSUME => setting!(tp_skb[5]),
+        _ => setting!(tp_skb[6]),
     };
     if offset == ABSENT {
         return;
@@ -193,11 +227,32 @@ fn hop(ctx: &TracePointContext, hook: u32) {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let follow_ns = setting!(follow_ns);
-    let tracked = match unsafe { PATH_TRACKED.get(&skb) } {
+    let mut tracked = match unsafe { PATH_TRACKED.get(&skb) } {
         Some(t) if now.wrapping_sub(t.last_ns) <= follow_ns => Some(*t),
         _ => None,
     };
-    let is_end = hook == path_hook::XMIT_ERROR || hook == path_hook::FREE || hook == path_hook::CONSUME;
+    let is_end = hook == path_hook::XMIT_ERROR
+        || hook == path_hook::FREE
+        || hook == path_hook::CONSUME
+        || hook == path_hook::DELIVER;
+    let mut here = None;
+    if let Some(t) = tracked {
+        let p = place(skb);
+        // A packet delivered to a socket may be freed without a tracepoint (UDP), and its
+        // `sk_buff` memory reused at once. A received packet is never sent again by a local
+        // socket, nor received twice on one device or in another namespace without being
+        // sent in between: such a hop is a new packet, not the tracked one.
+        let after_receive = t.last.hook == path_hook::RECEIVE;
+        let fresh = (hook == path_hook::QUEUE && after_receive && p.sk != 0)
+            || (hook == path_hook::RECEIVE
+                && after_receive
+                && (t.last.netns != p.netns || t.last.ifindex == p.ifindex));
+        if fresh {
+            tracked = None;
+            let _ = PATH_TRACKED.remove(&skb);
+        }
+        here = Some(p);
+    }
     if tracked.is_none() && (is_end || !matches(skb, hook)) {
         return;
     }
@@ -214,17 +269,11 @@ fn hop(ctx: &TracePointContext, hook: u32) {
             location = unsafe { ctx.read_at(location_offset as usize) }.unwrap_or(0);
         }
     }
-
+    let Place { dev, ifindex, netns, .. } = match here {
+        Some(p) => p,
+        None => place(skb),
+    };
     let d = drops();
-    let dev: u64 = read_field(skb, d.skb_dev).unwrap_or(0);
-    let ifindex: u32 = read_field(dev, d.dev_ifindex).unwrap_or(0);
-    let mut net: u64 = read_field(dev, d.dev_net).unwrap_or(0);
-    if net == 0 {
-        // Queued to a socket, the packet has no device any more: its socket's namespace.
-        let sk: u64 = read_field(skb, d.skb_sk).unwrap_or(0);
-        net = read_field(sk, d.sk_net).unwrap_or(0);
-    }
-    let netns: u32 = read_field(net, d.net_inum).unwrap_or(0);
     let point = PathPoint { netns, ifindex, hook, _pad: 0 };
     let (trace_id, first_ns, previous) = match tracked {
         Some(t) => (t.trace_id, t.first_ns, Some((t.last, t.last_ns))),

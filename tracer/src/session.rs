@@ -397,7 +397,7 @@ impl Session {
                     .map(|(_, s)| s.packets)
                     .sum::<u64>()
             };
-            summary.delivered = ends(tracer_ebpf::path_hook::CONSUME);
+            summary.delivered = ends(tracer_ebpf::path_hook::CONSUME) + ends(tracer_ebpf::path_hook::DELIVER);
             summary.dropped = ends(tracer_ebpf::path_hook::FREE) + ends(tracer_ebpf::path_hook::XMIT_ERROR);
             summary.traced = counters.iter().filter(|(k, _)| k.from.hook == 0).map(|(_, s)| s.packets).sum();
             summary.unfinished = summary.traced.saturating_sub(summary.delivered + summary.dropped);

@@ -31,12 +31,13 @@ pub struct PathOptions {
 }
 
 /// The tracepoints of each hook, in [`path_hook`] order, and their program names.
-const HOOKS: [(u32, &str, &str, &str); 5] = [
+const HOOKS: [(u32, &str, &str, &str); 6] = [
     (path_hook::RECEIVE, names::PROG_PATH_RECEIVE, "net", "netif_receive_skb"),
     (path_hook::QUEUE, names::PROG_PATH_QUEUE, "net", "net_dev_queue"),
     (path_hook::XMIT_ERROR, names::PROG_PATH_XMIT, "net", "net_dev_xmit"),
     (path_hook::FREE, names::PROG_PATH_FREE, "skb", "kfree_skb"),
     (path_hook::CONSUME, names::PROG_PATH_CONSUME, "skb", "consume_skb"),
+    (path_hook::DELIVER, names::PROG_PATH_DELIVER, "skb", "skb_copy_datagram_iovec"),
 ];
 
 /// Datapath functions hooked with kprobes where the kernel has them, with the module whose
