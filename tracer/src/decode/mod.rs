@@ -237,12 +237,41 @@ pub struct Decoder {
 pub struct MtuLookups {
     routes: std::collections::HashMap<(u32, IpAddr, Option<IpAddr>, u32), Option<Egress>>,
     devices: std::collections::HashMap<(u32, u32), Option<Egress>>,
+    /// Never look anything up (a [`Decoder::detached`]).
+    off: bool,
 }
 
 /// Lookups kept at most; the caches start over beyond.
 const MTU_LOOKUPS: usize = 1024;
 
 impl Decoder {
+    /// A decoder that knows the kernel only from what it is given (drop reasons, symbols,
+    /// tracepoint formats, answering functions, `enum bpf_cmd` values) and never enters a
+    /// namespace to look up routes and MTUs: for records decoded away from a live session, as
+    /// the fuzz targets (fuzz/) do. Namespace names still come from this machine.
+    pub fn detached(
+        reasons: DropReasons,
+        kallsyms: Arc<Kallsyms>,
+        record_formats: Arc<crate::probes::netfilter::RecordFormats>,
+        answer_functions: Arc<Vec<crate::probes::netfilter::AnswerFunction>>,
+        bpf_cmds: [u32; 3],
+    ) -> Self {
+        Self {
+            reasons,
+            kallsyms,
+            cgroups: Default::default(),
+            netns: NetnsNames::new(),
+            clock: WallClock::now(),
+            record_formats,
+            answer_functions,
+            bpf_cmds,
+            bpf_names: Default::default(),
+            ifnames: Default::default(),
+            mtus: MtuLookups { off: true, ..Default::default() },
+            pods: Default::default(),
+        }
+    }
+
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Event, DecodeError> {
         let header: EventHeader = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
         match header.kind {
@@ -388,6 +417,9 @@ impl Decoder {
     /// Cached per key, misses included: a lookup enters the namespace, and drops repeat.
     fn route_egress(&mut self, netns: u32, dst: IpAddr, src: IpAddr, ifindex: Option<u32>) -> Option<Egress> {
         let key = (netns, dst, Some(src), ifindex.unwrap_or(0));
+        if self.mtus.off {
+            return None;
+        }
         if let Some(known) = self.mtus.routes.get(&key) {
             return known.clone();
         }
@@ -399,6 +431,9 @@ impl Decoder {
 
     /// Device `ifindex` of namespace `netns` (cached like [`Self::route_egress`]).
     fn device_egress(&mut self, netns: u32, ifindex: u32) -> Option<Egress> {
+        if self.mtus.off {
+            return None;
+        }
         if let Some(known) = self.mtus.devices.get(&(netns, ifindex)) {
             return known.clone();
         }
@@ -410,7 +445,7 @@ impl Decoder {
 
     fn trim_mtu_lookups(&mut self) {
         if self.mtus.routes.len() > MTU_LOOKUPS || self.mtus.devices.len() > MTU_LOOKUPS {
-            self.mtus = MtuLookups::default();
+            self.mtus = MtuLookups { off: self.mtus.off, ..Default::default() };
         }
     }
 
@@ -709,5 +744,30 @@ mod tests {
         assert!(arp.reason_inferred);
         assert_eq!(infer_reason("nf_hook_slow"), Some("NETFILTER_DROP"));
         assert_eq!(infer_reason("ip_rcv_core"), None);
+    }
+
+    #[test]
+    fn a_detached_decoder_looks_nothing_up() {
+        let own = netns::inode_of(std::path::Path::new("/proc/self/ns/net")).unwrap();
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let d = decoder();
+        let mut detached = Decoder::detached(
+            d.reasons.clone(),
+            d.kallsyms.clone(),
+            Default::default(),
+            Default::default(),
+            d.bpf_cmds,
+        );
+        assert_eq!(detached.route_egress(own, lo, lo, None), None);
+        assert_eq!(detached.device_egress(own, 1), None);
+        if nix::unistd::geteuid().is_root() {
+            // A live decoder does enter the namespace (setns needs root) and finds lo.
+            let live = decoder().route_egress(own, lo, lo, None).expect("a route to 127.0.0.1");
+            assert_eq!(live.device, "lo");
+        }
+        // Emptying the caches keeps it detached.
+        detached.mtus.routes.extend((0..=MTU_LOOKUPS as u32).map(|i| ((i, lo, None, 0), None)));
+        detached.trim_mtu_lookups();
+        assert!(detached.mtus.off && detached.mtus.routes.is_empty());
     }
 }

@@ -5,7 +5,7 @@
 mod json;
 pub mod pcapng;
 pub mod record;
-mod text;
+pub mod text;
 
 use serde::{Deserialize, Serialize};
 
