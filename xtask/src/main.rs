@@ -5,6 +5,7 @@
 
 mod bench;
 mod dist;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -34,16 +35,23 @@ enum Task {
     /// Set up, build, write target/dist/: dptrace, its man page dptrace.1 and shell completions
     /// (complete/dptrace.bash, complete/_dptrace for zsh, complete/dptrace.fish).
     Dist,
+    /// Fuzz the decoder and the parsers (fuzz/, cargo-fuzz; builds cargo-fuzz into .tools on
+    /// first use). A crash fails and names its input (target/fuzz-artifacts/).
+    Fuzz(fuzz::FuzzArgs),
     /// Run the kernel-compatibility matrix (vm-images/matrix.toml) under QEMU, plus the host (needs root).
     VmTest(vm::VmTestArgs),
     /// Measure what dptrace costs: datapath overhead (iperf3), event pipeline, start-up and memory;
     /// results under bench/results/ (needs root).
     Bench(bench::BenchArgs),
-    /// Set up, build, run every test: formatting, clippy, unit tests, end-to-end tests, VM.
+    /// Set up, build, run every test: formatting, clippy, unit tests, fuzzing (each target
+    /// briefly), end-to-end tests, VM.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the fuzz targets.
+        #[arg(long)]
+        no_fuzz: bool,
         /// Skip the kernel matrix in VMs (vm-test).
         #[arg(long)]
         no_vm: bool,
@@ -83,6 +91,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let bin = build(&root)?;
             dist::dist(&root, &bin).map(|_| ())
         }
+        Task::Fuzz(args) => {
+            setup::setup(&root)?;
+            fuzz::fuzz(&root, &args.targets, args.seconds)
+        }
         Task::VmTest(args) => {
             setup::setup(&root)?;
             let bin = build(&root)?;
@@ -94,7 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let bin = build(&root)?;
             bench::bench(&root, &bin, &args)
         }
-        Task::Test { no_lint, no_vm, args } => test(&root, no_lint, no_vm, &args),
+        Task::Test { no_lint, no_fuzz, no_vm, args } => test(&root, no_lint, no_fuzz, no_vm, &args),
     }
 }
 
@@ -130,7 +142,7 @@ fn build(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn test(root: &Path, no_lint: bool, no_vm: bool, e2e_args: &[String]) -> anyhow::Result<()> {
+fn test(root: &Path, no_lint: bool, no_fuzz: bool, no_vm: bool, e2e_args: &[String]) -> anyhow::Result<()> {
     setup::setup_for_tests(root)?;
     if !no_lint {
         step("cargo fmt --all --check");
@@ -155,6 +167,11 @@ fn test(root: &Path, no_lint: bool, no_vm: bool, e2e_args: &[String]) -> anyhow:
     dist::dist(root, &bin)?;
     step("unit tests");
     run_cmd(cargo(root).args(["test", "--release", "-p", "dptrace", "-p", "xtask"]))?;
+    if no_fuzz {
+        eprintln!("fuzzing skipped (--no-fuzz)");
+    } else {
+        fuzz::fuzz(root, &[], fuzz::TEST_SECONDS)?;
+    }
     step("end-to-end tests (real binary, real kernel, as root)");
     if !nix_is_root() {
         eprintln!("note: not root: end-to-end tests that need root will say they are skipped");
