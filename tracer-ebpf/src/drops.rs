@@ -19,7 +19,7 @@ use tracer_ebpf::{DropConfig, DropEvent, EventKind, ABSENT, HEADER_BYTES};
 use crate::events::{count_lost, fill_header, probe_args, read_field, submit_flags, EVENTS};
 
 #[no_mangle]
-static DROP_CONFIG: DropConfig = DropConfig::absent();
+pub(crate) static DROP_CONFIG: DropConfig = DropConfig::absent();
 
 /// The kernel's marker for "header offset not set" (`(u16)~0U` in skbuff.h).
 const UNSET_HEADER: u16 = u16::MAX;

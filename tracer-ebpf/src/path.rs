@@ -162,22 +162,25 @@ struct Place {
     sk: u64,
 }
 
+/// One field of the drops family's configuration, without copying all of it onto the stack
+/// (the verifier allows 512 bytes for a program and the functions it calls together).
+macro_rules! drop_field {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(crate::drops::DROP_CONFIG.$field)) }
+    };
+}
+
 #[inline(always)]
 fn place(skb: u64) -> Place {
-    let d = drops();
-    let dev: u64 = read_field(skb, d.skb_dev).unwrap_or(0);
-    let sk: u64 = read_field(skb, d.skb_sk).unwrap_or(0);
-    let mut net: u64 = read_field(dev, d.dev_net).unwrap_or(0);
+    let dev: u64 = read_field(skb, drop_field!(skb_dev)).unwrap_or(0);
+    let sk: u64 = read_field(skb, drop_field!(skb_sk)).unwrap_or(0);
+    let mut net: u64 = read_field(dev, drop_field!(dev_net)).unwrap_or(0);
     if net == 0 {
         // Queued to a socket, the packet has no device any more: its socket's namespace.
-        net = read_field(sk, d.sk_net).unwrap_or(0);
+        net = read_field(sk, drop_field!(sk_net)).unwrap_or(0);
     }
-    Place {
-        dev,
-        ifindex: read_field(dev, d.dev_ifindex).unwrap_or(0),
-        netns: read_field(net, d.net_inum).unwrap_or(0),
-        sk,
-    }
+    let ifindex = read_field(dev, drop_field!(dev_ifindex)).unwrap_or(0);
+    Place { dev, ifindex, netns: read_field(net, drop_field!(net_inum)).unwrap_or(0), sk }
 }
 
 #[inline(always)]
@@ -227,15 +230,15 @@ fn hop(ctx: &TracePointContext, hook: u32) {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let follow_ns = setting!(follow_ns);
+    // The map's own copy, not one on the stack: this frame is near the verifier's limit.
     let mut tracked = match unsafe { PATH_TRACKED.get(&skb) } {
-        Some(t) if now.wrapping_sub(t.last_ns) <= follow_ns => Some(*t),
+        Some(t) if now.wrapping_sub(t.last_ns) <= follow_ns => Some(t),
         _ => None,
     };
     let is_end = hook == path_hook::XMIT_ERROR
         || hook == path_hook::FREE
         || hook == path_hook::CONSUME
         || hook == path_hook::DELIVER;
-    let mut here = None;
     if let Some(t) = tracked {
         let p = place(skb);
         // A packet delivered to a socket may be freed without a tracepoint (UDP), and its
@@ -251,7 +254,6 @@ fn hop(ctx: &TracePointContext, hook: u32) {
             tracked = None;
             let _ = PATH_TRACKED.remove(&skb);
         }
-        here = Some(p);
     }
     if tracked.is_none() && (is_end || !matches(skb, hook)) {
         return;
@@ -269,10 +271,9 @@ fn hop(ctx: &TracePointContext, hook: u32) {
             location = unsafe { ctx.read_at(location_offset as usize) }.unwrap_or(0);
         }
     }
-    let Place { dev, ifindex, netns, .. } = match here {
-        Some(p) => p,
-        None => place(skb),
-    };
+    // Read again rather than kept across `matches`: the verifier's 512-byte stack limit
+    // counts this frame and the filter's together (6.1 refused 544).
+    let Place { dev, ifindex, netns, .. } = place(skb);
     let d = drops();
     let point = PathPoint { netns, ifindex, hook, _pad: 0 };
     let (trace_id, first_ns, previous) = match tracked {
