@@ -240,16 +240,20 @@ fn hop(ctx: &TracePointContext, hook: u32) {
         || hook == path_hook::CONSUME
         || hook == path_hook::DELIVER;
     if let Some(t) = tracked {
-        let p = place(skb);
         // A packet delivered to a socket may be freed without a tracepoint (UDP), and its
         // `sk_buff` memory reused at once. A received packet is never sent again by a local
         // socket, nor received twice on one device or in another namespace without being
-        // sent in between: such a hop is a new packet, not the tracked one.
-        let after_receive = t.last.hook == path_hook::RECEIVE;
-        let fresh = (hook == path_hook::QUEUE && after_receive && p.sk != 0)
-            || (hook == path_hook::RECEIVE
-                && after_receive
-                && (t.last.netns != p.netns || t.last.ifindex == p.ifindex));
+        // sent in between: such a hop is a new packet, not the tracked one. Checked only
+        // where it can happen, since every read here is paid per hop of every traced packet.
+        let fresh = t.last.hook == path_hook::RECEIVE
+            && match hook {
+                path_hook::QUEUE => read_field::<u64>(skb, drop_field!(skb_sk)).unwrap_or(0) != 0,
+                path_hook::RECEIVE => {
+                    let p = place(skb);
+                    t.last.netns != p.netns || t.last.ifindex == p.ifindex
+                }
+                _ => false,
+            };
         if fresh {
             tracked = None;
             let _ = PATH_TRACKED.remove(&skb);
