@@ -145,8 +145,9 @@ fn build(root: &Path) -> anyhow::Result<PathBuf> {
 fn test(root: &Path, no_lint: bool, no_fuzz: bool, no_vm: bool, e2e_args: &[String]) -> anyhow::Result<()> {
     setup::setup_for_tests(root)?;
     if !no_lint {
-        step("cargo fmt --all --check");
+        step("cargo fmt --all --check (and the fuzz workspace)");
         run_cmd(cargo(root).args(["fmt", "--all", "--check"]))?;
+        run_cmd(cargo(root).args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--all", "--check"]))?;
         step("cargo clippy -- -D warnings");
         run_cmd(cargo(root).args([
             "clippy",
