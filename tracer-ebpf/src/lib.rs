@@ -521,12 +521,11 @@ pub struct LinkConfig {
     pub tp_module_load_name: u32,
     /// kprobes backend: which argument of `rtnl_newlink`/`setlink`/`dellink` is the `nlmsghdr`.
     pub arg_nlh: u32,
-    /// sockets backend: `sock:sock_send_length`/`sock_recv_length` fields (`family`,
-    /// `protocol`, `ret`, `flags`; both events share their layout).
-    pub sock_family: u32,
-    pub sock_protocol: u32,
-    pub sock_ret: u32,
-    pub sock_flags: u32,
+    /// sockets backend: `struct sock` members read at the raw tracepoints
+    /// `sock_send_length`/`sock_recv_length(sk, ret, flags)`: `__sk_common.skc_family` and
+    /// `sk_protocol` (both 16 bits).
+    pub sk_family: u32,
+    pub sk_protocol: u32,
     /// sockets backend: where `struct pt_regs` keeps the syscall number and its second and
     /// third arguments (the user buffer or msghdr, and the length).
     pub regs_nr: u32,
@@ -569,10 +568,8 @@ impl LinkConfig {
             tp_module_request_name: ABSENT,
             tp_module_load_name: ABSENT,
             arg_nlh: ABSENT,
-            sock_family: ABSENT,
-            sock_protocol: ABSENT,
-            sock_ret: ABSENT,
-            sock_flags: ABSENT,
+            sk_family: ABSENT,
+            sk_protocol: ABSENT,
             regs_nr: ABSENT,
             regs_arg1: ABSENT,
             regs_arg2: ABSENT,

@@ -4,11 +4,13 @@
 //! messages (`netlink:netlink_extack`), each with the acting task. Userspace parses the
 //! messages; offsets come from tracefs and BTF through `LINK_CONFIG`.
 //!
-//! The sockets backend sees the same requests and answers at `sock:sock_send_length` and
-//! `sock:sock_recv_length` (6.5+), which fire for socket traffic only: a syscall tracepoint,
-//! once attached, sends every syscall of every process through the slow path (about
-//! +90 ns each, measured by `cargo xtask bench`). The syscall's own arguments (the user
-//! buffer) come from the task's saved registers.
+//! The sockets backend sees the same requests and answers at the raw tracepoints
+//! `sock_send_length` and `sock_recv_length` (6.5+), which fire for socket traffic only: a
+//! syscall tracepoint, once attached, sends every syscall of every process through the slow
+//! path (about +90 ns each, measured by `cargo xtask bench`). They fire for every datagram
+//! of every socket, so they are raw tracepoints (no trace record is built) and the fast path
+//! is one probe read of the socket's family. The syscall's own arguments (the user buffer)
+//! come from the task's saved registers.
 
 use aya_ebpf::{
     helpers::{
@@ -16,9 +18,9 @@ use aya_ebpf::{
         bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
         bpf_task_pt_regs,
     },
-    macros::{kprobe, kretprobe, map, tracepoint},
+    macros::{kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{ring_buf::RingBufEntry, HashMap, LruHashMap, PerCpuArray},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use tracer_ebpf::{Actor, EventKind, LinkConfig, NetlinkEvent, ABSENT, NETLINK_BYTES};
@@ -325,22 +327,28 @@ fn syscall_args(cfg: &LinkConfig) -> Option<(u32, u64, u64)> {
     Some((read_field(regs, cfg.regs_nr)?, read_field(regs, cfg.regs_arg1)?, read_field(regs, cfg.regs_arg2)?))
 }
 
-/// The socket's family and protocol in a `sock:sock_*_length` record.
+/// The socket's family and protocol, from `struct sock` (the raw tracepoints' first argument).
+/// The family is read first and alone: almost every call is for another family.
 #[inline(always)]
-fn sock_kind(ctx: &TracePointContext, cfg: &LinkConfig) -> Option<(u16, u16)> {
-    unsafe { Some((ctx.read_at(cfg.sock_family as usize).ok()?, ctx.read_at(cfg.sock_protocol as usize).ok()?)) }
+fn netlink_route(sk: u64) -> Option<bool> {
+    // SAFETY: a single field of a patched-at-load global; volatile so the constant is not folded.
+    let family: u16 = read_field(sk, unsafe { core::ptr::read_volatile(core::ptr::addr_of!(LINK_CONFIG.sk_family)) })?;
+    if family != AF_NETLINK {
+        return None;
+    }
+    let protocol: u16 =
+        read_field(sk, unsafe { core::ptr::read_volatile(core::ptr::addr_of!(LINK_CONFIG.sk_protocol)) })?;
+    Some(protocol == NETLINK_ROUTE)
 }
 
-/// sockets backend: a netlink send completed. A link request is emitted now, followed by
-/// the messages its processing produced (held in `NL_PENDING`).
-#[tracepoint]
-pub fn nl_sock_send(ctx: TracePointContext) -> u32 {
+/// sockets backend: `sock_send_length(struct sock *sk, int ret, int flags)` (the prototype is
+/// checked against BTF before attaching): a netlink send completed. A link request is emitted
+/// now, followed by the messages its processing produced (held in `NL_PENDING`).
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn nl_sock_send(ctx: RawTracePointContext) -> u32 {
+    let Some(route) = netlink_route(ctx.arg(0)) else { return 0 };
     let cfg = config();
-    let Some((family, protocol)) = sock_kind(&ctx, &cfg) else { return 0 };
-    if family != AF_NETLINK {
-        return 0;
-    }
-    if protocol == NETLINK_ROUTE {
+    if route {
         if let Some((nr, arg1, arg2)) = syscall_args(&cfg) {
             if nr == cfg.sys_sendmsg {
                 if let Some((base, len)) = first_iov(&cfg, arg1) {
@@ -364,17 +372,16 @@ pub fn nl_sock_send(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// sockets backend: a netlink receive completed; an `NLMSG_ERROR` answer to a thread that
-/// sent a link request is emitted from the receiver's buffer.
-#[tracepoint]
-pub fn nl_sock_recv(ctx: TracePointContext) -> u32 {
-    let cfg = config();
-    let Some((family, protocol)) = sock_kind(&ctx, &cfg) else { return 0 };
-    if family != AF_NETLINK || protocol != NETLINK_ROUTE || unsafe { NL_TIDS.get(&tid()) }.is_none() {
+/// sockets backend: `sock_recv_length(sk, ret, flags)`: a netlink receive completed; an
+/// `NLMSG_ERROR` answer to a thread that sent a link request is emitted from the receiver's
+/// buffer.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn nl_sock_recv(ctx: RawTracePointContext) -> u32 {
+    if netlink_route(ctx.arg(0)) != Some(true) || unsafe { NL_TIDS.get(&tid()) }.is_none() {
         return 0;
     }
-    let ret: i32 = unsafe { ctx.read_at(cfg.sock_ret as usize) }.unwrap_or(-1);
-    let flags: u32 = unsafe { ctx.read_at(cfg.sock_flags as usize) }.unwrap_or(0);
+    let cfg = config();
+    let (ret, flags) = (ctx.arg::<u64>(1) as u32 as i32, ctx.arg::<u64>(2) as u32);
     // An NLMSG_ERROR carries the error code and the request's own header: 16 + 4 + 16 bytes.
     if ret < (NLMSG_HDRLEN as i32) * 2 + 4 || flags & MSG_PEEK != 0 {
         return 0;

@@ -108,6 +108,36 @@ impl KernelBtf {
         }
     }
 
+    /// The parameters of raw tracepoint `event` as C type names (`struct sock *`, `int`),
+    /// without the leading `void *` every tracepoint passes its probes; None when BTF has no
+    /// `btf_trace_<event>` (no such tracepoint in this kernel).
+    pub fn raw_tracepoint_params(&self, event: &str) -> Option<Vec<String>> {
+        let typedef = self.btf.resolve_types_by_name(&format!("btf_trace_{event}")).ok()?;
+        let Some(Type::Typedef(typedef)) = typedef.into_iter().find(|t| matches!(t, Type::Typedef(_))) else {
+            return None;
+        };
+        let Type::Ptr(ptr) = self.btf.resolve_chained_type(&typedef).ok()? else { return None };
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&ptr).ok()? else { return None };
+        let params = proto.parameters.iter().skip(1);
+        params.map(|p| self.c_type_name(self.btf.resolve_chained_type(p).ok()?)).collect()
+    }
+
+    /// A type as C spells it, for the types tracepoint prototypes use.
+    fn c_type_name(&self, ty: Type) -> Option<String> {
+        Some(match ty {
+            Type::Void => "void".into(),
+            Type::Ptr(p) => format!("{} *", self.c_type_name(self.btf.resolve_chained_type(&p).ok()?)?),
+            Type::Const(c) => format!("const {}", self.c_type_name(self.btf.resolve_chained_type(&c).ok()?)?),
+            Type::Volatile(v) => format!("volatile {}", self.c_type_name(self.btf.resolve_chained_type(&v).ok()?)?),
+            Type::Struct(s) => format!("struct {}", self.btf.resolve_name(&s).ok()?),
+            Type::Union(u) => format!("union {}", self.btf.resolve_name(&u).ok()?),
+            Type::Enum(e) => format!("enum {}", self.btf.resolve_name(&e).ok()?),
+            Type::Int(i) => self.btf.resolve_name(&i).ok()?,
+            Type::Typedef(t) => self.btf.resolve_name(&t).ok()?,
+            _ => return None,
+        })
+    }
+
     /// Searches `container` for `name`, descending into anonymous members.
     /// Returns the member's bit offset relative to `container` and its type.
     fn find_member(&self, container: &Type, name: &str) -> anyhow::Result<Option<(u32, Type)>> {
@@ -185,6 +215,9 @@ mod tests {
         let params = btf.function_params("consume_skb").expect("consume_skb is a BTF function");
         assert_eq!(params, ["skb"]);
         assert!(btf.function_params("no_such_function_dptrace").is_none());
+        let exception = btf.raw_tracepoint_params("xdp_exception").expect("xdp_exception is a tracepoint");
+        assert_eq!(exception, ["const struct net_device *", "const struct bpf_prog *", "u32"]);
+        assert!(btf.raw_tracepoint_params("no_such_tracepoint_dptrace").is_none());
         let reasons = btf.enum_values("skb_drop_reason").unwrap();
         assert!(reasons.iter().any(|(n, _)| n == "SKB_DROP_REASON_NO_SOCKET"));
     }

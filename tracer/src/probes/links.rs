@@ -3,7 +3,7 @@
 //! where there are no kprobes; fills `LINK_CONFIG` from tracefs formats and BTF.
 
 use aya::{
-    programs::{KProbe, TracePoint},
+    programs::{KProbe, RawTracePoint, TracePoint},
     Ebpf,
 };
 use serde::Serialize;
@@ -15,9 +15,10 @@ use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, tracefs::Tracefs, Kernel
 /// How link requests are observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkBackend {
-    /// `sock:sock_send_length`/`sock_recv_length` (6.5+, BTF): fire for socket traffic only,
-    /// so they cost nothing to the rest of the machine; the request is read from the user
-    /// buffer the syscall's saved registers point to. No ioctls.
+    /// Raw tracepoints `sock_send_length`/`sock_recv_length` (6.5+, BTF): fire for socket
+    /// traffic only, so they cost nothing to the rest of the machine, and build no trace
+    /// record (they run for every datagram); the request is read from the user buffer the
+    /// syscall's saved registers point to. No ioctls.
     Sockets,
     /// Syscall tracepoints (sendmsg/sendto and the receives of the answer): stable fields.
     Tracepoints,
@@ -72,10 +73,14 @@ pub struct LinkCoverage {
     pub gaps: Vec<String>,
 }
 
+/// The sockets backend's raw tracepoints, and the prototype (after the tracepoint's own
+/// `void *`) its programs are written for.
+const SOCKET_EVENTS: [&str; 2] = ["sock_send_length", "sock_recv_length"];
+const SOCKET_PROGRAMS: [&str; 2] = [names::PROG_SOCK_SEND, names::PROG_SOCK_RECV];
+const SOCKET_EVENT_PARAMS: [&str; 3] = ["struct sock *", "int", "int"];
+
 /// The tracepoints the programs attach to: (program, category, event).
-const ATTACHMENTS: [(&str, &str, &str); 12] = [
-    (names::PROG_SOCK_SEND, "sock", "sock_send_length"),
-    (names::PROG_SOCK_RECV, "sock", "sock_recv_length"),
+const ATTACHMENTS: [(&str, &str, &str); 10] = [
     (names::PROG_SENDMSG, "syscalls", "sys_enter_sendmsg"),
     (names::PROG_SENDTO, "syscalls", "sys_enter_sendto"),
     (names::PROG_RECVMSG_ENTER, "syscalls", "sys_enter_recvmsg"),
@@ -179,33 +184,46 @@ pub fn link_config(facts: &KernelFacts, backend: LinkBackend) -> (LinkConfig, Li
     (cfg, cov)
 }
 
-/// The sockets backend's offsets: the `sock:sock_*_length` fields (tracefs), where the
-/// saved registers keep the syscall number and arguments (BTF), and this architecture's
-/// syscall numbers. Sets `defer_messages` only when everything is there.
+/// The sockets backend's offsets: the raw tracepoints' prototypes and `struct sock`'s family
+/// and protocol (BTF), where the saved registers keep the syscall number and arguments (BTF),
+/// and this architecture's syscall numbers. Sets `defer_messages` only when everything is
+/// there.
 fn sockets_config(facts: &KernelFacts, cfg: &mut LinkConfig, cov: &mut LinkCoverage) {
-    let tracefs = &facts.tracefs;
-    let fields = |event: &str| -> Result<[u32; 4], String> {
-        let format = tracefs.format("sock", event).map_err(|e| e.to_string())?;
-        let mut offsets = [0; 4];
-        for (slot, name) in offsets.iter_mut().zip(["family", "protocol", "ret", "flags"]) {
-            *slot = format.field(name).ok_or_else(|| format!("sock:{event} has no `{name}` field"))?.offset;
-        }
-        Ok(offsets)
+    let Some(btf) = facts.btf.as_ref() else {
+        cov.gaps.push("sockets backend: needs kernel BTF (for struct sock and the saved registers)".into());
+        return;
     };
-    let (send, recv) = match (fields("sock_send_length"), fields("sock_recv_length")) {
-        (Ok(send), Ok(recv)) => (send, recv),
+    // The programs read `sk`, `ret` and `flags` as raw tracepoint arguments 0, 1 and 2.
+    for event in SOCKET_EVENTS {
+        match btf.raw_tracepoint_params(event) {
+            Some(params) if params == SOCKET_EVENT_PARAMS => {}
+            Some(params) => {
+                cov.gaps.push(format!(
+                    "sockets backend: raw tracepoint {event} takes ({}), not ({}) as this dptrace expects",
+                    params.join(", "),
+                    SOCKET_EVENT_PARAMS.join(", ")
+                ));
+                return;
+            }
+            None => {
+                cov.gaps.push(format!(
+                    "sockets backend: no {event} tracepoint in BTF (the sock:sock_*_length tracepoints came in 6.5)"
+                ));
+                return;
+            }
+        }
+    }
+    let sixteen_bits = |path: &str| match btf.member("sock", path) {
+        Ok(m) if m.size == 2 => Ok(m.offset),
+        Ok(m) => Err(format!("struct sock.{path} is {} bytes, not 2", m.size)),
+        Err(e) => Err(e.to_string()),
+    };
+    let (family, protocol) = match (sixteen_bits("__sk_common.skc_family"), sixteen_bits("sk_protocol")) {
+        (Ok(f), Ok(p)) => (f, p),
         (Err(e), _) | (_, Err(e)) => {
-            cov.gaps.push(format!("sockets backend: {e} (the sock:sock_*_length tracepoints came in 6.5)"));
+            cov.gaps.push(format!("sockets backend: {e}"));
             return;
         }
-    };
-    if send != recv {
-        cov.gaps.push("sockets backend: sock:sock_send_length and sock_recv_length differ in layout".into());
-        return;
-    }
-    let Some(btf) = facts.btf.as_ref() else {
-        cov.gaps.push("sockets backend: needs kernel BTF (for the saved registers)".into());
-        return;
     };
     let Some(regs) = syscall_registers(btf) else {
         cov.gaps.push(format!(
@@ -214,7 +232,7 @@ fn sockets_config(facts: &KernelFacts, cfg: &mut LinkConfig, cov: &mut LinkCover
         ));
         return;
     };
-    [cfg.sock_family, cfg.sock_protocol, cfg.sock_ret, cfg.sock_flags] = send;
+    [cfg.sk_family, cfg.sk_protocol] = [family, protocol];
     [cfg.regs_nr, cfg.regs_arg1, cfg.regs_arg2] = regs;
     // UAPI syscall numbers of the architecture dptrace was built for (the kernel's own).
     cfg.sys_sendmsg = libc::SYS_sendmsg as u32;
@@ -286,6 +304,13 @@ pub fn attach(
             }
         }
         attached.push(format!("kprobes {}", handlers.join(" ")));
+    } else if backend == LinkBackend::Sockets && coverage.requests {
+        for (prog, event) in SOCKET_PROGRAMS.into_iter().zip(SOCKET_EVENTS) {
+            let program: &mut RawTracePoint = program(ebpf, prog)?;
+            program.load().map_err(|e| format!("{prog}: {}", error_chain(&e)))?;
+            program.attach(event).map_err(|e| format!("raw tracepoint {event}: {}", error_chain(&e)))?;
+        }
+        attached.push(format!("raw tracepoints {}", SOCKET_EVENTS.join(" ")));
     } else if !coverage.requests {
         let what = match backend {
             LinkBackend::Sockets => "no sock:sock_send_length/sock_recv_length to read requests at",
@@ -303,10 +328,7 @@ pub fn attach(
                 | "sys_exit_recvmsg"
                 | "sys_exit_recvfrom"
         );
-        let socket_capture = category == "sock";
-        if (syscall_capture && !backend.uses_syscall_tracepoints())
-            || (socket_capture && backend != LinkBackend::Sockets)
-        {
+        if syscall_capture && !backend.uses_syscall_tracepoints() {
             continue;
         }
         let wanted = match event {
