@@ -5,7 +5,8 @@
 //!   flannel-style VXLAN overlay, under no tracer, dptrace's default hooks, `--path`,
 //!   `--path --aggregate` and bpftrace counting `skb:kfree_skb`, interleaved round by round;
 //!   and what syscall tracepoints cost every syscall on the machine.
-//! - Event pipeline (`pipeline`): a flood of real drops (UDP to a closed port) at set rates:
+//! - Event pipeline (`pipeline`): a flood of real drops (frames to a MAC address nobody has, or
+//!   UDP to a closed port) at set rates:
 //!   events decoded per CPU-second, lost events, and whether lost counts are exact.
 //! - Start-up (`startup`) and memory over a long session at 100,000 events/s (`memory`).
 //!
@@ -61,6 +62,11 @@ pub struct BenchArgs {
     /// Run only these parts (comma-separated): datapath, pipeline, startup, memory.
     #[arg(long, value_delimiter = ',', value_parser = ["datapath", "pipeline", "startup", "memory"])]
     pub only: Vec<String>,
+    /// What the event-pipeline floods send: `frames` (to a MAC address nobody has: cheap
+    /// enough to offer 500,000 drops/s on two CPUs) or `udp` (to a closed port: the whole
+    /// socket path). The memory session always sends UDP. [default: frames]
+    #[arg(long, value_enum)]
+    pub flood: Option<pipeline::Source>,
     /// Tracer variants of the datapath tests (comma-separated; the untraced run is always
     /// added): default, no-syscalls, path, aggregate, bpftrace. [default: all but no-syscalls]
     #[arg(long, value_delimiter = ',', value_parser = ["default", "no-syscalls", "path", "aggregate", "bpftrace"])]
@@ -78,6 +84,7 @@ pub struct Settings {
     pub startup_runs: u32,
     pub udp_rate: String,
     pub senders: usize,
+    pub flood: pipeline::Source,
     pub parts: Vec<String>,
     pub variants: Vec<datapath::Variant>,
 }
@@ -97,7 +104,8 @@ impl Settings {
             || args.long_seconds.is_some()
             || args.startup_runs.is_some()
             || !args.only.is_empty()
-            || !args.variants.is_empty();
+            || !args.variants.is_empty()
+            || args.flood.is_some();
         let variants = datapath::VARIANTS
             .into_iter()
             .filter(|v| match v {
@@ -120,6 +128,7 @@ impl Settings {
             startup_runs: pick(args.startup_runs, 5, 10).max(1),
             udp_rate: args.udp_rate.clone().unwrap_or_else(|| "500M".into()),
             senders: args.senders.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1),
+            flood: args.flood.unwrap_or(pipeline::Source::Frames),
             parts,
             variants,
         }
@@ -263,8 +272,15 @@ pub fn bench(root: &Path, bin: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     if settings.wants("pipeline") || settings.wants("memory") {
         let net = topology::pair(&mut nss, "flood").context("building the veth pair")?;
         if settings.wants("pipeline") {
-            step("event pipeline: UDP floods to a closed port under `dptrace trace --json --quiet --netns`");
+            step(&format!(
+                "event pipeline: floods of {} under `dptrace trace --json --quiet --netns`",
+                match settings.flood {
+                    pipeline::Source::Frames => "frames to a MAC address nobody has",
+                    pipeline::Source::Udp => "UDP datagrams to a closed port",
+                }
+            ));
             report.pipeline = Some(pipeline::run(
+                settings.flood,
                 bin,
                 &net,
                 settings.flood_seconds,

@@ -167,12 +167,12 @@ pub fn targets(r: &Report) -> Vec<Target> {
                     "a backlog of {} in a {} buffer: {} reported + {} lost",
                     int(o.queued as f64),
                     o.buffer,
-                    int(o.no_socket_seen as f64),
+                    int(o.seen as f64),
                     int(o.lost as f64)
                 ));
             }
             let exact_text = if exact {
-                "in every run the drops reported plus the lost count equal the receiver's NoPorts counter".to_string()
+                "in every run the drops reported plus the lost count equal the receiver's counter".to_string()
             } else {
                 format!("counts do not add up in {}", inexact.join(", "))
             };
@@ -471,17 +471,19 @@ pub fn markdown(r: &Report) -> String {
     if let Some(p) = &r.pipeline {
         let _ = writeln!(
             out,
-            "\n## Event pipeline\n\nUDP datagrams to a closed port across a veth pair, {} s per run from {} sender thread(s) (sendmmsg), each one a NO_SOCKET drop; \
+            "\n## Event pipeline\n\nAcross a veth pair, {} s per run from {} sender thread(s) (sendmmsg): {}; \
              `dptrace trace --json --quiet --netns RX --buffer-size B`. \
-             *Kernel ns per datagram*: CPU time of the sender threads and ksoftirqd per datagram (sending, receiving, dropping, dptrace's eBPF hooks and waking dptrace; paced runs add the senders' own sleeping). \
-             *Unaccounted*: delivered (the receiver's Udp NoPorts counter) − NO_SOCKET drops dptrace reported − lost events (0 when every drop is either reported or counted lost; \
+             *Kernel ns per packet*: CPU time of the sender threads and ksoftirqd per packet (sending, receiving, dropping, dptrace's eBPF hooks and waking dptrace; paced runs add the senders' own sleeping). \
+             *Unaccounted*: delivered (the receiver's counter) − drops of that kind dptrace reported − lost events (0 when every drop is either reported or counted lost; \
              below 0 when events of other kinds or namespaces were lost too). *Events per wake-up*: decoded events per voluntary context switch of dptrace's event loop. \
              CPU: dptrace's, from the flood's start until it had drained the ring buffer.\n",
-            p.seconds, p.senders
+            p.seconds,
+            p.senders,
+            p.source.describe()
         );
         let _ = writeln!(
             out,
-            "| offered/s | buffer | sent/s | kernel ns per datagram | events decoded | lost | unaccounted | dptrace CPU s | decoded per CPU-second | CPU s per million | events per wake-up |\n|---|---|---|---|---|---|---|---|---|---|---|"
+            "| offered/s | buffer | sent/s | kernel ns per packet | events decoded | lost | unaccounted | dptrace CPU s | decoded per CPU-second | CPU s per million | events per wake-up |\n|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for f in &p.runs {
             let _ = writeln!(
@@ -504,7 +506,7 @@ pub fn markdown(r: &Report) -> String {
         if let Some(b) = &p.baseline {
             let _ = writeln!(
                 out,
-                "\nWithout a tracer the senders reach {}/s, at {:.0} ns of CPU per datagram (sender threads and ksoftirqd: sending, receiving and dropping it).",
+                "\nWithout a tracer the senders reach {}/s, at {:.0} ns of CPU per packet (sender threads and ksoftirqd: sending, receiving and dropping it).",
                 int(b.flood.rate()),
                 b.ns_per_datagram
             );
@@ -513,7 +515,7 @@ pub fn markdown(r: &Report) -> String {
             let hook_cost = p.baseline.as_ref().map(|b| d.fill_ns_per_datagram - b.ns_per_datagram);
             let _ = writeln!(
                 out,
-                "\nBacklog drain (`--buffer-size {}`): dptrace stopped (SIGSTOP) while {} datagrams queued {} events at {}/s ({:.0} ns of CPU per datagram{}); \
+                "\nBacklog drain (`--buffer-size {}`): dptrace stopped (SIGSTOP) while {} packets queued {} events at {}/s ({:.0} ns of CPU per packet{}); \
                  continued, it decoded and analyzed them in {:.2} s using {:.2} CPU-seconds: **{} events per CPU-second**; lost {}, unaccounted {}.",
                 d.buffer,
                 int(d.flood.sent as f64),
@@ -536,7 +538,7 @@ pub fn markdown(r: &Report) -> String {
                 "\nOverflow (`--buffer-size {}`, the same backlog of {}): {} reported, {} counted lost, unaccounted {}.",
                 o.buffer,
                 int(o.queued as f64),
-                int(o.no_socket_seen as f64),
+                int(o.seen as f64),
                 int(o.lost as f64),
                 o.unaccounted
             );
