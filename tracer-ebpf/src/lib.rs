@@ -29,7 +29,6 @@ pub mod names {
     pub const PROG_RECV_EXIT: &str = "nl_recv_exit";
     pub const PROG_EXTACK: &str = "nl_extack";
     pub const PROG_SOCK_SEND: &str = "nl_sock_send";
-    pub const PROG_SOCK_RECV: &str = "nl_sock_recv";
     pub const PROG_IOCTL: &str = "link_ioctl";
     pub const PROG_MODULE_REQUEST: &str = "module_request";
     pub const PROG_MODULE_LOAD: &str = "module_load";
@@ -521,24 +520,25 @@ pub struct LinkConfig {
     pub tp_module_load_name: u32,
     /// kprobes backend: which argument of `rtnl_newlink`/`setlink`/`dellink` is the `nlmsghdr`.
     pub arg_nlh: u32,
-    /// sockets backend: `struct sock` members read at the raw tracepoints
-    /// `sock_send_length`/`sock_recv_length(sk, ret, flags)`: `__sk_common.skc_family` and
-    /// `sk_protocol` (both 16 bits).
+    /// sockets backend: `struct sock` members read at the raw tracepoint
+    /// `sock_send_length(sk, ret, flags)`: `__sk_common.skc_family` and `sk_protocol` (both
+    /// 16 bits), the receive queue's head and its `prev` (the newest message), and
+    /// `sk_buff.data`.
     pub sk_family: u32,
     pub sk_protocol: u32,
+    pub sk_queue: u32,
+    pub sk_queue_prev: u32,
+    pub skb_data: u32,
     /// sockets backend: where `struct pt_regs` keeps the syscall number and its second and
     /// third arguments (the user buffer or msghdr, and the length).
     pub regs_nr: u32,
     pub regs_arg1: u32,
     pub regs_arg2: u32,
     /// sockets backend: this architecture's numbers of the syscalls that carry netlink
-    /// messages (the first argument is the socket, then buffer and length or msghdr).
+    /// requests (the first argument is the socket, then buffer and length or msghdr).
     pub sys_sendmsg: u32,
     pub sys_sendto: u32,
     pub sys_write: u32,
-    pub sys_recvmsg: u32,
-    pub sys_recvfrom: u32,
-    pub sys_read: u32,
     /// sockets backend: 1 when kernel messages and module requests are held until their
     /// request's send completes (its event is emitted then, after them).
     pub defer_messages: u32,
@@ -570,15 +570,15 @@ impl LinkConfig {
             arg_nlh: ABSENT,
             sk_family: ABSENT,
             sk_protocol: ABSENT,
+            sk_queue: ABSENT,
+            sk_queue_prev: ABSENT,
+            skb_data: ABSENT,
             regs_nr: ABSENT,
             regs_arg1: ABSENT,
             regs_arg2: ABSENT,
             sys_sendmsg: ABSENT,
             sys_sendto: ABSENT,
             sys_write: ABSENT,
-            sys_recvmsg: ABSENT,
-            sys_recvfrom: ABSENT,
-            sys_read: ABSENT,
             defer_messages: 0,
             _pad: 0,
         }

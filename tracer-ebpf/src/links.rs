@@ -4,13 +4,15 @@
 //! messages (`netlink:netlink_extack`), each with the acting task. Userspace parses the
 //! messages; offsets come from tracefs and BTF through `LINK_CONFIG`.
 //!
-//! The sockets backend sees the same requests and answers at the raw tracepoints
-//! `sock_send_length` and `sock_recv_length` (6.5+), which fire for socket traffic only: a
-//! syscall tracepoint, once attached, sends every syscall of every process through the slow
-//! path (about +90 ns each, measured by `cargo xtask bench`). They fire for every datagram
-//! of every socket, so they are raw tracepoints (no trace record is built) and the fast path
-//! is one probe read of the socket's family. The syscall's own arguments (the user buffer)
-//! come from the task's saved registers.
+//! The sockets backend sees the same requests and answers at the raw tracepoint
+//! `sock_send_length` (6.5+), which fires for socket sends only: a syscall tracepoint, once
+//! attached, sends every syscall of every process through the slow path (about +90 ns each,
+//! measured by `cargo xtask bench`). It fires for every datagram sent on the machine, so it is
+//! a raw tracepoint (no trace record is built), its fast path is one probe read of the
+//! socket's family, and answers are read from the sender's socket queue rather than at a
+//! second hook on every receive (hooking sends and receives cost 5% of 64-byte packets per
+//! second, bpftrace's trivial program as much as dptrace's). The syscall's own arguments (the
+//! user buffer) come from the task's saved registers.
 
 use aya_ebpf::{
     helpers::{
@@ -39,8 +41,6 @@ const NLM_F_REQUEST: u16 = 1;
 const NLMSG_HDRLEN: u32 = 16;
 const AF_NETLINK: u16 = 16;
 const NETLINK_ROUTE: u16 = 0;
-// include/uapi/linux/socket.h: a peeking receive leaves the message queued.
-const MSG_PEEK: u32 = 2;
 /// The module alias rtnetlink asks for when a link kind is missing (net/core/rtnetlink.c).
 const RTNL_LINK_PREFIX: &[u8; 10] = b"rtnl-link-";
 // Link-changing ioctls (include/uapi/linux/sockios.h) and the size of `struct ifreq` on 64-bit.
@@ -131,16 +131,17 @@ fn nl_header(buf: u64) -> Option<(u32, u16, u16)> {
     Some((uread(buf, 0)?, uread(buf, 4)?, uread(buf, 6)?))
 }
 
-/// Emits a request event when `buf` holds an rtnetlink link request.
+/// Emits a request event when `buf` holds an rtnetlink link request; returns its sequence
+/// number then.
 #[inline(always)]
-fn maybe_request(cfg: &LinkConfig, buf: u64, len: u64) {
-    let Some((nl_len, nl_type, flags)) = nl_header(buf) else { return };
+fn maybe_request(cfg: &LinkConfig, buf: u64, len: u64) -> Option<u32> {
+    let (nl_len, nl_type, flags) = nl_header(buf)?;
     let is_link_request = matches!(nl_type, RTM_NEWLINK | RTM_DELLINK | RTM_SETLINK)
         && flags & NLM_F_REQUEST != 0
         && nl_len >= NLMSG_HDRLEN
         && (nl_len as u64) <= len;
     if !is_link_request {
-        return;
+        return None;
     }
     let _ = NL_TIDS.insert(&tid(), &1, 0);
     emit(
@@ -149,6 +150,7 @@ fn maybe_request(cfg: &LinkConfig, buf: u64, len: u64) {
         buf,
         if nl_len as usize > NETLINK_BYTES { NETLINK_BYTES as u32 } else { nl_len },
     );
+    uread(buf, 8)
 }
 
 #[inline(always)]
@@ -188,7 +190,7 @@ pub fn nl_sendmsg(ctx: TracePointContext) -> u32 {
     let cfg = config();
     let Ok(msghdr) = (unsafe { ctx.read_at::<u64>(cfg.tp_msghdr as usize) }) else { return 0 };
     if let Some((base, len)) = first_iov(&cfg, msghdr) {
-        maybe_request(&cfg, base, len);
+        let _ = maybe_request(&cfg, base, len);
     }
     0
 }
@@ -198,7 +200,7 @@ pub fn nl_sendto(ctx: TracePointContext) -> u32 {
     let cfg = config();
     let buf: u64 = unsafe { ctx.read_at(cfg.tp_sendto_buff as usize) }.unwrap_or(0);
     let len: u64 = unsafe { ctx.read_at(cfg.tp_sendto_len as usize) }.unwrap_or(0);
-    maybe_request(&cfg, buf, len);
+    let _ = maybe_request(&cfg, buf, len);
     0
 }
 
@@ -343,19 +345,24 @@ fn netlink_route(sk: u64) -> Option<bool> {
 
 /// sockets backend: `sock_send_length(struct sock *sk, int ret, int flags)` (the prototype is
 /// checked against BTF before attaching): a netlink send completed. A link request is emitted
-/// now, followed by the messages its processing produced (held in `NL_PENDING`).
+/// now, followed by the messages its processing produced (held in `NL_PENDING`), then its
+/// answer: rtnetlink processes a request inside the send, so the `NLMSG_ERROR` it answers
+/// with is already queued on the sender's socket. Reading it there spares a hook on every
+/// socket receive of the machine.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn nl_sock_send(ctx: RawTracePointContext) -> u32 {
-    let Some(route) = netlink_route(ctx.arg(0)) else { return 0 };
+    let sk: u64 = ctx.arg(0);
+    let Some(route) = netlink_route(sk) else { return 0 };
     let cfg = config();
+    let mut request_seq = None;
     if route {
         if let Some((nr, arg1, arg2)) = syscall_args(&cfg) {
             if nr == cfg.sys_sendmsg {
                 if let Some((base, len)) = first_iov(&cfg, arg1) {
-                    maybe_request(&cfg, base, len);
+                    request_seq = maybe_request(&cfg, base, len);
                 }
             } else if nr == cfg.sys_sendto || nr == cfg.sys_write {
-                maybe_request(&cfg, arg1, arg2);
+                request_seq = maybe_request(&cfg, arg1, arg2);
             }
         }
     }
@@ -369,45 +376,38 @@ pub fn nl_sock_send(ctx: RawTracePointContext) -> u32 {
             let _ = NL_PENDING.remove(&key);
         }
     }
+    if let Some(seq) = request_seq {
+        queued_answer(&cfg, sk, seq);
+    }
     0
 }
 
-/// sockets backend: `sock_recv_length(sk, ret, flags)`: a netlink receive completed; an
-/// `NLMSG_ERROR` answer to a thread that sent a link request is emitted from the receiver's
-/// buffer.
-#[raw_tracepoint(tracepoint = "sock_recv_length")]
-pub fn nl_sock_recv(ctx: RawTracePointContext) -> u32 {
-    if netlink_route(ctx.arg(0)) != Some(true) || unsafe { NL_TIDS.get(&tid()) }.is_none() {
-        return 0;
+/// Emits the answer to request `seq` when it is the newest message queued on socket `sk`: an
+/// `NLMSG_ERROR` (error 0 is the ack) with the request's sequence number.
+#[inline(always)]
+fn queued_answer(cfg: &LinkConfig, sk: u64, seq: u32) {
+    let Some(newest) = read_field::<u64>(sk, cfg.sk_queue_prev) else { return };
+    // An empty queue's head points at itself.
+    if newest == sk + cfg.sk_queue as u64 {
+        return;
     }
-    let cfg = config();
-    let (ret, flags) = (ctx.arg::<u64>(1) as u32 as i32, ctx.arg::<u64>(2) as u32);
-    // An NLMSG_ERROR carries the error code and the request's own header: 16 + 4 + 16 bytes.
-    if ret < (NLMSG_HDRLEN as i32) * 2 + 4 || flags & MSG_PEEK != 0 {
-        return 0;
-    }
-    let Some((nr, arg1, arg2)) = syscall_args(&cfg) else { return 0 };
-    let (buf, room) = if nr == cfg.sys_recvmsg {
-        match first_iov(&cfg, arg1) {
-            Some(iov) => iov,
-            None => return 0,
-        }
-    } else if nr == cfg.sys_recvfrom || nr == cfg.sys_read {
-        (arg1, arg2)
-    } else {
-        return 0;
+    let Some(data) = read_field::<u64>(newest, cfg.skb_data) else { return };
+    // nlmsghdr: len, type (u16 at 4), flags, seq (u32 at 8), pid; then the error (i32 at 16).
+    let (Some(kind), Some(answer_seq), Some(error)) =
+        (read_field::<u16>(data, 4), read_field::<u32>(data, 8), read_field::<i32>(data, 16))
+    else {
+        return;
     };
-    // MSG_TRUNC makes `ret` the message's length even when the buffer was shorter.
-    let valid = if (ret as u64) < room { ret as u64 } else { room };
-    if let Some((_, NLMSG_ERROR, _)) = nl_header(buf) {
-        emit(
-            &cfg,
-            EventKind::NetlinkAck,
-            buf,
-            if valid as usize > NETLINK_BYTES { NETLINK_BYTES as u32 } else { valid as u32 },
-        );
+    if kind != NLMSG_ERROR || answer_seq != seq {
+        return;
     }
-    0
+    let Some(mut entry) = start_event(cfg, EventKind::RtnlResult, 0) else { return };
+    // SAFETY: as in `start_event`.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.data[..4].copy_from_slice(&seq.to_ne_bytes());
+    ev.data[4..8].copy_from_slice(&error.to_ne_bytes());
+    ev.len = 8;
+    entry.submit(submit_flags());
 }
 
 /// Link changes made with the old ioctls (ifconfig, some agents): MAC, flags (up/down), name.

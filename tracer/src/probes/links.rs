@@ -15,10 +15,10 @@ use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, tracefs::Tracefs, Kernel
 /// How link requests are observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkBackend {
-    /// Raw tracepoints `sock_send_length`/`sock_recv_length` (6.5+, BTF): fire for socket
-    /// traffic only, so they cost nothing to the rest of the machine, and build no trace
-    /// record (they run for every datagram); the request is read from the user buffer the
-    /// syscall's saved registers point to. No ioctls.
+    /// Raw tracepoint `sock_send_length` (6.5+, BTF): fires for socket sends only, so it costs
+    /// nothing to the rest of the machine, and builds no trace record (it runs for every
+    /// datagram); the request is read from the user buffer the syscall's saved registers point
+    /// to, the answer from the sender's socket queue. No ioctls.
     Sockets,
     /// Syscall tracepoints (sendmsg/sendto and the receives of the answer): stable fields.
     Tracepoints,
@@ -75,8 +75,8 @@ pub struct LinkCoverage {
 
 /// The sockets backend's raw tracepoints, and the prototype (after the tracepoint's own
 /// `void *`) its programs are written for.
-const SOCKET_EVENTS: [&str; 2] = ["sock_send_length", "sock_recv_length"];
-const SOCKET_PROGRAMS: [&str; 2] = [names::PROG_SOCK_SEND, names::PROG_SOCK_RECV];
+const SOCKET_EVENTS: [&str; 1] = ["sock_send_length"];
+const SOCKET_PROGRAMS: [&str; 1] = [names::PROG_SOCK_SEND];
 const SOCKET_EVENT_PARAMS: [&str; 3] = ["struct sock *", "int", "int"];
 
 /// The tracepoints the programs attach to: (program, category, event).
@@ -225,6 +225,17 @@ fn sockets_config(facts: &KernelFacts, cfg: &mut LinkConfig, cov: &mut LinkCover
             return;
         }
     };
+    // Answers are read from the sender's receive queue: its head (the newest message is its
+    // `prev`) and the message's data.
+    let queue = ["sock:sk_receive_queue", "sock:sk_receive_queue.prev", "sk_buff:data"].map(|place| {
+        let (strct, path) = place.split_once(':').expect("struct:member");
+        btf.member(strct, path).map(|m| m.offset)
+    });
+    let [Ok(sk_queue), Ok(sk_queue_prev), Ok(skb_data)] = queue else {
+        let why = queue.into_iter().filter_map(Result::err).map(|e| e.to_string()).collect::<Vec<_>>();
+        cov.gaps.push(format!("sockets backend: {}", why.join("; ")));
+        return;
+    };
     let Some(regs) = syscall_registers(btf) else {
         cov.gaps.push(format!(
             "sockets backend: where struct pt_regs keeps syscall arguments is not known for {}",
@@ -233,14 +244,12 @@ fn sockets_config(facts: &KernelFacts, cfg: &mut LinkConfig, cov: &mut LinkCover
         return;
     };
     [cfg.sk_family, cfg.sk_protocol] = [family, protocol];
+    [cfg.sk_queue, cfg.sk_queue_prev, cfg.skb_data] = [sk_queue, sk_queue_prev, skb_data];
     [cfg.regs_nr, cfg.regs_arg1, cfg.regs_arg2] = regs;
     // UAPI syscall numbers of the architecture dptrace was built for (the kernel's own).
     cfg.sys_sendmsg = libc::SYS_sendmsg as u32;
     cfg.sys_sendto = libc::SYS_sendto as u32;
     cfg.sys_write = libc::SYS_write as u32;
-    cfg.sys_recvmsg = libc::SYS_recvmsg as u32;
-    cfg.sys_recvfrom = libc::SYS_recvfrom as u32;
-    cfg.sys_read = libc::SYS_read as u32;
     cfg.defer_messages = 1;
 }
 
@@ -313,7 +322,7 @@ pub fn attach(
         attached.push(format!("raw tracepoints {}", SOCKET_EVENTS.join(" ")));
     } else if !coverage.requests {
         let what = match backend {
-            LinkBackend::Sockets => "no sock:sock_send_length/sock_recv_length to read requests at",
+            LinkBackend::Sockets => "no sock_send_length raw tracepoint to read requests at",
             _ => "no syscall tracepoints for sendmsg/sendto",
         };
         return Err(format!("{what}: {}", coverage.gaps.join("; ")));
