@@ -227,14 +227,15 @@ fn sockets_config(facts: &KernelFacts, cfg: &mut LinkConfig, cov: &mut LinkCover
     };
     // Answers are read from the sender's receive queue: its head (the newest message is its
     // `prev`) and the message's data.
-    let queue = ["sock:sk_receive_queue", "sock:sk_receive_queue.prev", "sk_buff:data"].map(|place| {
-        let (strct, path) = place.split_once(':').expect("struct:member");
-        btf.member(strct, path).map(|m| m.offset)
-    });
-    let [Ok(sk_queue), Ok(sk_queue_prev), Ok(skb_data)] = queue else {
-        let why = queue.into_iter().filter_map(Result::err).map(|e| e.to_string()).collect::<Vec<_>>();
-        cov.gaps.push(format!("sockets backend: {}", why.join("; ")));
-        return;
+    let member = |strct: &str, path: &str| btf.member(strct, path).map(|m| m.offset);
+    let queue =
+        (member("sock", "sk_receive_queue"), member("sock", "sk_receive_queue.prev"), member("sk_buff", "data"));
+    let (sk_queue, sk_queue_prev, skb_data) = match queue {
+        (Ok(head), Ok(prev), Ok(data)) => (head, prev, data),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            cov.gaps.push(format!("sockets backend: {e}"));
+            return;
+        }
     };
     let Some(regs) = syscall_registers(btf) else {
         cov.gaps.push(format!(
