@@ -156,7 +156,7 @@ pub enum LabAction {
 pub struct BackendArgs {
     /// Force a hook family's backend instead of the best one this kernel offers, e.g.
     /// `drops=kprobe`. Drops: tracepoint, tracepoint-noreason (as kernels before 5.17), fentry,
-    /// kprobe. Links: sockets (6.5+), kprobes, tracepoints (syscall tracepoints: also sees
+    /// kprobe. Links: kprobes, sockets (6.5+: a hook on every socket send), tracepoints (syscall tracepoints: also sees
     /// ioctls, but slows every syscall on the machine while attached), tracepoints-noextack
     /// (as kernels before 4.16).
     /// Netfilter: verdicts (kprobes on nft_do_chain/ipt_do_table: table and chain of every DROP,
@@ -227,7 +227,7 @@ pub fn parse_backend(text: &str) -> Result<ForcedBackend, String> {
             format!("unknown backend `{backend}` for drops; available: {names}")
         }),
         "links" => LinkBackend::from_name(backend).map(ForcedBackend::Links).ok_or_else(|| {
-            format!("unknown backend `{backend}` for links; available: sockets, kprobes, tracepoints, tracepoints-noextack")
+            format!("unknown backend `{backend}` for links; available: kprobes, sockets, tracepoints, tracepoints-noextack")
         }),
         "netfilter" => NetfilterBackend::from_name(backend).map(ForcedBackend::Netfilter).ok_or_else(|| {
             format!("unknown backend `{backend}` for netfilter; available: verdicts, kprobes, tracepoints, tracepoints-noreset")

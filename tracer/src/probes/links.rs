@@ -15,17 +15,17 @@ use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, tracefs::Tracefs, Kernel
 /// How link requests are observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkBackend {
-    /// Raw tracepoint `sock_send_length` (6.5+, BTF): fires for socket sends only, so it costs
-    /// nothing to the rest of the machine, and builds no trace record (it runs for every
-    /// datagram); the request is read from the user buffer the syscall's saved registers point
+    /// Raw tracepoint `sock_send_length` (6.5+, BTF): fires for socket sends only, so other
+    /// syscalls pay nothing, and builds no trace record (it runs for every datagram); the request is read from the user buffer the syscall's saved registers point
     /// to, the answer from the sender's socket queue. No ioctls.
     Sockets,
     /// Syscall tracepoints (sendmsg/sendto and the receives of the answer): stable fields.
     Tracepoints,
     /// The same without `netlink:netlink_extack`, as kernels before 4.16.
     TracepointsNoExtack,
-    /// kprobe/kretprobe on rtnl_newlink/setlink/dellink: for kernels without syscall
-    /// tracepoints (CONFIG_FTRACE_SYSCALLS off); sees requests however they were sent.
+    /// kprobe/kretprobe on rtnl_newlink/setlink/dellink: run for link requests only, however
+    /// they were sent (io_uring, 32-bit callers too); requests refused before the handler
+    /// (permission, parse errors) are not seen.
     Kprobes,
 }
 
@@ -45,10 +45,12 @@ impl LinkBackend {
             .find(|b| b.name() == name)
     }
 
-    /// Best first. Syscall tracepoints come last although they have stable fields: while
-    /// one is attached, every syscall of every process on the machine takes the slow path
-    /// (+90 ns each, `cargo xtask bench`), which the others do not cost.
-    pub const CHAIN: [LinkBackend; 3] = [LinkBackend::Sockets, LinkBackend::Kprobes, LinkBackend::Tracepoints];
+    /// Best first. kprobes on the rtnl handlers run for link requests only; the sockets
+    /// backend's hook runs for every socket send on the machine (about 100 ns each, a few
+    /// percent of small-packet rates, `bench/README.md`), so it serves kernels without
+    /// kprobes. Syscall tracepoints come last although they have stable fields: while one is
+    /// attached, every syscall of every process takes the slow path (+90 ns each).
+    pub const CHAIN: [LinkBackend; 3] = [LinkBackend::Kprobes, LinkBackend::Sockets, LinkBackend::Tracepoints];
 
     /// Whether this backend attaches syscall tracepoints (and so taxes every syscall).
     pub fn uses_syscall_tracepoints(self) -> bool {
