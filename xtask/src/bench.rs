@@ -13,6 +13,7 @@
 //! Results go to `bench/results/<UTC time>-<host>.{json,md}` and `bench/results/latest.md`.
 //! Everything runs in namespaces `dptbench-<pid>-…` of its own (topology.rs).
 
+mod bpf_cost;
 mod datapath;
 mod pipeline;
 mod procs;

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
+    bpf_cost::{self, ProgramCost},
     procs::{self, HostCpu, Proc},
     topology::Overlay,
     Stat,
@@ -151,6 +152,29 @@ pub struct Run {
     /// The tracer did not stop cleanly on SIGINT (the measurement still counts).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracer_note: Option<String>,
+    /// Accounting runs only: what the tracer's BPF programs cost in the kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf: Option<BpfCost>,
+}
+
+/// Kernel time in the tracer's programs during one accounting run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BpfCost {
+    /// Datagrams the server received (UDP tests): the per-packet figures divide by this.
+    pub packets: Option<f64>,
+    pub runs: u64,
+    pub run_ns: u64,
+    /// Cores (CPU-seconds per second) the programs took.
+    pub cores: f64,
+    pub programs: Vec<ProgramCost>,
+}
+
+impl BpfCost {
+    /// Program runs and nanoseconds per datagram.
+    pub fn per_packet(&self) -> Option<(f64, f64)> {
+        let p = self.packets.filter(|&p| p > 0.0)?;
+        Some((self.runs as f64 / p, self.run_ns as f64 / p))
+    }
 }
 
 /// Median and spread of one test under one variant, with the ratio to the untraced median.
@@ -177,6 +201,9 @@ pub struct Results {
     pub variants: Vec<Variant>,
     pub cells: Vec<Cell>,
     pub runs: Vec<Run>,
+    /// One more run per test and tracer variant with BPF run-time statistics on (they slow
+    /// every program run a little, so these runs are not in `cells`).
+    pub accounting: Vec<Run>,
 }
 
 impl Results {
@@ -206,26 +233,12 @@ pub fn run(
                     test.label(udp_rate),
                     variant.label()
                 );
-                let run = match one(bin, net, &filter, round, test, variant, seconds, udp_rate) {
+                let run = match one(bin, net, &filter, round, test, variant, seconds, udp_rate, false) {
                     Ok(run) => run,
                     Err(e) if procs::interrupted() => return Err(e),
                     Err(e) => {
                         eprintln!("  failed: {e:#}");
-                        Run {
-                            round,
-                            test,
-                            variant,
-                            value: None,
-                            loss_percent: None,
-                            wall_secs: 0.0,
-                            tracer_cpu: None,
-                            host_busy_cores: 0.0,
-                            events: None,
-                            lost_events: None,
-                            paths_traced: None,
-                            error: Some(format!("{e:#}")),
-                            tracer_note: None,
-                        }
+                        Run::failed(round, test, variant, &e)
                     }
                 };
                 if let Some(v) = run.value {
@@ -238,6 +251,26 @@ pub fn run(
                 }
                 runs.push(run);
             }
+        }
+    }
+    let mut accounting = Vec::new();
+    for test in TESTS {
+        for &variant in variants.iter().filter(|&&v| v != Variant::None) {
+            procs::check_interrupted()?;
+            eprintln!("[accounting] {} under {}, BPF statistics on", test.label(udp_rate), variant.label());
+            let run = match one(bin, net, &filter, 0, test, variant, seconds, udp_rate, true) {
+                Ok(run) => run,
+                Err(e) if procs::interrupted() => return Err(e),
+                Err(e) => {
+                    eprintln!("  failed: {e:#}");
+                    Run::failed(0, test, variant, &e)
+                }
+            };
+            if let Some(b) = &run.bpf {
+                let per_packet = b.per_packet().map(|(r, ns)| format!(", {r:.2} runs and {ns:.0} ns per datagram"));
+                eprintln!("  programs: {:.4} cores{}", b.cores, per_packet.unwrap_or_default());
+            }
+            accounting.push(run);
         }
     }
     let mut cells = Vec::new();
@@ -274,7 +307,29 @@ pub fn run(
         variants: variants.to_vec(),
         cells,
         runs,
+        accounting,
     })
+}
+
+impl Run {
+    fn failed(round: u32, test: Test, variant: Variant, e: &anyhow::Error) -> Self {
+        Run {
+            round,
+            test,
+            variant,
+            value: None,
+            loss_percent: None,
+            wall_secs: 0.0,
+            tracer_cpu: None,
+            host_busy_cores: 0.0,
+            events: None,
+            lost_events: None,
+            paths_traced: None,
+            error: Some(format!("{e:#}")),
+            tracer_note: None,
+            bpf: None,
+        }
+    }
 }
 
 fn median_value(runs: &[Run], test: Test, variant: Variant) -> Option<f64> {
@@ -293,6 +348,7 @@ fn one(
     variant: Variant,
     seconds: u32,
     udp_rate: &str,
+    account: bool,
 ) -> anyhow::Result<Run> {
     let mut server = Proc::spawn(
         "iperf3 server",
@@ -308,6 +364,16 @@ fn one(
         None => None,
     };
     procs::sleep(SETTLE)?;
+    // Accounting: statistics on before the first sample, off (dropped) after the second.
+    let stats = match (&tracer, account) {
+        (Some(t), true) => {
+            let on = bpf_cost::enable()?;
+            let ids = bpf_cost::programs_of(t.pid as u32)?;
+            let before = bpf_cost::sample(&ids)?;
+            Some((on, ids, before))
+        }
+        _ => None,
+    };
     let cpu_before = tracer.as_ref().map(|t| t.cpu_secs()).transpose()?;
     let host_before = HostCpu::now();
     let started = std::time::Instant::now();
@@ -318,6 +384,14 @@ fn one(
     let mut client = Proc::spawn("iperf3 client", &mut client_cmd)?;
     let exit = client.wait(Duration::from_secs(u64::from(seconds) + 30))?;
     let wall_secs = started.elapsed().as_secs_f64();
+    let programs = match stats {
+        Some((on, ids, before)) => {
+            let after = bpf_cost::sample(&ids)?;
+            drop(on);
+            Some(bpf_cost::between(&before, &after))
+        }
+        None => None,
+    };
     let host_after = HostCpu::now();
     let cpu_after = tracer.as_ref().map(|t| t.cpu_secs()).transpose()?;
     let report: Value = serde_json::from_str(&client.stdout()).map_err(|e| {
@@ -328,6 +402,17 @@ fn one(
     }
     let end = &report["end"];
     let received = &end["sum_received"];
+    let datagrams = match test {
+        Test::Tcp => None,
+        Test::Udp | Test::Pps => {
+            received["packets"].as_f64().map(|p| p - received["lost_packets"].as_f64().unwrap_or(0.0))
+        }
+    };
+    let bpf = programs.map(|programs| {
+        let runs = programs.iter().map(|p| p.runs).sum();
+        let run_ns: u64 = programs.iter().map(|p| p.run_ns).sum();
+        BpfCost { packets: datagrams, runs, run_ns, cores: run_ns as f64 / 1e9 / wall_secs, programs }
+    });
     let (value, loss_percent) = match test {
         Test::Tcp => (received["bits_per_second"].as_f64(), None),
         Test::Udp => (received["bits_per_second"].as_f64(), received["lost_percent"].as_f64()),
@@ -353,6 +438,7 @@ fn one(
         paths_traced: None,
         error: None,
         tracer_note: None,
+        bpf,
     };
     if let Some(t) = tracer.as_mut() {
         // The measurement stands however the tracer ends; a bad ending is noted with the run.

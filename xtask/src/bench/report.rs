@@ -438,6 +438,9 @@ pub fn markdown(r: &Report) -> String {
             let _ =
                 writeln!(out, "\nUDP datagrams lost at {}bit/s offered (median): {}.", d.udp_rate, udp_loss.join(", "));
         }
+        if !d.accounting.is_empty() {
+            out.push_str(&accounting_table(d));
+        }
     }
 
     if let Some(sc) = &r.syscalls {
@@ -607,6 +610,50 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     out
+}
+
+/// The tracers' kernel-side cost: their process CPU above does not include it.
+fn accounting_table(d: &super::datapath::Results) -> String {
+    let mut out = String::from(
+        "\nKernel time in the tracer's BPF programs (one more run per test and tracer, with the kernel's run-time statistics on; \
+         these runs are not in the table above, as the statistics slow each program run a little). \
+         The programs run in the context that hits their hook (the sender, softirq), so the tracer's CPU above does not include this.\n\n\
+         | test | tracer | program runs/s | cores | per datagram | busiest programs (runs, ns per run) |\n|---|---|---|---|---|---|\n",
+    );
+    for run in &d.accounting {
+        let text = match &run.bpf {
+            Some(b) => {
+                let per_packet =
+                    b.per_packet().map_or("–".into(), |(runs, ns)| format!("{runs:.2} runs, {ns:.0} ns"));
+                let busiest: Vec<String> = b
+                    .programs
+                    .iter()
+                    .take(3)
+                    .map(|p| format!("{} ({}, {:.0})", p.name, int(p.runs as f64), p.run_ns as f64 / p.runs as f64))
+                    .collect();
+                format!(
+                    "{} | {:.4} | {per_packet} | {}",
+                    int(b.runs as f64 / run.wall_secs.max(1e-9)),
+                    b.cores,
+                    or_dash(busiest.join(", "))
+                )
+            }
+            None => format!(
+                "failed: {} | | |",
+                run.error.as_deref().unwrap_or("no statistics").lines().next().unwrap_or("")
+            ),
+        };
+        let _ = writeln!(out, "| {} | {} | {text} |", run.test.short(), run.variant.label());
+    }
+    out
+}
+
+fn or_dash(s: String) -> String {
+    if s.is_empty() {
+        "none ran".into()
+    } else {
+        s
+    }
 }
 
 fn run_label(f: &FloodRun) -> String {
