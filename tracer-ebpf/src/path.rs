@@ -153,13 +153,12 @@ fn function_hop(ctx: &ProbeContext, skb: u64) {
     emit(skb, path_hook::FUNCTION, trace_id, point, len, 0, function, &d, dev);
 }
 
-/// Where an `sk_buff` is: its device, the device's index and namespace, its socket.
+/// Where an `sk_buff` is: its device, the device's index and namespace.
 #[derive(Clone, Copy)]
 struct Place {
     dev: u64,
     ifindex: u32,
     netns: u32,
-    sk: u64,
 }
 
 /// One field of the drops family's configuration, without copying all of it onto the stack
@@ -173,14 +172,14 @@ macro_rules! drop_field {
 #[inline(always)]
 fn place(skb: u64) -> Place {
     let dev: u64 = read_field(skb, drop_field!(skb_dev)).unwrap_or(0);
-    let sk: u64 = read_field(skb, drop_field!(skb_sk)).unwrap_or(0);
     let mut net: u64 = read_field(dev, drop_field!(dev_net)).unwrap_or(0);
     if net == 0 {
         // Queued to a socket, the packet has no device any more: its socket's namespace.
+        let sk: u64 = read_field(skb, drop_field!(skb_sk)).unwrap_or(0);
         net = read_field(sk, drop_field!(sk_net)).unwrap_or(0);
     }
     let ifindex = read_field(dev, drop_field!(dev_ifindex)).unwrap_or(0);
-    Place { dev, ifindex, netns: read_field(net, drop_field!(net_inum)).unwrap_or(0), sk }
+    Place { dev, ifindex, netns: read_field(net, drop_field!(net_inum)).unwrap_or(0) }
 }
 
 #[inline(always)]
@@ -230,9 +229,11 @@ fn hop(ctx: &TracePointContext, hook: u32) {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let follow_ns = setting!(follow_ns);
-    // The map's own copy, not one on the stack: this frame is near the verifier's limit.
-    let mut tracked = match unsafe { PATH_TRACKED.get(&skb) } {
-        Some(t) if now.wrapping_sub(t.last_ns) <= follow_ns => Some(t),
+    // The map's own copy, not one on the stack: this frame is near the verifier's limit; and
+    // a followed packet's entry is updated in place below, as an LRU map update (locks, a
+    // node taken from the free list and one given back) costs more than the rest of a hop.
+    let mut tracked = match PATH_TRACKED.get_ptr_mut(&skb) {
+        Some(t) if now.wrapping_sub(unsafe { (*t).last_ns }) <= follow_ns => Some(t),
         _ => None,
     };
     let is_end = hook == path_hook::XMIT_ERROR
@@ -240,6 +241,7 @@ fn hop(ctx: &TracePointContext, hook: u32) {
         || hook == path_hook::CONSUME
         || hook == path_hook::DELIVER;
     if let Some(t) = tracked {
+        let t = unsafe { &*t };
         // A packet delivered to a socket may be freed without a tracepoint (UDP), and its
         // `sk_buff` memory reused at once. A received packet is never sent again by a local
         // socket, nor received twice on one device or in another namespace without being
@@ -278,17 +280,24 @@ fn hop(ctx: &TracePointContext, hook: u32) {
     // Read again rather than kept across `matches`: the verifier's 512-byte stack limit
     // counts this frame and the filter's together (6.1 refused 544).
     let Place { dev, ifindex, netns, .. } = place(skb);
-    let d = drops();
     let point = PathPoint { netns, ifindex, hook, _pad: 0 };
     let (trace_id, first_ns, previous) = match tracked {
-        Some(t) => (t.trace_id, t.first_ns, Some((t.last, t.last_ns))),
+        Some(t) => unsafe { ((*t).trace_id, (*t).first_ns, Some(((*t).last, (*t).last_ns))) },
         None => (new_trace_id(), now, None),
     };
-    if is_end {
-        let _ = PATH_TRACKED.remove(&skb);
-    } else {
-        let track = PathTrack { trace_id, first_ns, last_ns: now, last: point };
-        let _ = PATH_TRACKED.insert(&skb, &track, 0);
+    match tracked {
+        _ if is_end => {
+            let _ = PATH_TRACKED.remove(&skb);
+        }
+        // SAFETY: the map's value; a packet is handled by one CPU at a time.
+        Some(t) => unsafe {
+            (*t).last_ns = now;
+            (*t).last = point;
+        },
+        None => {
+            let track = PathTrack { trace_id, first_ns, last_ns: now, last: point };
+            let _ = PATH_TRACKED.insert(&skb, &track, 0);
+        }
     }
     let len: u32 = read_field(skb, setting!(skb_len)).unwrap_or(0);
     if setting!(aggregate) != 0 {
@@ -301,7 +310,7 @@ fn hop(ctx: &TracePointContext, hook: u32) {
         }
         return;
     }
-    emit(skb, hook, trace_id, point, len, result, location, &d, dev);
+    emit(skb, hook, trace_id, point, len, result, location, &drops(), dev);
 }
 
 #[inline(always)]
@@ -318,10 +327,14 @@ fn new_trace_id() -> u64 {
 
 #[inline(always)]
 fn count_hop(key: &PathHopKey, delta: u64, len: u32) {
-    if unsafe { PATH_HOPS.get(key) }.is_none() {
-        let _ = PATH_HOPS.insert(key, &ZERO_STATS, 1 /* BPF_NOEXIST */);
-    }
-    let Some(stats) = PATH_HOPS.get_ptr_mut(key) else { return };
+    let stats = match PATH_HOPS.get_ptr_mut(key) {
+        Some(stats) => stats,
+        None => {
+            let _ = PATH_HOPS.insert(key, &ZERO_STATS, 1 /* BPF_NOEXIST */);
+            let Some(stats) = PATH_HOPS.get_ptr_mut(key) else { return };
+            stats
+        }
+    };
     // Fixed-point log2: the highest set bit of the delta picks the bucket.
     let bucket = if delta == 0 { 0 } else { (63 - delta.leading_zeros()) as usize };
     let bucket = if bucket >= LATENCY_BUCKETS { LATENCY_BUCKETS - 1 } else { bucket };
