@@ -70,6 +70,13 @@ pub mod names {
     pub const PROG_PATH_FREE: &str = "path_free";
     pub const PROG_PATH_CONSUME: &str = "path_consume";
     pub const PROG_PATH_DELIVER: &str = "path_deliver";
+    /// The same hooks as raw tracepoints (no trace record), where BTF gives their prototypes.
+    pub const PROG_PATH_RECEIVE_RAW: &str = "path_rcv_raw";
+    pub const PROG_PATH_QUEUE_RAW: &str = "path_queue_raw";
+    pub const PROG_PATH_XMIT_RAW: &str = "path_xmit_raw";
+    pub const PROG_PATH_FREE_RAW: &str = "path_free_raw";
+    pub const PROG_PATH_CONSUME_RAW: &str = "path_cons_raw";
+    pub const PROG_PATH_DELIVER_RAW: &str = "path_deliv_raw";
     /// kprobes on datapath functions, by the position of their skb argument.
     pub const PROG_PATH_FN_SKB0: &str = "path_fn_skb0";
     pub const PROG_PATH_FN_SKB1: &str = "path_fn_skb1";

@@ -2,7 +2,8 @@
 //!
 //! Five tracepoints every kernel has see a packet at each device: `net:netif_receive_skb`
 //! (a device received it), `net:net_dev_queue` (handed to a device), `net:net_dev_xmit` (only
-//! its failures), and the end of its life, `skb:kfree_skb` / `skb:consume_skb`. A packet that
+//! its failures), and the end of its life, `skb:kfree_skb` / `skb:consume_skb`; as raw
+//! tracepoints where BTF gives their prototypes, else classic ones (same logic, `HopArgs`). A packet that
 //! matches the filter gets a trace id, kept per `sk_buff` address in `PATH_TRACKED`; later
 //! hooks follow the same `sk_buff` without looking at its headers again, so the trace survives
 //! NAT, encapsulation and encryption. The filter runs here so that unwanted packets cost one
@@ -15,9 +16,9 @@ use aya_ebpf::{
     helpers::{
         bpf_get_func_ip, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
     },
-    macros::{kprobe, map, tracepoint},
+    macros::{kprobe, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{ProbeContext, TracePointContext},
+    programs::{ProbeContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
 use tracer_ebpf::{
@@ -106,6 +107,156 @@ pub fn path_deliver(ctx: TracePointContext) -> u32 {
 pub fn path_consume(ctx: TracePointContext) -> u32 {
     hop(&ctx, path_hook::CONSUME);
     0
+}
+
+// The same hooks as raw tracepoints, where BTF shows their prototypes (userspace checks the
+// argument types): no trace record is built (the device tracepoints' records copy the
+// device's name) and arguments are plain loads. Every hop of every packet on the machine
+// runs these, traced or not. Each reads only the arguments its tracepoint has: the kernel
+// refuses to attach a program that reads past them.
+
+#[raw_tracepoint(tracepoint = "netif_receive_skb")]
+pub fn path_rcv_raw(ctx: RawTracePointContext) -> u32 {
+    hop(&RawHop::<1>::new(&ctx), path_hook::RECEIVE);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "net_dev_queue")]
+pub fn path_queue_raw(ctx: RawTracePointContext) -> u32 {
+    hop(&RawHop::<1>::new(&ctx), path_hook::QUEUE);
+    0
+}
+
+/// `net_dev_xmit(skb, rc, dev, skb_len)`.
+#[raw_tracepoint(tracepoint = "net_dev_xmit")]
+pub fn path_xmit_raw(ctx: RawTracePointContext) -> u32 {
+    hop(&RawHop::<2>::new(&ctx), path_hook::XMIT_ERROR);
+    0
+}
+
+/// `kfree_skb(skb, location, reason, …)` (5.17+: userspace attaches this one only then).
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn path_free_raw(ctx: RawTracePointContext) -> u32 {
+    hop(&RawHop::<3>::new(&ctx), path_hook::FREE);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "skb_copy_datagram_iovec")]
+pub fn path_deliv_raw(ctx: RawTracePointContext) -> u32 {
+    hop(&RawHop::<1>::new(&ctx), path_hook::DELIVER);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "consume_skb")]
+pub fn path_cons_raw(ctx: RawTracePointContext) -> u32 {
+    hop(&RawHop::<1>::new(&ctx), path_hook::CONSUME);
+    0
+}
+
+/// Where a hop's skb and results come from: a classic tracepoint's record (offsets from
+/// tracefs, read with a helper each) or a raw tracepoint's arguments.
+trait HopArgs {
+    fn skb(&self, hook: u32) -> Option<u64>;
+    /// `net_dev_xmit`'s return code.
+    fn xmit_rc(&self) -> i32;
+    /// `kfree_skb`'s reason ([`ABSENT`] when the kernel has none) and location.
+    fn free_reason(&self) -> u32;
+    fn free_location(&self) -> u64;
+}
+
+impl HopArgs for TracePointContext {
+    #[inline(always)]
+    fn skb(&self, hook: u32) -> Option<u64> {
+        let offset = match hook {
+            path_hook::RECEIVE => setting!(tp_skb[1]),
+            path_hook::QUEUE => setting!(tp_skb[2]),
+            path_hook::XMIT_ERROR => setting!(tp_skb[3]),
+            path_hook::FREE => setting!(tp_skb[4]),
+            path_hook::CONSUME => setting!(tp_skb[5]),
+            _ => setting!(tp_skb[6]),
+        };
+        if offset == ABSENT {
+            return None;
+        }
+        unsafe { self.read_at::<u64>(offset as usize) }.ok()
+    }
+
+    #[inline(always)]
+    fn xmit_rc(&self) -> i32 {
+        let offset = setting!(tp_xmit_rc);
+        if offset == ABSENT {
+            return 0;
+        }
+        unsafe { self.read_at(offset as usize) }.unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn free_reason(&self) -> u32 {
+        let offset = setting!(tp_free_reason);
+        if offset == ABSENT {
+            return ABSENT;
+        }
+        unsafe { self.read_at(offset as usize) }.unwrap_or(ABSENT)
+    }
+
+    #[inline(always)]
+    fn free_location(&self) -> u64 {
+        let offset = setting!(tp_free_location);
+        if offset == ABSENT {
+            return 0;
+        }
+        unsafe { self.read_at(offset as usize) }.unwrap_or(0)
+    }
+}
+
+/// A raw tracepoint's first `N` arguments, copied at constant positions (the verifier wants
+/// constant context offsets, and the kernel checks at attach time that the tracepoint has
+/// as many arguments as the program reads).
+struct RawHop<const N: usize>([u64; N]);
+
+impl<const N: usize> RawHop<N> {
+    #[inline(always)]
+    fn new(ctx: &RawTracePointContext) -> Self {
+        let mut args = [0u64; N];
+        for (i, a) in args.iter_mut().enumerate() {
+            *a = ctx.arg(i);
+        }
+        Self(args)
+    }
+}
+
+impl<const N: usize> HopArgs for RawHop<N> {
+    #[inline(always)]
+    fn skb(&self, _hook: u32) -> Option<u64> {
+        Some(self.0[0])
+    }
+
+    #[inline(always)]
+    fn xmit_rc(&self) -> i32 {
+        if N > 1 {
+            self.0[1] as i32
+        } else {
+            0
+        }
+    }
+
+    #[inline(always)]
+    fn free_reason(&self) -> u32 {
+        if N > 2 {
+            self.0[2] as u32
+        } else {
+            ABSENT
+        }
+    }
+
+    #[inline(always)]
+    fn free_location(&self) -> u64 {
+        if N > 1 {
+            self.0[1]
+        } else {
+            0
+        }
+    }
 }
 
 /// Where the kernel has kprobes: datapath functions (`ip_forward`, `vxlan_xmit`, `br_forward`,
@@ -205,23 +356,14 @@ impl Flow {
 }
 
 #[inline(always)]
-fn hop(ctx: &TracePointContext, hook: u32) {
-    let offset = match hook {
-        path_hook::RECEIVE => setting!(tp_skb[1]),
-        path_hook::QUEUE => setting!(tp_skb[2]),
-        path_hook::XMIT_ERROR => setting!(tp_skb[3]),
-        path_hook::FREE => setting!(tp_skb[4]),
-        path_hook::CONSUME => setting!(tp_skb[5]),
-        _ => setting!(tp_skb[6]),
-    };
-    if offset == ABSENT {
+fn hop<A: HopArgs>(args: &A, hook: u32) {
+    let Some(skb) = args.skb(hook) else { return };
+    if skb == 0 {
         return;
     }
-    let Ok(skb) = (unsafe { ctx.read_at::<u64>(offset as usize) }) else { return };
     let mut result: u32 = 0;
     if hook == path_hook::XMIT_ERROR {
-        let rc_offset = setting!(tp_xmit_rc);
-        let rc: i32 = if rc_offset == ABSENT { 0 } else { unsafe { ctx.read_at(rc_offset as usize) }.unwrap_or(0) };
+        let rc = args.xmit_rc();
         if rc == 0 {
             return;
         }
@@ -266,16 +408,8 @@ fn hop(ctx: &TracePointContext, hook: u32) {
     }
     let mut location: u64 = 0;
     if hook == path_hook::FREE {
-        let reason_offset = setting!(tp_free_reason);
-        result = if reason_offset == ABSENT {
-            ABSENT
-        } else {
-            unsafe { ctx.read_at(reason_offset as usize) }.unwrap_or(ABSENT)
-        };
-        let location_offset = setting!(tp_free_location);
-        if location_offset != ABSENT {
-            location = unsafe { ctx.read_at(location_offset as usize) }.unwrap_or(0);
-        }
+        result = args.free_reason();
+        location = args.free_location();
     }
     // Read again rather than kept across `matches`: the verifier's 512-byte stack limit
     // counts this frame and the filter's together (6.1 refused 544).

@@ -1,12 +1,14 @@
 //! The path family (kernel twin: tracer-ebpf/src/path.rs): follows packets that match
 //! `--filter` from device to device with the device tracepoints every kernel has
 //! (`net:netif_receive_skb`, `net:net_dev_queue`, `net:net_dev_xmit`) and ends their journey
-//! at `skb:kfree_skb` / `skb:consume_skb`. Tracepoint offsets come from tracefs, `sk_buff`
-//! offsets from BTF; the filter's kernel part (see `packet_filter`) is passed as a global.
+//! at `skb:kfree_skb` / `skb:consume_skb`. Each hook is a raw tracepoint where BTF gives its
+//! prototype (no trace record is built: these run for every hop of every packet), else a
+//! classic one. Tracepoint offsets come from tracefs, `sk_buff` offsets from BTF; the
+//! filter's kernel part (see `packet_filter`) is passed as a global.
 
 use aya::{
     maps::HashMap as BpfHashMap,
-    programs::{KProbe, TracePoint},
+    programs::{KProbe, RawTracePoint, TracePoint},
     Ebpf,
 };
 use serde::Serialize;
@@ -30,14 +32,70 @@ pub struct PathOptions {
     pub aggregate: bool,
 }
 
-/// The tracepoints of each hook, in [`path_hook`] order, and their program names.
-const HOOKS: [(u32, &str, &str, &str); 6] = [
-    (path_hook::RECEIVE, names::PROG_PATH_RECEIVE, "net", "netif_receive_skb"),
-    (path_hook::QUEUE, names::PROG_PATH_QUEUE, "net", "net_dev_queue"),
-    (path_hook::XMIT_ERROR, names::PROG_PATH_XMIT, "net", "net_dev_xmit"),
-    (path_hook::FREE, names::PROG_PATH_FREE, "skb", "kfree_skb"),
-    (path_hook::CONSUME, names::PROG_PATH_CONSUME, "skb", "consume_skb"),
-    (path_hook::DELIVER, names::PROG_PATH_DELIVER, "skb", "skb_copy_datagram_iovec"),
+/// One hook: its tracepoint, its classic and raw programs, and the leading arguments the raw
+/// program reads (C types as BTF spells them, `const` aside).
+struct Hook {
+    hook: u32,
+    program: &'static str,
+    raw_program: &'static str,
+    system: &'static str,
+    event: &'static str,
+    raw_params: &'static [&'static str],
+}
+
+const SKB: &str = "struct sk_buff *";
+
+/// The hooks, in [`path_hook`] order.
+const HOOKS: [Hook; 6] = [
+    Hook {
+        hook: path_hook::RECEIVE,
+        program: names::PROG_PATH_RECEIVE,
+        raw_program: names::PROG_PATH_RECEIVE_RAW,
+        system: "net",
+        event: "netif_receive_skb",
+        raw_params: &[SKB],
+    },
+    Hook {
+        hook: path_hook::QUEUE,
+        program: names::PROG_PATH_QUEUE,
+        raw_program: names::PROG_PATH_QUEUE_RAW,
+        system: "net",
+        event: "net_dev_queue",
+        raw_params: &[SKB],
+    },
+    Hook {
+        hook: path_hook::XMIT_ERROR,
+        program: names::PROG_PATH_XMIT,
+        raw_program: names::PROG_PATH_XMIT_RAW,
+        system: "net",
+        event: "net_dev_xmit",
+        raw_params: &[SKB, "int"],
+    },
+    Hook {
+        hook: path_hook::FREE,
+        program: names::PROG_PATH_FREE,
+        raw_program: names::PROG_PATH_FREE_RAW,
+        system: "skb",
+        event: "kfree_skb",
+        // Without the reason (before 5.17) the classic tracepoint serves: it says so itself.
+        raw_params: &[SKB, "void *", "enum skb_drop_reason"],
+    },
+    Hook {
+        hook: path_hook::CONSUME,
+        program: names::PROG_PATH_CONSUME,
+        raw_program: names::PROG_PATH_CONSUME_RAW,
+        system: "skb",
+        event: "consume_skb",
+        raw_params: &[SKB],
+    },
+    Hook {
+        hook: path_hook::DELIVER,
+        program: names::PROG_PATH_DELIVER,
+        raw_program: names::PROG_PATH_DELIVER_RAW,
+        system: "skb",
+        event: "skb_copy_datagram_iovec",
+        raw_params: &[SKB],
+    },
 ];
 
 /// Datapath functions hooked with kprobes where the kernel has them, with the module whose
@@ -78,6 +136,8 @@ pub struct PathFunction {
 pub struct PathCoverage {
     /// Tracepoints found, as `system:event`.
     pub tracepoints: Vec<String>,
+    /// Those whose prototype BTF gives as the raw programs expect (`system:event`).
+    pub raw_tracepoints: Vec<String>,
     /// Datapath functions hooked with kprobes (needs kprobes and BTF).
     pub functions: Vec<String>,
     /// Headers can be read (BTF offsets of `sk_buff`): filters and captures work.
@@ -91,7 +151,7 @@ pub struct PathCoverage {
 pub fn path_config(facts: &KernelFacts, options: &PathOptions) -> (PathConfig, PathCoverage) {
     let mut cfg = PathConfig::absent();
     let mut cov = PathCoverage { aggregate: options.aggregate, ..Default::default() };
-    for (hook, _, system, event) in HOOKS {
+    for Hook { hook, system, event, raw_params, .. } in HOOKS {
         let Ok(format) = facts.tracefs.format(system, event) else {
             cov.gaps.push(format!("no {system}:{event} tracepoint"));
             continue;
@@ -99,6 +159,10 @@ pub fn path_config(facts: &KernelFacts, options: &PathOptions) -> (PathConfig, P
         cfg.tp_skb[hook as usize] = format.field("skbaddr").map_or(ABSENT, |f| f.offset);
         if cfg.tp_skb[hook as usize] != ABSENT {
             cov.tracepoints.push(format!("{system}:{event}"));
+            let params = facts.btf.as_ref().and_then(|btf| btf.raw_tracepoint_params(event));
+            if params.is_some_and(|p| raw_prototype_fits(&p, raw_params)) {
+                cov.raw_tracepoints.push(format!("{system}:{event}"));
+            }
         }
         match hook {
             path_hook::XMIT_ERROR => cfg.tp_xmit_rc = format.field("rc").map_or(ABSENT, |f| f.offset),
@@ -139,6 +203,11 @@ pub fn path_config(facts: &KernelFacts, options: &PathOptions) -> (PathConfig, P
     (cfg, cov)
 }
 
+/// Whether a raw tracepoint's parameters start with `wanted` (a `const` qualifier aside).
+fn raw_prototype_fits(params: &[String], wanted: &[&str]) -> bool {
+    params.len() >= wanted.len() && params.iter().zip(wanted).all(|(p, w)| p.strip_prefix("const ").unwrap_or(p) == *w)
+}
+
 /// The datapath functions this kernel has, with their skb argument (from BTF).
 pub fn functions(facts: &KernelFacts) -> Vec<PathFunction> {
     let Some(vmlinux) = &facts.btf else { return vec![] };
@@ -170,11 +239,25 @@ pub fn attach(ebpf: &mut Ebpf, coverage: &mut PathCoverage, functions: &[PathFun
     if !coverage.headers {
         return Err(coverage.gaps.join("; "));
     }
-    let mut attached = Vec::new();
-    for (_, prog, system, event) in HOOKS {
+    let (mut attached, mut raw) = (Vec::new(), Vec::new());
+    for Hook { program: prog, raw_program, system, event, .. } in HOOKS {
         let name = format!("{system}:{event}");
         if !coverage.tracepoints.contains(&name) {
             continue;
+        }
+        if coverage.raw_tracepoints.contains(&name) {
+            match attach_raw(ebpf, raw_program, event) {
+                Ok(()) => {
+                    raw.push(event);
+                    attached.push(name);
+                    continue;
+                }
+                // The classic tracepoint sees the same, at a higher cost per hop.
+                Err(e) => {
+                    coverage.raw_tracepoints.retain(|r| *r != name);
+                    coverage.gaps.push(format!("raw tracepoint {event} (classic one used): {e}"));
+                }
+            }
         }
         let p: &mut TracePoint = program(ebpf, prog)?;
         p.load().map_err(|e| format!("{prog}: {}", error_chain(&e)))?;
@@ -185,7 +268,15 @@ pub fn attach(ebpf: &mut Ebpf, coverage: &mut PathCoverage, functions: &[PathFun
     if let Some(missing) = required.iter().find(|r| !attached.iter().any(|a| a == *r)) {
         return Err(format!("no {missing} tracepoint"));
     }
-    let mut detail = format!("tracepoints {}", attached.join(" "));
+    let classic: Vec<&String> = attached.iter().filter(|a| !coverage.raw_tracepoints.contains(a)).collect();
+    let mut parts = Vec::new();
+    if !raw.is_empty() {
+        parts.push(format!("raw tracepoints {}", raw.join(" ")));
+    }
+    if !classic.is_empty() {
+        parts.push(format!("tracepoints {}", classic.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" ")));
+    }
+    let mut detail = parts.join(", ");
     for (position, prog) in
         [names::PROG_PATH_FN_SKB0, names::PROG_PATH_FN_SKB1, names::PROG_PATH_FN_SKB2].iter().enumerate()
     {
@@ -211,9 +302,34 @@ pub fn attach(ebpf: &mut Ebpf, coverage: &mut PathCoverage, functions: &[PathFun
     Ok(detail)
 }
 
+fn attach_raw(ebpf: &mut Ebpf, prog: &str, event: &str) -> Result<(), String> {
+    let p: &mut RawTracePoint = program(ebpf, prog)?;
+    p.load().map_err(|e| format!("{prog}: {}", error_chain(&e)))?;
+    p.attach(event).map_err(|e| format!("{event}: {}", error_chain(&e)))?;
+    Ok(())
+}
+
 /// The per-hop counters of an aggregate session.
 pub fn hop_counters(ebpf: &Ebpf) -> Vec<(PathHopKey, PathHopStats)> {
     let Some(map) = ebpf.map(names::PATH_HOPS) else { return vec![] };
     let Ok(counts) = BpfHashMap::<_, PathHopKey, PathHopStats>::try_from(map) else { return vec![] };
     counts.iter().filter_map(Result::ok).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_prototypes_must_start_with_what_the_programs_read() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // 6.x kfree_skb, with rx_sk after the reason: fits.
+        let kfree = p(&["struct sk_buff *", "void *", "enum skb_drop_reason", "struct sock *"]);
+        assert!(raw_prototype_fits(&kfree, &[SKB, "void *", "enum skb_drop_reason"]));
+        // Before 5.17: no reason, so the classic tracepoint is used.
+        assert!(!raw_prototype_fits(&p(&["struct sk_buff *", "void *"]), &[SKB, "void *", "enum skb_drop_reason"]));
+        // skb_copy_datagram_iovec takes a const skb.
+        assert!(raw_prototype_fits(&p(&["const struct sk_buff *", "int"]), &[SKB]));
+        assert!(!raw_prototype_fits(&p(&["struct net_device *"]), &[SKB]));
+    }
 }
