@@ -1,6 +1,9 @@
 //! Drop monitoring (userspace twin: tracer/src/probes/drops.rs). Three backends, chosen by
 //! userspace by probing, best first:
-//! - `kfree_skb`: the `skb:kfree_skb` tracepoint (every kernel; `reason` field since 5.17);
+//! - `kfree_skb`: the `skb:kfree_skb` tracepoint (every kernel; `reason` field since 5.17), or
+//!   `kfree_skb_raw`, the same as a raw tracepoint where BTF shows the 5.17+ prototype: it
+//!   builds no trace record and reads its arguments with plain loads instead of four helper
+//!   calls, which matters in a drop storm;
 //! - `drop_fentry`: fentry on the drop function (`sk_skb_reason_drop`, `kfree_skb_reason` or
 //!   `kfree_skb`, whichever this kernel has), needs BTF and the `tracing` program type;
 //! - `drop_kprobe`: kprobe on the same function, for kernels with kprobes but no fentry.
@@ -10,8 +13,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_stack, bpf_probe_read_kernel_buf},
-    macros::{fentry, kprobe, tracepoint},
-    programs::{FEntryContext, ProbeContext, TracePointContext},
+    macros::{fentry, kprobe, raw_tracepoint, tracepoint},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
 use tracer_ebpf::{DropConfig, DropEvent, EventKind, ABSENT, HEADER_BYTES};
@@ -29,6 +32,20 @@ const FRAMES: usize = 8;
 #[tracepoint]
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     let _ = from_tracepoint(&ctx);
+    0
+}
+
+/// `kfree_skb(skb, location, reason, …)`.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn kfree_skb_raw(ctx: RawTracePointContext) -> u32 {
+    let cfg = config();
+    let (skb, location, reason): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    let reason = if cfg.tp_reason == ABSENT { ABSENT } else { reason as u32 };
+    if skb == 0 || is_routine(&cfg, reason) {
+        return 0;
+    }
+    let protocol = u16::from_be(read_field(skb, cfg.skb_protocol).unwrap_or(0));
+    record(&cfg, skb, location, reason, protocol);
     0
 }
 

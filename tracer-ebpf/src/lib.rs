@@ -19,6 +19,8 @@ pub mod names {
     pub const LOST: &str = "LOST";
     pub const DROP_CONFIG: &str = "DROP_CONFIG";
     pub const PROG_KFREE_SKB: &str = "kfree_skb";
+    /// The same as a raw tracepoint (5.17+ prototype, checked against BTF): no trace record.
+    pub const PROG_KFREE_SKB_RAW: &str = "kfree_skb_raw";
     pub const PROG_DROP_KPROBE: &str = "drop_kprobe";
     pub const PROG_DROP_FENTRY: &str = "drop_fentry";
     pub const LINK_CONFIG: &str = "LINK_CONFIG";

@@ -58,6 +58,9 @@ pub struct DropCoverage {
     pub location: bool,
     pub device_and_netns: bool,
     pub headers: bool,
+    /// `tracepoint` backend: attached as a raw tracepoint (no trace record per drop), as BTF
+    /// shows the prototype the program reads.
+    pub raw_tracepoint: bool,
     /// Human-readable notes on what is missing and why.
     pub gaps: Vec<String>,
 }
@@ -118,6 +121,9 @@ pub fn drop_config(
                 why: why.clone(),
             })?;
             let (mut cfg, mut coverage) = config_from(format, &facts.drop_reasons, btf)?;
+            coverage.raw_tracepoint = backend == DropBackend::Tracepoint
+                && cfg.tp_reason != ABSENT
+                && btf.ok().and_then(|b| b.raw_tracepoint_params("kfree_skb")).is_some_and(|p| raw_kfree_skb_fits(&p));
             if backend == DropBackend::TracepointNoreason && cfg.tp_reason != ABSENT {
                 cfg.tp_reason = ABSENT;
                 coverage.reason = false;
@@ -135,6 +141,12 @@ pub fn drop_config(
             Ok((cfg, coverage, Some(function)))
         }
     }
+}
+
+/// Whether `kfree_skb`'s raw tracepoint takes `(skb, location, reason, …)`, as the raw
+/// program reads it (5.17+).
+fn raw_kfree_skb_fits(params: &[String]) -> bool {
+    params.len() >= 3 && params[0] == "struct sk_buff *" && params[1] == "void *" && params[2] == "enum skb_drop_reason"
 }
 
 /// The configuration from a kfree_skb format, the reason names, and BTF (or why it is missing).

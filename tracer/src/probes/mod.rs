@@ -13,7 +13,7 @@ pub mod xdp;
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, KProbe, TracePoint},
+    programs::{FEntry, KProbe, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use serde::{Deserialize, Serialize};
@@ -566,15 +566,19 @@ fn attach_drops(
     buffer_bytes: u32,
     configs: &Configs,
 ) -> Result<(Ebpf, String, DropCoverage), String> {
-    let (config, coverage, function) = plan?;
+    let (config, mut coverage, function) = plan?;
     let mut ebpf = load_object(&config, configs, buffer_bytes)?;
     let detail = match (backend, function) {
-        (DropBackend::Tracepoint | DropBackend::TracepointNoreason, _) => {
-            let program: &mut TracePoint = program(&mut ebpf, names::PROG_KFREE_SKB)?;
-            program.load().map_err(|e| error_chain(&e))?;
-            program.attach("skb", "kfree_skb").map_err(|e| error_chain(&e))?;
-            "tracepoint skb:kfree_skb".to_string()
-        }
+        (DropBackend::Tracepoint, _) if coverage.raw_tracepoint => match attach_raw_kfree_skb(&mut ebpf) {
+            Ok(()) => "raw tracepoint kfree_skb".to_string(),
+            // The classic tracepoint sees the same, at a higher cost per drop.
+            Err(e) => {
+                log::info!("drops: raw tracepoint kfree_skb: {e}; using the classic one");
+                coverage.raw_tracepoint = false;
+                attach_kfree_skb(&mut ebpf)?
+            }
+        },
+        (DropBackend::Tracepoint | DropBackend::TracepointNoreason, _) => attach_kfree_skb(&mut ebpf)?,
         (DropBackend::Fentry, Some(function)) => {
             let btf = kernel_btf_for_aya().map_err(|e| format!("fentry needs BTF: {e}"))?;
             let program: &mut FEntry = program(&mut ebpf, names::PROG_DROP_FENTRY)?;
@@ -598,6 +602,20 @@ fn attach_drops(
         (_, None) => return Err("no drop function found".into()),
     };
     Ok((ebpf, detail, coverage))
+}
+
+fn attach_kfree_skb(ebpf: &mut Ebpf) -> Result<String, String> {
+    let program: &mut TracePoint = program(ebpf, names::PROG_KFREE_SKB)?;
+    program.load().map_err(|e| error_chain(&e))?;
+    program.attach("skb", "kfree_skb").map_err(|e| error_chain(&e))?;
+    Ok("tracepoint skb:kfree_skb".to_string())
+}
+
+fn attach_raw_kfree_skb(ebpf: &mut Ebpf) -> Result<(), String> {
+    let program: &mut RawTracePoint = program(ebpf, names::PROG_KFREE_SKB_RAW)?;
+    program.load().map_err(|e| error_chain(&e))?;
+    program.attach("kfree_skb").map_err(|e| error_chain(&e))?;
+    Ok(())
 }
 
 pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
