@@ -122,6 +122,18 @@ impl KernelBtf {
         params.map(|p| self.c_type_name(self.btf.resolve_chained_type(p).ok()?)).collect()
     }
 
+    /// Checks that raw tracepoint `event`'s parameters begin with `wanted` (C types, `const`
+    /// aside): a raw program reads its arguments by position, and reading the wrong type
+    /// would report garbage. `Err` says what this kernel has instead.
+    pub fn raw_tracepoint_fits(&self, event: &str, wanted: &[&str]) -> Result<(), String> {
+        let params = self.raw_tracepoint_params(event).ok_or_else(|| format!("no {event} tracepoint in BTF"))?;
+        if prototype_starts_with(&params, wanted) {
+            Ok(())
+        } else {
+            Err(format!("raw tracepoint {event} takes ({}), not ({}, …)", params.join(", "), wanted.join(", ")))
+        }
+    }
+
     /// A type as C spells it, for the types tracepoint prototypes use.
     fn c_type_name(&self, ty: Type) -> Option<String> {
         Some(match ty {
@@ -191,12 +203,30 @@ impl KernelBtf {
     }
 }
 
+/// Whether `params` begin with `wanted`, `const` qualifiers aside.
+fn prototype_starts_with(params: &[String], wanted: &[&str]) -> bool {
+    let bare = |t: &str| t.replace("const ", "");
+    params.len() >= wanted.len() && params.iter().zip(wanted).all(|(p, w)| bare(p) == bare(w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Only runs where the kernel exposes BTF; the values are checked against each other
     /// rather than against numbers, which differ per kernel build.
+    #[test]
+    fn prototypes_match_by_leading_types_const_aside() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let kfree = p(&["struct sk_buff *", "void *", "enum skb_drop_reason", "struct sock *"]);
+        assert!(prototype_starts_with(&kfree, &["struct sk_buff *", "void *", "enum skb_drop_reason"]));
+        // Before 5.17: no reason argument.
+        let old = p(&["struct sk_buff *", "void *"]);
+        assert!(!prototype_starts_with(&old, &["struct sk_buff *", "void *", "enum skb_drop_reason"]));
+        assert!(prototype_starts_with(&p(&["const struct sk_buff *", "int"]), &["struct sk_buff *"]));
+        assert!(!prototype_starts_with(&p(&["struct net_device *"]), &["struct sk_buff *"]));
+    }
+
     #[test]
     fn resolves_nested_members_on_this_kernel() {
         let Ok(btf) = KernelBtf::load(Path::new(VMLINUX)) else {
@@ -218,6 +248,9 @@ mod tests {
         let exception = btf.raw_tracepoint_params("xdp_exception").expect("xdp_exception is a tracepoint");
         assert_eq!(exception, ["const struct net_device *", "const struct bpf_prog *", "u32"]);
         assert!(btf.raw_tracepoint_params("no_such_tracepoint_dptrace").is_none());
+        assert!(btf.raw_tracepoint_fits("xdp_exception", &["struct net_device *", "struct bpf_prog *"]).is_ok());
+        let wrong = btf.raw_tracepoint_fits("xdp_exception", &["struct sk_buff *"]).unwrap_err();
+        assert!(wrong.contains("const struct net_device *"), "{wrong}");
         let reasons = btf.enum_values("skb_drop_reason").unwrap();
         assert!(reasons.iter().any(|(n, _)| n == "SKB_DROP_REASON_NO_SOCKET"));
     }

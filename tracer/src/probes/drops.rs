@@ -123,7 +123,7 @@ pub fn drop_config(
             let (mut cfg, mut coverage) = config_from(format, &facts.drop_reasons, btf)?;
             coverage.raw_tracepoint = backend == DropBackend::Tracepoint
                 && cfg.tp_reason != ABSENT
-                && btf.ok().and_then(|b| b.raw_tracepoint_params("kfree_skb")).is_some_and(|p| raw_kfree_skb_fits(&p));
+                && btf.is_ok_and(|b| b.raw_tracepoint_fits("kfree_skb", &KFREE_SKB_RAW_PARAMS).is_ok());
             if backend == DropBackend::TracepointNoreason && cfg.tp_reason != ABSENT {
                 cfg.tp_reason = ABSENT;
                 coverage.reason = false;
@@ -143,11 +143,8 @@ pub fn drop_config(
     }
 }
 
-/// Whether `kfree_skb`'s raw tracepoint takes `(skb, location, reason, …)`, as the raw
-/// program reads it (5.17+).
-fn raw_kfree_skb_fits(params: &[String]) -> bool {
-    params.len() >= 3 && params[0] == "struct sk_buff *" && params[1] == "void *" && params[2] == "enum skb_drop_reason"
-}
+/// What `kfree_skb_raw` reads: `kfree_skb(skb, location, reason, …)` (5.17+).
+const KFREE_SKB_RAW_PARAMS: [&str; 3] = ["struct sk_buff *", "void *", "enum skb_drop_reason"];
 
 /// The configuration from a kfree_skb format, the reason names, and BTF (or why it is missing).
 pub fn config_from(

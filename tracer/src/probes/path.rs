@@ -159,8 +159,7 @@ pub fn path_config(facts: &KernelFacts, options: &PathOptions) -> (PathConfig, P
         cfg.tp_skb[hook as usize] = format.field("skbaddr").map_or(ABSENT, |f| f.offset);
         if cfg.tp_skb[hook as usize] != ABSENT {
             cov.tracepoints.push(format!("{system}:{event}"));
-            let params = facts.btf.as_ref().and_then(|btf| btf.raw_tracepoint_params(event));
-            if params.is_some_and(|p| raw_prototype_fits(&p, raw_params)) {
+            if facts.btf.as_ref().is_some_and(|btf| btf.raw_tracepoint_fits(event, raw_params).is_ok()) {
                 cov.raw_tracepoints.push(format!("{system}:{event}"));
             }
         }
@@ -201,11 +200,6 @@ pub fn path_config(facts: &KernelFacts, options: &PathOptions) -> (PathConfig, P
         cov.filter = Some(kernel.description);
     }
     (cfg, cov)
-}
-
-/// Whether a raw tracepoint's parameters start with `wanted` (a `const` qualifier aside).
-fn raw_prototype_fits(params: &[String], wanted: &[&str]) -> bool {
-    params.len() >= wanted.len() && params.iter().zip(wanted).all(|(p, w)| p.strip_prefix("const ").unwrap_or(p) == *w)
 }
 
 /// The datapath functions this kernel has, with their skb argument (from BTF).
@@ -314,22 +308,4 @@ pub fn hop_counters(ebpf: &Ebpf) -> Vec<(PathHopKey, PathHopStats)> {
     let Some(map) = ebpf.map(names::PATH_HOPS) else { return vec![] };
     let Ok(counts) = BpfHashMap::<_, PathHopKey, PathHopStats>::try_from(map) else { return vec![] };
     counts.iter().filter_map(Result::ok).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn raw_prototypes_must_start_with_what_the_programs_read() {
-        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        // 6.x kfree_skb, with rx_sk after the reason: fits.
-        let kfree = p(&["struct sk_buff *", "void *", "enum skb_drop_reason", "struct sock *"]);
-        assert!(raw_prototype_fits(&kfree, &[SKB, "void *", "enum skb_drop_reason"]));
-        // Before 5.17: no reason, so the classic tracepoint is used.
-        assert!(!raw_prototype_fits(&p(&["struct sk_buff *", "void *"]), &[SKB, "void *", "enum skb_drop_reason"]));
-        // skb_copy_datagram_iovec takes a const skb.
-        assert!(raw_prototype_fits(&p(&["const struct sk_buff *", "int"]), &[SKB]));
-        assert!(!raw_prototype_fits(&p(&["struct net_device *"]), &[SKB]));
-    }
 }

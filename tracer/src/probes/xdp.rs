@@ -94,8 +94,14 @@ pub struct XdpCoverage {
     pub exceptions: bool,
     /// Exceptions carry the namespace and names (raw tracepoint + BTF).
     pub exception_places: bool,
+    /// Failed XDP redirects are counted with the exceptions (raw tracepoint `xdp_redirect_err`).
+    pub redirect_errors: bool,
     pub gaps: Vec<String>,
 }
+
+/// The leading arguments the raw exception programs read.
+const XDP_EXCEPTION_PARAMS: [&str; 3] = ["struct net_device *", "struct bpf_prog *", "u32"];
+const XDP_REDIRECT_ERR_PARAMS: [&str; 4] = ["struct net_device *", "struct bpf_prog *", "void *", "int"];
 
 /// `enum bpf_cmd` values (UAPI); BTF's enum confirms them where it exists.
 const BPF_PROG_LOAD: u32 = 5;
@@ -153,10 +159,20 @@ pub fn xdp_config(facts: &KernelFacts, backend: XdpBackend) -> (XdpConfig, XdpCo
     match backend {
         XdpBackend::RawTracepoint => {
             cov.exceptions = cfg.dev_net != ABSENT && cfg.aux_id != ABSENT;
-            cov.exception_places = cov.exceptions;
             if !cov.exceptions {
                 cov.gaps.push("XDP exceptions with their device: needs kernel BTF".into());
+            } else if let Some(btf) = &facts.btf {
+                // The programs read (dev, prog, act) and (dev, prog, target, err) by position.
+                if let Err(e) = btf.raw_tracepoint_fits("xdp_exception", &XDP_EXCEPTION_PARAMS) {
+                    cov.exceptions = false;
+                    cov.gaps.push(format!("XDP exceptions: {e}"));
+                }
+                match btf.raw_tracepoint_fits("xdp_redirect_err", &XDP_REDIRECT_ERR_PARAMS) {
+                    Ok(()) => cov.redirect_errors = true,
+                    Err(e) => cov.gaps.push(format!("failed XDP redirects: {e}")),
+                }
             }
+            cov.exception_places = cov.exceptions;
         }
         XdpBackend::Tracepoints => {
             cov.exceptions = cfg.tp_exc_act != ABSENT;
@@ -267,11 +283,13 @@ pub fn attach_exceptions(ebpf: &mut Ebpf, backend: XdpBackend, coverage: &XdpCov
             p.attach("xdp_exception").map_err(|e| format!("raw tracepoint xdp_exception: {}", error_chain(&e)))?;
             attached.push("raw tracepoint xdp_exception".into());
             // Redirect errors: the same counters (raw tracepoint only: it names the device).
-            let p: &mut RawTracePoint = program(ebpf, names::PROG_XDP_REDIRECT_ERR_RAW)?;
-            p.load().map_err(|e| format!("{}: {}", names::PROG_XDP_REDIRECT_ERR_RAW, error_chain(&e)))?;
-            p.attach("xdp_redirect_err")
-                .map_err(|e| format!("raw tracepoint xdp_redirect_err: {}", error_chain(&e)))?;
-            attached.push("xdp_redirect_err".into());
+            if coverage.redirect_errors {
+                let p: &mut RawTracePoint = program(ebpf, names::PROG_XDP_REDIRECT_ERR_RAW)?;
+                p.load().map_err(|e| format!("{}: {}", names::PROG_XDP_REDIRECT_ERR_RAW, error_chain(&e)))?;
+                p.attach("xdp_redirect_err")
+                    .map_err(|e| format!("raw tracepoint xdp_redirect_err: {}", error_chain(&e)))?;
+                attached.push("xdp_redirect_err".into());
+            }
         }
         XdpBackend::Tracepoints => {
             let p: &mut TracePoint = program(ebpf, names::PROG_XDP_EXCEPTION_TP)?;
