@@ -172,7 +172,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
     // then stands for its namespace, as --netns PATH would.
     let netns_spec = match args.pod.as_ref().map(crate::pods::resolve).transpose()? {
         Some(found) => {
-            filter.netns = Some(HashSet::from([found.inode]));
+            filter.netns = Some([found.inode].into_iter().collect());
             if found.host_network {
                 eprintln!("dptrace: pod {} uses the node's network namespace (hostNetwork): all of the node's events are kept", found.pod);
             } else {

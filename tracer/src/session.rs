@@ -27,11 +27,11 @@ use crate::{
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     /// Keep only events in these network namespaces (by inode).
-    pub netns: Option<HashSet<u32>>,
+    pub netns: Option<foldhash::HashSet<u32>>,
     /// Keep only events on this device name.
     pub iface: Option<String>,
     /// Threads whose link request was kept: their acks and kernel messages are kept too.
-    kept_tids: HashSet<u32>,
+    kept_tids: foldhash::HashSet<u32>,
     /// Keep events whose namespace the kernel cannot tell (no BTF): without this, a netns
     /// filter would hide everything on such kernels.
     pub keep_unknown_netns: bool,
@@ -39,7 +39,8 @@ pub struct EventFilter {
 
 impl EventFilter {
     pub fn new(netns: Option<HashSet<u32>>, iface: Option<String>) -> Self {
-        Self { netns, iface, kept_tids: HashSet::new(), keep_unknown_netns: false }
+        let netns = netns.map(|set| set.into_iter().collect());
+        Self { netns, iface, kept_tids: Default::default(), keep_unknown_netns: false }
     }
 }
 
@@ -267,6 +268,8 @@ impl Session {
             bpf_names,
             ifnames: Default::default(),
             mtus: Default::default(),
+            locations: Default::default(),
+            times: Default::default(),
             pods: {
                 pods.wait_ready();
                 pods

@@ -1,6 +1,8 @@
 //! Bounded correlation state: drops grouped by where they died and which flow they were.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::decode::{
     links::{Actor, KernelMessage, LinkRequest, LinkState, ModuleEvent, NetlinkAck},

@@ -5,7 +5,9 @@
 //! without a new hop for [`IDLE_NS`] is closed as unfinished (its `sk_buff` was freed without
 //! a tracepoint, e.g. merged by GRO, or is still queued).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};

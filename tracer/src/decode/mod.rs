@@ -225,11 +225,72 @@ pub struct Decoder {
     pub bpf_cmds: [u32; 3],
     pub bpf_names: Arc<xdp::BpfNames>,
     /// Interface names by (netns inode, ifindex), for requests that name only the index.
-    pub ifnames: std::collections::HashMap<(u32, u32), String>,
+    pub ifnames: foldhash::HashMap<(u32, u32), String>,
     /// Route and device lookups for packets too big for their way out (cached).
     pub mtus: MtuLookups,
+    /// Drop locations already resolved to `symbol+0xoff`.
+    pub locations: LocationCache,
+    pub times: TimeFormat,
     /// Network namespace → pod, for the `pod` fields of kept events (cached).
     pub pods: crate::pods::PodResolver,
+}
+
+/// RFC 3339 times with microseconds. The date and time of day are formatted once per second:
+/// formatting all of it per event was 4% of decoding (perf, a drop flood).
+#[derive(Default)]
+pub struct TimeFormat {
+    /// The second last formatted, and its `YYYY-MM-DDTHH:MM:SS`.
+    second: std::cell::Cell<Option<(u64, [u8; 19])>>,
+}
+
+impl TimeFormat {
+    pub fn rfc3339_micros(&self, t: SystemTime) -> String {
+        let Ok(since_epoch) = t.duration_since(UNIX_EPOCH) else {
+            return humantime::format_rfc3339_micros(t).to_string();
+        };
+        let secs = since_epoch.as_secs();
+        let prefix = match self.second.get() {
+            Some((cached, prefix)) if cached == secs => prefix,
+            _ => {
+                let whole = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+                let Some(prefix) = whole.as_bytes().get(..19).and_then(|p| <[u8; 19]>::try_from(p).ok()) else {
+                    return humantime::format_rfc3339_micros(t).to_string();
+                };
+                self.second.set(Some((secs, prefix)));
+                prefix
+            }
+        };
+        let mut out = String::with_capacity(27);
+        out.push_str(std::str::from_utf8(&prefix).unwrap_or_default());
+        let _ = std::fmt::Write::write_fmt(&mut out, format_args!(".{:06}Z", since_epoch.subsec_micros()));
+        out
+    }
+}
+
+/// Drop locations already resolved: a flood has a handful of them, and searching the ~200,000
+/// kernel symbols for each event was 5% of decoding (perf, a drop flood).
+#[derive(Default)]
+pub struct LocationCache(foldhash::HashMap<u64, (String, Option<String>)>);
+
+/// Locations kept at most; the cache starts over beyond.
+const LOCATIONS: usize = 4096;
+
+impl LocationCache {
+    /// `symbol+0xoff` (or the bare address) and the symbol's name.
+    fn resolve(&mut self, kallsyms: &Kallsyms, addr: u64) -> (String, Option<String>) {
+        if let Some(hit) = self.0.get(&addr) {
+            return hit.clone();
+        }
+        let value = match kallsyms.resolve(addr) {
+            Some(sym) => (sym.to_string(), Some(sym.name.to_string())),
+            None => (format!("{addr:#x}"), None),
+        };
+        if self.0.len() >= LOCATIONS {
+            self.0.clear();
+        }
+        self.0.insert(addr, value.clone());
+        value
+    }
 }
 
 /// Cached answers of `kernel::routes`: each lookup enters a namespace (about 1.5 ms).
@@ -268,6 +329,8 @@ impl Decoder {
             bpf_names: Default::default(),
             ifnames: Default::default(),
             mtus: MtuLookups { off: true, ..Default::default() },
+            locations: Default::default(),
+            times: Default::default(),
             pods: Default::default(),
         }
     }
@@ -367,7 +430,7 @@ impl Decoder {
                 let wall = self.clock.to_system_time(raw.header.ts_ns);
                 let context = path::HopContext {
                     function,
-                    time: humantime::format_rfc3339_micros(wall).to_string(),
+                    time: self.times.rfc3339_micros(wall),
                     wall_ns: wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
                     netns_name: (raw.netns != 0).then(|| self.netns.name(raw.netns).map(str::to_string)).flatten(),
                     location,
@@ -470,7 +533,7 @@ impl Decoder {
 
     /// RFC 3339 wall-clock time of a monotonic timestamp.
     fn time(&self, ts_ns: u64) -> String {
-        humantime::format_rfc3339_micros(self.clock.to_system_time(ts_ns)).to_string()
+        self.times.rfc3339_micros(self.clock.to_system_time(ts_ns))
     }
 
     fn decode_drop(&mut self, raw: &DropEvent) -> DropRecord {
@@ -486,10 +549,7 @@ impl Decoder {
             ETH_P_IP | ETH_P_IPV6 => parse_flow(&raw.headers[..header_len]),
             _ => None,
         };
-        let (location, function) = match self.kallsyms.resolve(raw.location) {
-            Some(sym) => (sym.to_string(), Some(sym.name.to_string())),
-            None => (format!("{:#x}", raw.location), None),
-        };
+        let (location, function) = self.locations.resolve(&self.kallsyms, raw.location);
         let reason_code = (raw.reason != ABSENT).then_some(raw.reason);
         let reported = reason_code
             .map(|code| self.reasons.name(code).map(str::to_string).unwrap_or_else(|| format!("reason-{code}")));
@@ -501,7 +561,7 @@ impl Decoder {
         let reason = reported.or(inferred.map(str::to_string));
         let netns = (raw.netns != 0).then_some(raw.netns);
         DropRecord {
-            time: humantime::format_rfc3339_micros(self.clock.to_system_time(raw.header.ts_ns)).to_string(),
+            time: self.time(raw.header.ts_ns),
             ts_ns: raw.header.ts_ns,
             cpu: raw.header.cpu,
             netns,
@@ -630,6 +690,25 @@ mod tests {
     use etherparse::PacketBuilder;
     use tracer_ebpf::HEADER_BYTES;
 
+    #[test]
+    fn times_match_humantime_across_seconds() {
+        let f = TimeFormat::default();
+        for ns in [
+            0u64,
+            999_999_999,
+            1_000_000_000,
+            1_764_144_000_123_456_789,
+            1_764_144_000_999_999_000,
+            1_764_144_001_000_001_000,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_nanos(ns);
+            assert_eq!(f.rfc3339_micros(t), humantime::format_rfc3339_micros(t).to_string(), "{ns}");
+        }
+        // The same second again, from the cache.
+        let t = UNIX_EPOCH + Duration::from_nanos(1_764_144_001_500_000_000);
+        assert_eq!(f.rfc3339_micros(t), "2025-11-26T08:00:01.500000Z");
+    }
+
     fn decoder() -> Decoder {
         let format = TracepointFormat::parse(include_str!("../../tests/fixtures/6.18-kfree_skb.format")).unwrap();
         Decoder {
@@ -644,6 +723,8 @@ mod tests {
             bpf_names: Default::default(),
             ifnames: Default::default(),
             mtus: Default::default(),
+            locations: Default::default(),
+            times: Default::default(),
             pods: Default::default(),
         }
     }

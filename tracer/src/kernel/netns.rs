@@ -1,6 +1,8 @@
 //! Network namespace names: inode → the name `ip netns` gave it, or "host" for PID 1's.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt, path::Path, time::Instant};
+use std::{os::unix::fs::MetadataExt, path::Path, time::Instant};
+
+use foldhash::{HashMap, HashMapExt};
 
 const NAMED_NETNS_DIR: &str = "/run/netns";
 

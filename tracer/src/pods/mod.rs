@@ -186,10 +186,10 @@ pub struct PodResolver {
     host: Option<u32>,
     /// From the last scan: namespace → the UID of its pod (None: its processes are in no
     /// pod's cgroup, or in several pods').
-    by_netns: HashMap<u32, Option<String>>,
+    by_netns: foldhash::HashMap<u32, Option<String>>,
     /// Pod namespaces seen during the session, still named after they are gone.
-    history: HashMap<u32, String>,
-    misses: HashMap<u32, Instant>,
+    history: foldhash::HashMap<u32, String>,
+    misses: foldhash::HashMap<u32, Instant>,
     scanned_at: Option<Instant>,
 }
 
@@ -210,9 +210,9 @@ impl PodResolver {
         Self {
             names,
             host: host_netns(),
-            by_netns: HashMap::new(),
-            history: HashMap::new(),
-            misses: HashMap::new(),
+            by_netns: Default::default(),
+            history: Default::default(),
+            misses: Default::default(),
             scanned_at: None,
         }
     }
