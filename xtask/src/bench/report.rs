@@ -56,7 +56,11 @@ pub fn targets(r: &Report) -> Vec<Target> {
             };
             let measured =
                 ratios.iter().map(|(t, r)| format!("{} {}", t.short(), pct(*r))).collect::<Vec<_>>().join(", ");
-            target(name, holds, caveat, format!("{measured} (medians of {} rounds)", d.rounds))
+            let mut measured = format!("{measured} (medians of {} rounds)", d.rounds);
+            if let Some(per_packet) = programs_per_datagram(d, Test::Pps, Variant::Default) {
+                measured.push_str(&format!("; in the kernel, per 64 B datagram: {per_packet}"));
+            }
+            target(name, holds, caveat, measured)
         }
         None => not_run(name, "datapath"),
     });
@@ -612,6 +616,18 @@ pub fn markdown(r: &Report) -> String {
     out
 }
 
+/// "1.00 program runs, 99 ns (nl_sock_send 1.00)": what a tracer's programs cost per datagram
+/// in the accounting run of `test`, and the busiest program's share of the runs.
+fn programs_per_datagram(d: &super::datapath::Results, test: Test, variant: Variant) -> Option<String> {
+    let run = d.accounting.iter().find(|r| r.test == test && r.variant == variant)?;
+    let bpf = run.bpf.as_ref()?;
+    let (runs, ns) = bpf.per_packet()?;
+    let packets = bpf.packets?;
+    let busiest =
+        bpf.programs.iter().max_by_key(|p| p.runs).map(|p| format!(" ({} {:.2})", p.name, p.runs as f64 / packets));
+    Some(format!("{runs:.2} program runs, {ns:.0} ns{}", busiest.unwrap_or_default()))
+}
+
 /// The tracers' kernel-side cost: their process CPU above does not include it.
 fn accounting_table(d: &super::datapath::Results) -> String {
     let mut out = String::from(
@@ -708,6 +724,55 @@ fn duration(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::{
+        bpf_cost::ProgramCost,
+        datapath::{BpfCost, Results, Run},
+    };
+
+    #[test]
+    fn program_cost_per_datagram_names_the_busiest_program() {
+        let program = |name: &str, runs, run_ns| ProgramCost { name: name.into(), runs, run_ns };
+        let bpf = BpfCost {
+            packets: Some(1000.0),
+            runs: 1010,
+            run_ns: 110_000,
+            cores: 0.01,
+            programs: vec![program("kfree_skb_raw", 10, 10_000), program("nl_sock_send", 1000, 100_000)],
+        };
+        let run = Run {
+            round: 0,
+            test: Test::Pps,
+            variant: Variant::Default,
+            value: Some(1.0),
+            loss_percent: None,
+            wall_secs: 1.0,
+            tracer_cpu: None,
+            host_busy_cores: 0.0,
+            events: None,
+            lost_events: None,
+            paths_traced: None,
+            error: None,
+            tracer_note: None,
+            bpf: Some(bpf),
+        };
+        let mut d = Results {
+            rounds: 1,
+            seconds: 1,
+            udp_rate: "1M".into(),
+            server: "10.0.0.1".into(),
+            variants: vec![Variant::Default],
+            cells: vec![],
+            runs: vec![],
+            accounting: vec![run],
+        };
+        assert_eq!(
+            programs_per_datagram(&d, Test::Pps, Variant::Default).unwrap(),
+            "1.01 program runs, 110 ns (nl_sock_send 1.00)"
+        );
+        assert!(programs_per_datagram(&d, Test::Tcp, Variant::Default).is_none());
+        d.accounting[0].bpf.as_mut().unwrap().packets = None;
+        assert!(programs_per_datagram(&d, Test::Pps, Variant::Default).is_none());
+    }
 
     #[test]
     fn thousands() {
