@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
+    bpf_cost::{self, ProgramCost},
     procs::{self, HostCpu, Proc},
     topology::{enter_netns, snmp_counter, Pair},
 };
@@ -421,6 +422,20 @@ pub struct FloodRun {
     /// its main thread) during the window, and events decoded per wake-up.
     pub wakeups: u64,
     pub decoded_per_wakeup: f64,
+    /// The accounting run only: what dptrace's programs cost in the kernel during the flood.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub programs: Option<Vec<ProgramCost>>,
+}
+
+impl FloodRun {
+    /// Program runs and nanoseconds per packet delivered (the accounting run).
+    pub fn programs_per_packet(&self) -> Option<(f64, f64)> {
+        let programs = self.programs.as_ref()?;
+        let packets = (self.delivered > 0).then_some(self.delivered as f64)?;
+        let runs: u64 = programs.iter().map(|p| p.runs).sum();
+        let ns: u64 = programs.iter().map(|p| p.run_ns).sum();
+        Some((runs as f64 / packets, ns as f64 / packets))
+    }
 }
 
 /// The fastest flood without a tracer: what the kernel's path costs per datagram by itself.
@@ -468,6 +483,9 @@ pub struct Results {
     /// The same with a ring buffer too small for the backlog: the lost count must make up
     /// exactly for the events that did not fit.
     pub overflow: Option<Drain>,
+    /// One more flood at [`ACCOUNTING_RATE`] with BPF run-time statistics on (kept out of
+    /// `runs`: the statistics slow every program run a little).
+    pub accounting: Option<FloodRun>,
     pub errors: Vec<String>,
 }
 
@@ -503,6 +521,7 @@ pub fn run(
         runs: Vec::new(),
         drain: None,
         overflow: None,
+        accounting: None,
         errors: Vec::new(),
     };
     eprintln!("flood as fast as possible without a tracer (the baseline)");
@@ -519,7 +538,7 @@ pub fn run(
         procs::check_interrupted()?;
         let rate_text = offered.map_or("as fast as possible".to_string(), |r| format!("{r}/s"));
         eprintln!("[{}/{}] flood {rate_text}, --buffer-size {buffer}", i + 1, plan.len());
-        match one(source, bin, net, buffer, offered, seconds, senders) {
+        match one(source, bin, net, buffer, offered, seconds, senders, false) {
             Ok(run) => {
                 eprintln!(
                     "  sent {:.0}/s, dptrace decoded {} ({:.0} per CPU-second), lost {}, unaccounted {}",
@@ -537,6 +556,18 @@ pub fn run(
                 results.errors.push(format!("{rate_text} with {buffer}: {e:#}"));
             }
         }
+    }
+    procs::check_interrupted()?;
+    eprintln!("accounting: flood {ACCOUNTING_RATE}/s with BPF statistics on");
+    match one(source, bin, net, "4m", Some(ACCOUNTING_RATE), seconds.min(3), senders, true) {
+        Ok(run) => {
+            if let Some((runs, ns)) = run.programs_per_packet() {
+                eprintln!("  {runs:.2} program runs, {ns:.0} ns per drop");
+            }
+            results.accounting = Some(run);
+        }
+        Err(e) if procs::interrupted() => return Err(e),
+        Err(e) => results.errors.push(format!("accounting: {e:#}")),
     }
     let events = if quick { 500_000 } else { 1_000_000 };
     // About 224 bytes per drop record: the big buffer holds the backlog, 16m does not.
@@ -662,6 +693,10 @@ fn wait_drained(p: &Proc) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The rate of the accounting flood: one every dptrace keeps up with.
+const ACCOUNTING_RATE: u64 = 100_000;
+
+#[allow(clippy::too_many_arguments)]
 fn one(
     source: Source,
     bin: &Path,
@@ -670,8 +705,17 @@ fn one(
     offered: Option<u64>,
     seconds: u32,
     senders: usize,
+    account: bool,
 ) -> anyhow::Result<FloodRun> {
     let mut p = start_dptrace(bin, net, buffer)?;
+    let stats = if account {
+        let on = bpf_cost::enable()?;
+        let ids = bpf_cost::programs_of(p.pid as u32)?;
+        let before = bpf_cost::sample(&ids)?;
+        Some((on, ids, before))
+    } else {
+        None
+    };
     let delivered_before = source.delivered(net)?;
     let cpu_before = p.cpu_secs()?;
     let switches_before = p.status_kib("voluntary_ctxt_switches").unwrap_or(0);
@@ -679,6 +723,14 @@ fn one(
     let stop = AtomicBool::new(false);
     let flood = flood(FloodSpec::to(source, net, offered, f64::from(seconds), senders), &stop)?;
     wait_drained(&p)?;
+    let programs = match stats {
+        Some((on, ids, before)) => {
+            let after = bpf_cost::sample(&ids)?;
+            drop(on);
+            Some(bpf_cost::between(&before, &after))
+        }
+        None => None,
+    };
     let window_secs = started.elapsed().as_secs_f64();
     let cpu_secs = p.cpu_secs()? - cpu_before;
     let wakeups = p.status_kib("voluntary_ctxt_switches").unwrap_or(0).saturating_sub(switches_before);
@@ -712,6 +764,7 @@ fn one(
         generator_limited: offered_rate.is_some_and(|r| flood.rate() < GENERATOR_SHORTFALL * r),
         wakeups,
         decoded_per_wakeup: decoded as f64 / wakeups.max(1) as f64,
+        programs,
     })
 }
 

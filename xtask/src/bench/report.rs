@@ -539,6 +539,21 @@ pub fn markdown(r: &Report) -> String {
                 d.unaccounted
             );
         }
+        if let Some((a, (runs, ns))) = p.accounting.as_ref().and_then(|a| Some((a, a.programs_per_packet()?))) {
+            let busiest: Vec<String> = a
+                .programs
+                .iter()
+                .flatten()
+                .take(3)
+                .map(|p| format!("{} {:.0} ns per run", p.name, p.run_ns as f64 / p.runs.max(1) as f64))
+                .collect();
+            let _ = writeln!(
+                out,
+                "\nKernel time in dptrace's programs (one more flood at {}/s with the kernel's BPF run-time statistics on): {runs:.2} program runs and **{ns:.0} ns per drop** ({}).",
+                int(a.flood.rate()),
+                busiest.join(", ")
+            );
+        }
         if let Some(o) = &p.overflow {
             let _ = writeln!(
                 out,
