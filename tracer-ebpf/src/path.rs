@@ -3,10 +3,10 @@
 //! Five tracepoints every kernel has see a packet at each device: `net:netif_receive_skb`
 //! (a device received it), `net:net_dev_queue` (handed to a device), `net:net_dev_xmit` (only
 //! its failures), and the end of its life, `skb:kfree_skb` / `skb:consume_skb`; as raw
-//! tracepoints where BTF gives their prototypes, else classic ones (same logic, `HopArgs`). A packet that
-//! matches the filter gets a trace id, kept per `sk_buff` address in `PATH_TRACKED`; later
-//! hooks follow the same `sk_buff` without looking at its headers again, so the trace survives
-//! NAT, encapsulation and encryption. The filter runs here so that unwanted packets cost one
+//! tracepoints where BTF gives their prototypes, else classic ones (same logic, `HopArgs`).
+//! A packet that matches the filter gets a trace id, kept per `sk_buff` address in
+//! `PATH_TRACKED`; later hooks follow the same `sk_buff` without looking at its headers again,
+//! so the trace survives NAT, encapsulation and encryption. The filter runs here so that unwanted packets cost one
 //! map lookup and a few header reads; userspace re-checks the whole expression.
 //!
 //! With `aggregate` set nothing is sent per packet: each hop (previous point → this point)
