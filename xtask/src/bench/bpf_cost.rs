@@ -10,17 +10,42 @@ use anyhow::Context;
 use serde::Serialize;
 
 /// Statistics stay on while this lives.
-pub struct StatsOn(#[allow(dead_code)] OwnedFd);
+struct StatsOn(#[allow(dead_code)] OwnedFd);
 
-pub fn enable() -> anyhow::Result<StatsOn> {
+fn enable() -> anyhow::Result<StatsOn> {
     let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("BPF_ENABLE_STATS (run time statistics need Linux 5.8+)")?;
     Ok(StatsOn(fd))
 }
 
+/// One accounting window over a process's programs: statistics on from [`Accounting::start`]
+/// until [`Accounting::finish`].
+pub struct Accounting {
+    on: StatsOn,
+    ids: BTreeSet<u32>,
+    before: Sample,
+}
+
+impl Accounting {
+    /// Switches statistics on and takes the first sample of the programs `pid` holds.
+    pub fn start(pid: u32) -> anyhow::Result<Self> {
+        let on = enable()?;
+        let ids = programs_of(pid)?;
+        let before = sample(&ids)?;
+        Ok(Self { on, ids, before })
+    }
+
+    /// The second sample, statistics off again, and what ran in between.
+    pub fn finish(self) -> anyhow::Result<Vec<ProgramCost>> {
+        let after = sample(&self.ids)?;
+        drop(self.on);
+        Ok(between(&self.before, &after))
+    }
+}
+
 /// The ids of the programs a process holds open (program and link descriptors), from
 /// `/proc/PID/fdinfo`: the tracer's own programs, not other tools' on the machine.
-pub fn programs_of(pid: u32) -> anyhow::Result<BTreeSet<u32>> {
+fn programs_of(pid: u32) -> anyhow::Result<BTreeSet<u32>> {
     let dir = format!("/proc/{pid}/fdinfo");
     let mut ids = BTreeSet::new();
     for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
@@ -34,9 +59,9 @@ pub fn programs_of(pid: u32) -> anyhow::Result<BTreeSet<u32>> {
 
 /// Runs and run time of some programs at one moment.
 #[derive(Debug, Clone)]
-pub struct Sample(Vec<(u32, String, u64, u64)>);
+struct Sample(Vec<(u32, String, u64, u64)>);
 
-pub fn sample(ids: &BTreeSet<u32>) -> anyhow::Result<Sample> {
+fn sample(ids: &BTreeSet<u32>) -> anyhow::Result<Sample> {
     let mut out = Vec::new();
     for info in aya::programs::loaded_programs() {
         let info = info.context("listing loaded BPF programs")?;
@@ -58,7 +83,7 @@ pub struct ProgramCost {
 
 /// What the programs cost between two samples, busiest first; programs that did not run are
 /// left out.
-pub fn between(before: &Sample, after: &Sample) -> Vec<ProgramCost> {
+fn between(before: &Sample, after: &Sample) -> Vec<ProgramCost> {
     let mut out: Vec<ProgramCost> = after
         .0
         .iter()

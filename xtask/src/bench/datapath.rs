@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    bpf_cost::{self, ProgramCost},
+    bpf_cost::{Accounting, ProgramCost},
     procs::{self, HostCpu, Proc},
     topology::Overlay,
     Stat,
@@ -366,12 +366,7 @@ fn one(
     procs::sleep(SETTLE)?;
     // Accounting: statistics on before the first sample, off (dropped) after the second.
     let stats = match (&tracer, account) {
-        (Some(t), true) => {
-            let on = bpf_cost::enable()?;
-            let ids = bpf_cost::programs_of(t.pid as u32)?;
-            let before = bpf_cost::sample(&ids)?;
-            Some((on, ids, before))
-        }
+        (Some(t), true) => Some(Accounting::start(t.pid as u32)?),
         _ => None,
     };
     let cpu_before = tracer.as_ref().map(|t| t.cpu_secs()).transpose()?;
@@ -384,14 +379,7 @@ fn one(
     let mut client = Proc::spawn("iperf3 client", &mut client_cmd)?;
     let exit = client.wait(Duration::from_secs(u64::from(seconds) + 30))?;
     let wall_secs = started.elapsed().as_secs_f64();
-    let programs = match stats {
-        Some((on, ids, before)) => {
-            let after = bpf_cost::sample(&ids)?;
-            drop(on);
-            Some(bpf_cost::between(&before, &after))
-        }
-        None => None,
-    };
+    let programs = stats.map(Accounting::finish).transpose()?;
     let host_after = HostCpu::now();
     let cpu_after = tracer.as_ref().map(|t| t.cpu_secs()).transpose()?;
     let report: Value = serde_json::from_str(&client.stdout()).map_err(|e| {

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    bpf_cost::{self, ProgramCost},
+    bpf_cost::{Accounting, ProgramCost},
     procs::{self, HostCpu, Proc},
     topology::{enter_netns, snmp_counter, Pair},
 };
@@ -708,14 +708,7 @@ fn one(
     account: bool,
 ) -> anyhow::Result<FloodRun> {
     let mut p = start_dptrace(bin, net, buffer)?;
-    let stats = if account {
-        let on = bpf_cost::enable()?;
-        let ids = bpf_cost::programs_of(p.pid as u32)?;
-        let before = bpf_cost::sample(&ids)?;
-        Some((on, ids, before))
-    } else {
-        None
-    };
+    let stats = if account { Some(Accounting::start(p.pid as u32)?) } else { None };
     let delivered_before = source.delivered(net)?;
     let cpu_before = p.cpu_secs()?;
     let switches_before = p.status_kib("voluntary_ctxt_switches").unwrap_or(0);
@@ -723,14 +716,7 @@ fn one(
     let stop = AtomicBool::new(false);
     let flood = flood(FloodSpec::to(source, net, offered, f64::from(seconds), senders), &stop)?;
     wait_drained(&p)?;
-    let programs = match stats {
-        Some((on, ids, before)) => {
-            let after = bpf_cost::sample(&ids)?;
-            drop(on);
-            Some(bpf_cost::between(&before, &after))
-        }
-        None => None,
-    };
+    let programs = stats.map(Accounting::finish).transpose()?;
     let window_secs = started.elapsed().as_secs_f64();
     let cpu_secs = p.cpu_secs()? - cpu_before;
     let wakeups = p.status_kib("voluntary_ctxt_switches").unwrap_or(0).saturating_sub(switches_before);
