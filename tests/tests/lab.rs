@@ -1,6 +1,9 @@
 //! `dptrace lab`: every scenario is diagnosed as expected and leaves nothing behind.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    sync::{RwLock, RwLockReadGuard, RwLockWriteGuard},
+};
 
 use dptrace_e2e::{dptrace, json_lines, namespaces_with_prefix, of_type, require_root, sh, stderr};
 use serde_json::Value;
@@ -22,6 +25,19 @@ const SCENARIOS: [&str; 14] = [
     "vxlan-mtu",
     "wireguard-overlay",
 ];
+
+/// Labs run side by side (shared) except those that must be alone (exclusive): a lab without
+/// BTF cannot filter by namespace and would take another lab's drops for its own, and a
+/// starting lab removes leftover namespaces of dead labs, which would hide a leak.
+static LABS: RwLock<()> = RwLock::new(());
+
+fn lab_shared() -> RwLockReadGuard<'static, ()> {
+    LABS.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lab_alone() -> RwLockWriteGuard<'static, ()> {
+    LABS.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 #[test]
 fn lab_list_names_every_scenario() {
@@ -89,6 +105,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 #[test]
 fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
     require_root!();
+    let _lab = lab_shared();
     let host_before = host_bridge_sysctls();
     let host_xdp_before = host_xdp_state();
     // A leftover from a "crashed" run (a pid that cannot exist) must be removed.
@@ -227,6 +244,7 @@ fn lab_run_all_diagnoses_each_scenario_and_cleans_up() {
 #[test]
 fn xdp_scenarios_reproduce_the_kernel_failures() {
     require_root!();
+    let _lab = lab_shared();
     let host_xdp_before = host_xdp_state();
     let out = dptrace(&["lab", "run", "xdp-native-unsupported", "xdp-aborted", "bpf-load-retry-loop", "--json"]);
     let lines = json_lines(&out);
@@ -263,6 +281,7 @@ fn lab_rejects_unknown_scenarios() {
 #[test]
 fn lab_interrupted_by_sigterm_removes_its_namespaces() {
     require_root!();
+    let _lab = lab_alone();
     let child = std::process::Command::new(dptrace_e2e::dptrace_bin())
         .args(["lab", "run", "--all"])
         .stdout(std::process::Stdio::null())
@@ -287,6 +306,7 @@ fn lab_interrupted_by_sigterm_removes_its_namespaces() {
 #[test]
 fn without_btf_the_drop_scenario_is_still_diagnosed() {
     require_root!();
+    let _lab = lab_alone();
     let out = dptrace_e2e::dptrace_env(&[("DPTRACE_BTF", "none")], &["lab", "run", "udp-closed-port", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&out);
@@ -307,6 +327,7 @@ fn without_btf_the_drop_scenario_is_still_diagnosed() {
 #[test]
 fn without_extack_link_failures_are_still_diagnosed() {
     require_root!();
+    let _lab = lab_shared();
     let out = dptrace(&["lab", "run", "wireguard-unsupported", "--json", "--backend", "links=tracepoints-noextack"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&out);
@@ -327,6 +348,7 @@ fn without_extack_link_failures_are_still_diagnosed() {
 #[test]
 fn vxlan_overlay_paths_in_json() {
     require_root!();
+    let _lab = lab_shared();
     let out = dptrace(&["lab", "run", "vxlan-overlay", "vxlan-mtu", "--json", "--verbose"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&out);

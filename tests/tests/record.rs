@@ -217,9 +217,19 @@ fn a_killed_session_leaves_a_record_that_says_it_did_not_finish() {
         let script = format!("for i in 1 2 3; do echo a > /dev/udp/{}/{port}; done", pair.server_v4);
         sh("ip", &["netns", "exec", &pair.client, "bash", "-c", &script]);
     };
-    // A frame is closed once it is a second old, even when no more events come.
+    // A frame is closed once it is a second old, even when no more events come: wait until
+    // the three drops are on disk (under load that takes longer than a second), then kill.
     send(9999);
-    std::thread::sleep(Duration::from_millis(2000));
+    let drops_on_disk = || {
+        let out = dptrace_unprivileged(&["report", "--json", "--partial", &file]);
+        let lines = json_lines(&out);
+        of_type(&lines, "event").into_iter().filter(|e| e["flow"]["dport"] == 9999 && e["kind"] == "drop").count()
+    };
+    let sent = std::time::Instant::now();
+    while drops_on_disk() < 3 {
+        assert!(sent.elapsed() < Duration::from_secs(30), "the drops never reached the record");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     sh("kill", &["-KILL", &child.id().to_string()]);
     child.wait().unwrap();
 
