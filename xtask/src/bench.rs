@@ -29,6 +29,8 @@ use serde_json::Value;
 
 use crate::step;
 
+pub use datapath::call_timing;
+
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug, Default)]
 pub struct BenchArgs {

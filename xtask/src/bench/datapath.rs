@@ -3,6 +3,7 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
+use anyhow::Context;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -477,12 +478,14 @@ const SYSCALLS: u32 = 2_000_000;
 
 /// The cost every syscall on the machine pays while a tracer is attached: syscall tracepoints
 /// (dptrace's links and xdp families hook `sys_enter_*`/`sys_exit_*`) put every task's
-/// syscalls on the kernel's tracing slow path, whichever syscall the programs are for.
+/// syscalls on the kernel's tracing slow path, whichever syscall the programs are for. And
+/// the cost every socket send pays: the links family's `sockets` backend (kernels without
+/// kprobes) runs a program on the `sock_send_length` raw tracepoint at each one.
 #[derive(Debug, Clone, Serialize)]
 pub struct Syscalls {
     pub calls: u32,
     pub rounds: u32,
-    /// Nanoseconds per `getppid` under each setup: median [min–max].
+    /// Nanoseconds per `getppid` and per socket send under each setup: median [min–max].
     pub rows: Vec<SyscallRow>,
 }
 
@@ -491,10 +494,39 @@ pub struct SyscallRow {
     pub setup: String,
     pub command: String,
     pub ns_per_call: Option<Stat>,
+    /// Per `send()` of one byte on an unconnected UDP socket: it goes through the socket
+    /// layer (and its tracepoint) and fails with EDESTADDRREQ, so nothing leaves the machine.
+    pub ns_per_send: Option<Stat>,
 }
 
-/// Times `SYSCALLS` getppid calls with no tracer, with dptrace's default hooks and with
-/// `--hooks drops` only, interleaved over `rounds`.
+/// Times `calls` runs of `call` in nanoseconds per call.
+fn ns_per(calls: u32, mut call: impl FnMut()) -> f64 {
+    let started = std::time::Instant::now();
+    for _ in 0..calls {
+        call();
+    }
+    started.elapsed().as_secs_f64() * 1e9 / f64::from(calls)
+}
+
+/// Nanoseconds per `getppid` and per socket send (see [`SyscallRow::ns_per_send`]), each
+/// over `calls` calls, in this process (`cargo xtask call-timing`).
+pub fn call_timing(calls: u32) -> anyhow::Result<(f64, f64)> {
+    // SAFETY: getppid takes no arguments and cannot fail.
+    let getppid = ns_per(calls, || unsafe {
+        libc::syscall(libc::SYS_getppid);
+    });
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("a UDP socket for the send test")?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+    // SAFETY: a valid socket and a one-byte buffer that outlives the call.
+    let send = ns_per(calls, || unsafe {
+        libc::send(fd, b"x".as_ptr().cast(), 1, 0);
+    });
+    Ok((getppid, send))
+}
+
+/// Times `SYSCALLS` getppid calls and as many socket sends with no tracer, with dptrace's
+/// default hooks and with `--hooks drops` only, interleaved over `rounds`; in a process of
+/// its own, as any process on the machine.
 pub fn syscalls(bin: &Path, rounds: u32) -> anyhow::Result<Syscalls> {
     let setups: [(&str, &[&str]); 3] = [
         ("no tracer", &[]),
@@ -502,6 +534,7 @@ pub fn syscalls(bin: &Path, rounds: u32) -> anyhow::Result<Syscalls> {
         ("dptrace --hooks drops", &["trace", "--quiet", "--hooks", "drops"]),
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    let mut send_samples: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
     for round in 1..=rounds {
         for (i, (label, args)) in setups.iter().enumerate() {
             procs::check_interrupted()?;
@@ -513,26 +546,33 @@ pub fn syscalls(bin: &Path, rounds: u32) -> anyhow::Result<Syscalls> {
                 Some(p)
             };
             procs::sleep(SETTLE)?;
-            let started = std::time::Instant::now();
-            for _ in 0..SYSCALLS {
-                // SAFETY: getppid takes no arguments and cannot fail.
-                unsafe { libc::syscall(libc::SYS_getppid) };
-            }
-            let ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(SYSCALLS);
+            let timing = Command::new(std::env::current_exe()?)
+                .args(["call-timing", &SYSCALLS.to_string()])
+                .output()
+                .context("running `xtask call-timing`")?;
+            let text = String::from_utf8_lossy(&timing.stdout);
+            let Some((ns, send_ns)) = text
+                .split_once(' ')
+                .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
+            else {
+                anyhow::bail!("xtask call-timing printed {text:?}: {}", String::from_utf8_lossy(&timing.stderr));
+            };
             if let Some(t) = tracer.as_mut() {
                 t.interrupt(Duration::from_secs(20))?;
             }
-            eprintln!("  round {round}: {label}: {ns:.0} ns per syscall");
+            eprintln!("  round {round}: {label}: {ns:.0} ns per syscall, {send_ns:.0} ns per socket send");
             samples[i].push(ns);
+            send_samples[i].push(send_ns);
         }
     }
     let rows = setups
         .iter()
-        .zip(&samples)
-        .map(|((label, args), s)| SyscallRow {
+        .zip(samples.iter().zip(&send_samples))
+        .map(|((label, args), (s, sends))| SyscallRow {
             setup: label.to_string(),
             command: if args.is_empty() { String::new() } else { format!("dptrace {}", args.join(" ")) },
             ns_per_call: Stat::of(s),
+            ns_per_send: Stat::of(sends),
         })
         .collect();
     Ok(Syscalls { calls: SYSCALLS, rounds, rows })

@@ -448,31 +448,22 @@ pub fn markdown(r: &Report) -> String {
     }
 
     if let Some(sc) = &r.syscalls {
-        let base = sc.rows.first().and_then(|row| row.ns_per_call).map(|s| s.median);
-        let parts: Vec<String> = sc
-            .rows
-            .iter()
-            .map(|row| match (row.ns_per_call, base) {
-                (Some(s), Some(b)) if !row.command.is_empty() => format!(
-                    "{} {:.0} ns [{:.0}–{:.0}] ({:+.0} ns, {:+.0}%)",
-                    row.setup,
-                    s.median,
-                    s.min,
-                    s.max,
-                    s.median - b,
-                    (s.median / b - 1.0) * 100.0
-                ),
-                (Some(s), _) => format!("{} {:.0} ns [{:.0}–{:.0}]", row.setup, s.median, s.min, s.max),
-                (None, _) => format!("{} failed", row.setup),
-            })
-            .collect();
         let _ = writeln!(
             out,
             "\nSyscall overhead (every process on the machine pays it while syscall tracepoints are attached; {} × getppid, median [min–max] of {} round(s)): {}.",
             int(f64::from(sc.calls)),
             sc.rounds,
-            parts.join("; ")
+            overhead_parts(&sc.rows, |row| row.ns_per_call)
         );
+        if sc.rows.iter().any(|row| row.ns_per_send.is_some()) {
+            let _ = writeln!(
+                out,
+                "\nSocket-send overhead (every socket send on the machine pays it while a program is attached to `sock_send_length`, as the links family's `sockets` backend does on kernels without kprobes; {} × send() of 1 byte on an unconnected UDP socket, which fails with EDESTADDRREQ after the socket layer, median [min–max] of {} round(s)): {}.",
+                int(f64::from(sc.calls)),
+                sc.rounds,
+                overhead_parts(&sc.rows, |row| row.ns_per_send)
+            );
+        }
     }
 
     if let Some(p) = &r.pipeline {
@@ -736,6 +727,30 @@ fn duration(secs: f64) -> String {
     }
 }
 
+/// "setup N ns [min–max] (+D ns, +P%)" for each setup, against the first (untraced) one.
+fn overhead_parts(
+    rows: &[super::datapath::SyscallRow],
+    pick: impl Fn(&super::datapath::SyscallRow) -> Option<Stat>,
+) -> String {
+    let base = rows.first().and_then(&pick).map(|s| s.median);
+    rows.iter()
+        .map(|row| match (pick(row), base) {
+            (Some(s), Some(b)) if !row.command.is_empty() => format!(
+                "{} {:.0} ns [{:.0}–{:.0}] ({:+.0} ns, {:+.0}%)",
+                row.setup,
+                s.median,
+                s.min,
+                s.max,
+                s.median - b,
+                (s.median / b - 1.0) * 100.0
+            ),
+            (Some(s), _) => format!("{} {:.0} ns [{:.0}–{:.0}]", row.setup, s.median, s.min, s.max),
+            (None, _) => format!("{} failed", row.setup),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -787,6 +802,28 @@ mod tests {
         assert!(programs_per_datagram(&d, Test::Tcp, Variant::Default).is_none());
         d.accounting[0].bpf.as_mut().unwrap().packets = None;
         assert!(programs_per_datagram(&d, Test::Pps, Variant::Default).is_none());
+    }
+
+    #[test]
+    fn overhead_is_stated_against_the_untraced_setup() {
+        use crate::bench::datapath::SyscallRow;
+        let row = |setup: &str, command: &str, call: &[f64], send: &[f64]| SyscallRow {
+            setup: setup.into(),
+            command: command.into(),
+            ns_per_call: Stat::of(call),
+            ns_per_send: Stat::of(send),
+        };
+        let rows = [
+            row("no tracer", "", &[170.0, 172.0, 171.0], &[900.0, 910.0, 905.0]),
+            row("dptrace (default hooks)", "dptrace trace --quiet", &[171.0], &[1005.0]),
+            row("dptrace --hooks drops", "dptrace trace --quiet --hooks drops", &[], &[906.0]),
+        ];
+        assert_eq!(
+            overhead_parts(&rows, |r| r.ns_per_send),
+            "no tracer 905 ns [900–910]; dptrace (default hooks) 1005 ns [1005–1005] (+100 ns, +11%); \
+             dptrace --hooks drops 906 ns [906–906] (+1 ns, +0%)"
+        );
+        assert!(overhead_parts(&rows, |r| r.ns_per_call).ends_with("dptrace --hooks drops failed"));
     }
 
     #[test]
