@@ -24,8 +24,7 @@ fn malformed_arguments_exit_2_with_a_reason() {
 #[test]
 fn a_command_that_cannot_start_is_an_error() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        return;
+        dptrace_e2e::skip!("not-root", "needs root");
     }
     assert_usage_error(&["trace", "--", "/nonexistent/command"], "cannot run `/nonexistent/command`");
 }
@@ -43,8 +42,7 @@ fn not_root_is_refused_clearly() {
         .args(["trace", "--duration", "1s"])
         .output();
     let Ok(out) = out else {
-        eprintln!("SKIPPED: setpriv not available");
-        return;
+        dptrace_e2e::skip!("missing-tool:setpriv", "setpriv (util-linux) is not available");
     };
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("must run as root"), "{}", stderr(&out));

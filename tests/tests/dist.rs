@@ -61,8 +61,10 @@ fn man_page_renders_and_documents_every_command() {
         assert!(out.status.success(), "man -l: {}", stderr(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     } else {
-        eprintln!("note: neither groff nor man here: checked the roff structure only");
-        return;
+        dptrace_e2e::skip!(
+            "missing-tool:groff",
+            "neither groff nor man here: checked the roff structure only, not its rendering"
+        );
     };
     for text in ["DPTRACE(1)", "EXIT STATUS", "dptrace trace", "--filter <EXPR>", "--backend <FAMILY=BACKEND>", "ARGS…"]
     {
@@ -91,8 +93,7 @@ fn bash_complete(script: &TempFile, words: &[&str]) -> Vec<String> {
 #[test]
 fn bash_completes_subcommands_and_options() {
     if !have("bash") {
-        eprintln!("SKIPPED: no bash here");
-        return;
+        dptrace_e2e::skip!("missing-tool:bash", "no bash here");
     }
     let script = TempFile::new("dptrace.bash", &generate("complete-bash"));
     assert_eq!(bash_complete(&script, &["dptrace", "tr"]), ["trace"]);

@@ -201,8 +201,7 @@ fn path_without_btf_is_refused() {
 fn udp_datagrams_to_a_local_socket_are_separate_paths() {
     require_root!();
     if !Command::new("python3").arg("-c").arg("import socket").status().is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED: python3 is needed for the receiving socket");
-        return;
+        dptrace_e2e::skip!("missing-tool:python3", "python3 is needed for the receiving socket");
     }
     let pair = NodePair::new();
     // One sender, back to back: the allocator hands the freed memory to the next datagram.

@@ -205,8 +205,7 @@ fn no_listener<'a>(lines: &'a [Value], dst: &str) -> Option<&'a Value> {
 fn events_and_findings_in_a_pods_namespace_name_the_pod() {
     require_root!();
     let Some(pod) = FakePod::new() else {
-        eprintln!("SKIPPED: no cgroup v2 mount");
-        return;
+        dptrace_e2e::skip!("no-cgroup2", "no cgroup v2 mount");
     };
     let (lines, _) = trace_json(&pod, &[], None);
     let (server, client) = (pod.pair.server_v4.to_string(), pod.pair.client_v4.to_string());
@@ -236,8 +235,7 @@ fn events_and_findings_in_a_pods_namespace_name_the_pod() {
 fn pod_filter_keeps_only_the_pods_namespace_by_name_or_uid() {
     require_root!();
     let Some(pod) = FakePod::new() else {
-        eprintln!("SKIPPED: no cgroup v2 mount");
-        return;
+        dptrace_e2e::skip!("no-cgroup2", "no cgroup v2 mount");
     };
     let (server, client) = (pod.pair.server_v4.to_string(), pod.pair.client_v4.to_string());
     let full_name = pod.full_name();
@@ -286,8 +284,7 @@ fn pod_filter_keeps_only_the_pods_namespace_by_name_or_uid() {
 fn unknown_and_malformed_pods_are_refused_before_tracing() {
     require_root!();
     let Some(pod) = FakePod::new() else {
-        eprintln!("SKIPPED: no cgroup v2 mount");
-        return;
+        dptrace_e2e::skip!("no-cgroup2", "no cgroup v2 mount");
     };
     let out = pod.dptrace(&["trace", "--pod", "kube-system/foo", "--duration", "1s"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

@@ -170,8 +170,7 @@ fn sigkill_leaves_nothing_attached() {
 fn sigkill_of_a_path_session_leaves_nothing_attached() {
     require_root!();
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("SKIPPED: --path needs kernel BTF");
-        return;
+        dptrace_e2e::skip!("no-kernel-btf", "--path needs kernel BTF");
     }
     lifecycle(Stop::Sigkill, &["--path", "--filter", "udp and port 9"]);
 }

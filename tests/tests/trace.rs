@@ -250,8 +250,7 @@ fn creating_a_link_kind_the_kernel_lacks_is_explained() {
         .map(|k| k["kind"].as_str().unwrap().to_string())
         .collect();
     if missing.is_empty() {
-        eprintln!("SKIPPED: this kernel has wireguard, geneve and ipip");
-        return;
+        dptrace_e2e::skip!("kernel-has-link-kinds", "this kernel has wireguard, geneve and ipip");
     }
     for kind in missing {
         let script = format!("ip link add dpt-{kind} type {kind} 2>/dev/null; true");
@@ -336,8 +335,7 @@ fn default_hooks_attach_no_syscall_tracepoint_where_cheaper_hooks_exist() {
     if !std::path::Path::new("/sys/kernel/tracing/events/sock/sock_send_length").exists()
         && !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
     {
-        eprintln!("SKIPPED: neither sock:sock_send_length nor kprobes on this kernel");
-        return;
+        dptrace_e2e::skip!("no-cheap-links-hook", "neither sock:sock_send_length nor kprobes on this kernel");
     }
     let out = dptrace(&["trace", "--json", "--quiet", "--", "sleep", "0.2"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -387,8 +385,7 @@ fn a_mac_change_by_ioctl_is_attributed() {
         .output()
         .map_or(true, |o| !o.status.success())
     {
-        eprintln!("SKIPPED: python3 is needed to issue the ioctl");
-        return;
+        dptrace_e2e::skip!("missing-tool:python3", "python3 is needed to issue the ioctl");
     }
     let pair = NodePair::new();
     let script = "ip link add vx0 type veth peer name vx1; sleep 0.2; python3 -c \"import fcntl,socket,struct; \
@@ -422,8 +419,7 @@ fn the_actor_names_its_pod_and_container() {
         let (left, right) = l.split_once(" - ")?;
         (right.starts_with("cgroup2 ")).then(|| left.split_whitespace().nth(4).unwrap().to_string())
     }) else {
-        eprintln!("SKIPPED: no cgroup v2 mount");
-        return;
+        dptrace_e2e::skip!("no-cgroup2", "no cgroup v2 mount");
     };
     let uid = "0f3a1b2c_4d5e_6f70_8192_a3b4c5d6e7f8";
     let container = "5d2c9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d";

@@ -18,8 +18,11 @@ const DEBIAN_TOOLCHAIN: [&str; 4] = ["rustc-web", "cargo-web", "libstd-rust-web-
 const RUNTIME_TOOLS: [&str; 5] = ["iproute2", "iptables", "nftables", "iputils-ping", "wireguard-tools"];
 /// Used by the end-to-end tests only: tshark reads back the pcapng that `--pcap` writes;
 /// bpftool checks that the BPF objects of a dead dptrace are gone (reliability.rs,
-/// bad_input.rs); capsh (libcap2-bin) runs dptrace as root without its capabilities.
-const TEST_TOOLS: [&str; 3] = ["tshark", "bpftool", "libcap2-bin"];
+/// bad_input.rs); capsh (libcap2-bin) runs dptrace as root without its capabilities; python3
+/// issues an ioctl and holds a receiving socket (trace.rs, path.rs); groff-base renders the man
+/// page (dist.rs); setpriv (util-linux) drops root (cli.rs). A test without its tool does not
+/// pass: it records a `missing-tool` skip, which fails `cargo xtask test`.
+const TEST_TOOLS: [&str; 7] = ["tshark", "bpftool", "libcap2-bin", "python3", "groff-base", "util-linux", "bash"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "~0.13";
 
