@@ -64,7 +64,8 @@ fn refused_by_rule_dropped_by_rule_and_no_listener_are_told_apart() {
             assert!(finding(&lines, rule, port).is_none(), "{rule} also claims :{port}");
         }
     }
-    // Where the kernel shows it (6.10+), the stack's own RST for the missing listener.
+    // Where the backend says it sees them, the stack's own RST for the missing listener must
+    // be among the finding's evidence.
     let nf = of_type(&lines, "summary")[0]["hooks"]
         .as_array()
         .unwrap()
@@ -72,12 +73,21 @@ fn refused_by_rule_dropped_by_rule_and_no_listener_are_told_apart() {
         .find(|h| h["family"] == "netfilter")
         .cloned()
         .unwrap();
-    if nf["coverage"]["stack_resets"] == true && nf["backend"].as_str().unwrap().contains("tcp_send_reset") {
-        let ev = no_listener["evidence"].as_array().unwrap();
-        let tracefs_has_reason = ev.iter().any(|e| e["kind"] == "tcp-reset" && e["direction"] == "sent");
-        // Before 6.10 the tracepoint skips resets without a socket; not an error there.
-        let release = of_type(&lines, "summary")[0]["kernel"]["release"].as_str().unwrap().to_string();
-        eprintln!("kernel {release}: stack RST seen: {tracefs_has_reason}");
+    let ev = no_listener["evidence"].as_array().unwrap();
+    let rst_seen = ev.iter().any(|e| e["kind"] == "tcp-reset" && e["direction"] == "sent");
+    if nf["coverage"]["listenerless_resets"] == true {
+        assert!(rst_seen, "the backend claims to see the stack's RSTs, yet none is in: {no_listener:#}");
+    } else {
+        let gaps = nf["coverage"]["gaps"].as_array().unwrap();
+        assert!(
+            gaps.iter().any(|g| g.as_str().unwrap().contains("ports nothing listens on")),
+            "the gap must be said: {nf}"
+        );
+        dptrace_e2e::record_skip(
+            &format!("{}/stack-rst", dptrace_e2e::current_test()),
+            "no-listenerless-reset-hook",
+            "this kernel shows no RST for ports nothing listens on (the netfilter backend says so)",
+        );
     }
 }
 
@@ -116,8 +126,7 @@ fn native_nftables_rules_are_attributed_with_their_chain() {
 fn iptables_legacy_rules_are_attributed() {
     require_root!();
     if std::process::Command::new("iptables-legacy").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: iptables-legacy is not installed");
-        return;
+        dptrace_e2e::skip!("missing-tool:iptables-legacy", "iptables-legacy is not installed");
     }
     let pair = NodePair::new();
     in_ns(&pair.server, "iptables-legacy", &["-w", "-A", "INPUT", "-p", "udp", "--dport", "7100", "-j", "DROP"]);

@@ -285,7 +285,7 @@ impl Probes {
         for backend in netfilter::NetfilterBackend::ALL {
             let (nf_config, mut nf_coverage, formats) = netfilter::netfilter_config(facts, backend);
             let (answers, verdicts) = netfilter_kprobes(facts, backend, &nf_config, &formats);
-            nf_coverage.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
+            nf_coverage.set_answer_functions(&answers);
             nf_coverage.verdict_functions = verdicts.iter().map(|(f, _)| f.to_string()).collect();
             let configs = Configs {
                 links: LinkConfig::absent(),
@@ -436,7 +436,7 @@ impl NetfilterPlan {
     fn new(facts: &KernelFacts, backend: netfilter::NetfilterBackend) -> Self {
         let (config, mut coverage, formats) = netfilter::netfilter_config(facts, backend);
         let (answers, verdicts) = netfilter_kprobes(facts, backend, &config, &formats);
-        coverage.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
+        coverage.set_answer_functions(&answers);
         coverage.verdict_functions = verdicts.iter().map(|(f, _)| f.to_string()).collect();
         Self { backend, coverage, formats, answers, verdicts }
     }

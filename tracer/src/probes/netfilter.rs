@@ -103,6 +103,9 @@ const SOURCES: [Source; RECORD_SOURCES] = [
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NetfilterCoverage {
     pub stack_resets: bool,
+    /// The RSTs the stack sends for ports nothing listens on (no socket): the tracepoint has
+    /// them where its format has `reason` (6.10+), else only a kprobe on `tcp_v4_send_reset`.
+    pub listenerless_resets: bool,
     pub received_resets: bool,
     pub icmp_errors: bool,
     pub connect_attempts: bool,
@@ -116,6 +119,20 @@ pub struct NetfilterCoverage {
     /// `ipt_do_table`, `ip6t_do_table`): table and chain without rule counters.
     pub verdict_functions: Vec<String>,
     pub gaps: Vec<String>,
+}
+
+impl NetfilterCoverage {
+    /// Records the answering functions hooked by kprobe, and what they add to the coverage.
+    pub fn set_answer_functions(&mut self, answers: &[AnswerFunction]) {
+        self.answer_functions = answers.iter().map(|f| f.name.to_string()).collect();
+        self.listenerless_resets |= answers.iter().any(|f| f.name == "tcp_v4_send_reset");
+        if self.stack_resets && !self.listenerless_resets {
+            self.gaps.push(
+                "RSTs for ports nothing listens on: tcp:tcp_send_reset fires only for resets with a socket on this kernel (no `reason` field) and tcp_v4_send_reset is not hooked; missing listeners show as NO_SOCKET drops"
+                    .into(),
+            );
+        }
+    }
 }
 
 /// A kernel function that answers a packet, and where its arguments are.
@@ -240,7 +257,10 @@ pub fn netfilter_config(
             cfg.ipproto_tcp = value("protocol", "IPPROTO_TCP").unwrap_or(libc::IPPROTO_TCP as u32);
         }
         match s.source {
-            RecordSource::TcpSendReset => cov.stack_resets = true,
+            RecordSource::TcpSendReset => {
+                cov.stack_resets = true;
+                cov.listenerless_resets = format.field("reason").is_some();
+            }
             RecordSource::TcpReceiveReset => cov.received_resets = true,
             RecordSource::IcmpSend => cov.icmp_errors = true,
             RecordSource::TcpConnect => cov.connect_attempts = true,
