@@ -196,12 +196,18 @@ fn features_text(f: &FeatureReport) -> String {
             _ => "none attached".into(),
         };
         text.push_str(&format!(
-            "  xdp {:<16} native {:<8} {attached} (driver {})\n",
+            "  xdp {:<16} native {:<8} {attached} (driver {}; native from: {})\n",
             xdp.name,
             yes_no(&xdp.native),
-            xdp.driver
+            xdp.driver,
+            xdp.native_source
         ));
     }
+    let kinds: Vec<String> = f.xdp_native_probes.iter().map(|p| format!("{} {}", p.kind, yes_no(&p.native))).collect();
+    text.push_str(&format!(
+        "  xdp native by kind   {} (attached to test devices in a throwaway namespace)\n",
+        kinds.join(", ")
+    ));
     let mounted = |m: &[String]| if m.is_empty() { "not mounted".to_string() } else { m.join(", ") };
     text.push_str(&format!("  tracefs              {}\n", mounted(&f.mounts.tracefs)));
     text.push_str(&format!("  bpffs                {}\n", mounted(&f.mounts.bpffs)));

@@ -11,7 +11,13 @@ use std::{
     path::Path,
 };
 
-use super::{iptables::probe_iptables, netlink as nl, sysctl::read_sysctl, IptablesBackend, Support, Sysctl};
+use super::{
+    iptables::probe_iptables,
+    netlink as nl,
+    sysctl::read_sysctl,
+    xdp::{read_xdp_features, XdpFeatures},
+    IptablesBackend, Support, Sysctl,
+};
 
 /// What is read inside the host's network namespace.
 pub(super) struct HostFacts {
@@ -20,6 +26,8 @@ pub(super) struct HostFacts {
     pub(super) ip_forward: Sysctl,
     pub(super) ipv6_forwarding: Sysctl,
     pub(super) links: Result<Vec<nl::Link>, String>,
+    /// Each device's XDP features, as the kernel reports them (netdev netlink family).
+    pub(super) xdp_features: XdpFeatures,
     pub(super) iptables: IptablesBackend,
 }
 
@@ -32,6 +40,7 @@ impl HostFacts {
             ip_forward: sysctl("net.ipv4.ip_forward"),
             ipv6_forwarding: sysctl("net.ipv6.conf.all.forwarding"),
             links: Err(why.clone()),
+            xdp_features: Err(why.clone()),
             iptables: IptablesBackend {
                 backend: "unknown",
                 how: why.clone(),
@@ -55,6 +64,7 @@ pub(super) fn probe_host_netns() -> HostFacts {
         links: nl::Socket::open()
             .map_err(|e| format!("cannot open an rtnetlink socket: {e}"))
             .and_then(|mut s| s.dump_links().map_err(|e| format!("RTM_GETLINK dump failed: {e}"))),
+        xdp_features: read_xdp_features(),
         iptables: probe_iptables(),
     }
 }
@@ -115,14 +125,10 @@ fn in_netns_at<T: Send>(
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        io,
-        os::fd::{AsRawFd, FromRawFd, OwnedFd},
-        process::Command,
-    };
+    use std::{os::fd::AsRawFd, process::Command};
 
     use super::*;
-    use crate::kernel::features::{link_kinds::if_index, XdpAttachment};
+    use crate::kernel::features::{link_kinds::if_index, xdp::load_xdp_pass, XdpAttachment};
 
     /// Reading "in the host namespace" from another one: sysctls, /proc/thread-self/net, the link
     /// dump and spawned programs must all follow the entered namespace, not dptrace's (root only).
@@ -158,7 +164,17 @@ mod tests {
         assert!(label.starts_with("host (test, net:["), "{label}");
         assert_eq!(note, None);
         assert_eq!(facts.ip_forward.value.as_deref(), Some(theirs));
-        let mut names: Vec<_> = facts.links.unwrap().into_iter().map(|l| l.name).collect();
+        // Per-device XDP features (kernels with the netdev family) are the namespace's devices'.
+        let links = facts.links.unwrap();
+        if let Ok(features) = &facts.xdp_features {
+            let mut listed: Vec<_> = features.keys().copied().collect();
+            let mut indexes: Vec<_> = links.iter().map(|l| l.index).collect();
+            listed.sort();
+            indexes.sort();
+            assert_eq!(listed, indexes, "{features:?} {links:?}");
+            assert!(features.values().all(|&f| f == 0), "lo and a bridge have no XDP features: {features:?}");
+        }
+        let mut names: Vec<_> = links.into_iter().map(|l| l.name).collect();
         names.sort();
         assert_eq!(names, ["br9", "lo"]);
         let ipt = &facts.iptables;
@@ -171,15 +187,7 @@ mod tests {
             let prog = load_xdp_pass()?;
             let index = if_index("br9").ok_or("no br9")?;
             let mut sock = nl::Socket::open().map_err(|e| e.to_string())?;
-            let mut m = nl::Message::link(nl::RTM_SETLINK, nl::NLM_F_REQUEST | nl::NLM_F_ACK, index as i32);
-            const IFLA_XDP_FD: u16 = 1;
-            const IFLA_XDP_FLAGS: u16 = 3;
-            const XDP_FLAGS_SKB_MODE: u32 = 2;
-            m.begin(nl::IFLA_XDP)
-                .attr(IFLA_XDP_FD, &prog.as_raw_fd().to_ne_bytes())
-                .attr(IFLA_XDP_FLAGS, &XDP_FLAGS_SKB_MODE.to_ne_bytes())
-                .end();
-            sock.transact(m).map_err(|e| format!("attach: {e}"))?;
+            sock.set_xdp(index, prog.as_raw_fd(), nl::XDP_FLAGS_SKB_MODE).map_err(|e| format!("attach: {e}"))?;
             let links = sock.dump_links().map_err(|e| e.to_string())?;
             Ok(links.into_iter().find(|l| l.name == "br9").and_then(|l| l.xdp))
         });
@@ -194,25 +202,5 @@ mod tests {
         let (_, label, note) = in_netns_at(Path::new("/nonexistent/ns"), "test", || ());
         assert!(label.starts_with("dptrace's own"), "{label}");
         assert!(note.unwrap().contains("could not be opened"));
-    }
-
-    /// Loads `r0 = XDP_PASS; exit` as an XDP program.
-    fn load_xdp_pass() -> Result<OwnedFd, String> {
-        // BPF_MOV64_IMM(BPF_REG_0, 2) and BPF_EXIT_INSN().
-        let insns: [u8; 16] = [0xb7, 0, 0, 0, 2, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
-        let license = b"GPL\0";
-        // union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license; the rest zero.
-        let mut attr = [0u8; 128];
-        attr[0..4].copy_from_slice(&6u32.to_ne_bytes()); // BPF_PROG_TYPE_XDP
-        attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
-        attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-        // SAFETY: BPF_PROG_LOAD (5) reads `attr` and the buffers it points to, all alive here.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()) };
-        if fd < 0 {
-            return Err(format!("BPF_PROG_LOAD: {}", io::Error::last_os_error()));
-        }
-        // SAFETY: a fresh descriptor nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 }

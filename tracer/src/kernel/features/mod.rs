@@ -9,13 +9,17 @@
 //! - `link_kinds.rs`: which link kinds can be created, by creating test links in a throwaway
 //!   network namespace;
 //! - `host_netns.rs`: reading per-namespace state in the host's network namespace, PID 1's;
+//! - `fresh_netns.rs`: running probes in a fresh, throwaway network namespace, with a timeout;
 //! - `sysctl.rs`: the br_netfilter and forwarding sysctls;
-//! - `xdp.rs`: interfaces, their XDP programs and native XDP support;
+//! - `xdp.rs`: interfaces, their XDP programs and native XDP support (attached to test devices in
+//!   a fresh namespace, or as the kernel reports it per device);
 //! - `iptables.rs`: which iptables backend is installed and which one holds rules;
 //! - `mounts.rs`: tracefs and bpffs, in the kernel and mounted;
 //! - `modules.rs`: module support and the state of the module behind each feature;
-//! - `netlink.rs`: the minimal raw rtnetlink client the link and XDP probes use.
+//! - `netlink.rs`: the minimal raw rtnetlink (and generic netlink) client the link and XDP probes
+//!   use.
 
+mod fresh_netns;
 mod host_netns;
 mod iptables;
 mod link_kinds;
@@ -32,7 +36,7 @@ use self::{
     link_kinds::{probe_link_kinds, KINDS},
     modules::{probe_modules, read_proc_modules, settle, ModuleIndex},
     mounts::probe_mounts,
-    xdp::interface_xdp,
+    xdp::{interface_xdp, kinds_to_probe, probe_native_kinds},
 };
 pub use self::{
     iptables::IptablesBackend,
@@ -40,7 +44,7 @@ pub use self::{
     modules::ModuleSupport,
     mounts::Mounts,
     sysctl::{BrNetfilter, IpForward, Sysctl},
-    xdp::{InterfaceXdp, XdpAttachment},
+    xdp::{InterfaceXdp, XdpAttachment, XdpKindProbe},
 };
 
 /// A yes/no answer that may not be known.
@@ -68,6 +72,11 @@ pub struct FeatureReport {
     pub xdp: Vec<InterfaceXdp>,
     /// Why `xdp` is empty, when the interfaces could not be listed.
     pub xdp_unknown: Option<String>,
+    /// Native XDP by kind: a test device of each kind (loopback, veth, bridge, and the kinds of
+    /// the host's interfaces) in a throwaway namespace, given a native XDP program.
+    pub xdp_native_probes: Vec<XdpKindProbe>,
+    /// Why the interfaces' `xdp_features` are unknown, when the kernel could not be asked.
+    pub xdp_features_unknown: Option<String>,
     pub iptables_backend: IptablesBackend,
     pub mounts: Mounts,
     pub modules: ModuleSupport,
@@ -116,6 +125,26 @@ pub fn probe_features() -> FeatureReport {
 
     let (host, host_netns, host_netns_note) = in_host_netns(probe_host_netns);
     let host = host.unwrap_or_else(HostFacts::unknown);
+
+    // In a fresh namespace: which kinds of device take a native XDP program.
+    let kinds = kinds_to_probe(host.links.as_deref().unwrap_or_default());
+    let fresh = fresh_netns::in_fresh_netns("dptrace-freshns", fresh_netns::TIMEOUT, {
+        let kinds = kinds.clone();
+        move || probe_native_kinds(&kinds)
+    });
+    let xdp_native_probes = fresh.unwrap_or_else(|why| {
+        kinds
+            .iter()
+            .map(|kind| XdpKindProbe {
+                kind: kind.clone(),
+                native: Support::Unknown,
+                how: why.clone(),
+                errno: None,
+                kernel_message: None,
+            })
+            .collect()
+    });
+
     let br_netfilter = BrNetfilter {
         active: host.call_iptables.present,
         module_state: settle(index.state("br_netfilter", loaded_before.as_ref()), host.call_iptables.present),
@@ -132,8 +161,11 @@ pub fn probe_features() -> FeatureReport {
         },
     };
     let ip_forward = IpForward { ipv4: host.ip_forward, ipv6: host.ipv6_forwarding };
+    let xdp_features_unknown = host.xdp_features.as_ref().err().cloned();
     let (xdp, xdp_unknown) = match host.links {
-        Ok(links) => (links.into_iter().map(|link| interface_xdp(link, version)).collect(), None),
+        Ok(links) => {
+            (links.into_iter().map(|link| interface_xdp(link, &xdp_native_probes, &host.xdp_features)).collect(), None)
+        }
         Err(e) => (Vec::new(), Some(e)),
     };
     let mounts = probe_mounts();
@@ -148,6 +180,8 @@ pub fn probe_features() -> FeatureReport {
         ip_forward,
         xdp,
         xdp_unknown,
+        xdp_native_probes,
+        xdp_features_unknown,
         iptables_backend: host.iptables,
         mounts,
         modules,
@@ -518,13 +552,27 @@ mod tests {
             }
         }
         assert!(report.xdp_unknown.is_none(), "{:?}", report.xdp_unknown);
-        assert!(report.xdp.iter().any(|i| i.name == "lo" && i.native == Support::No));
+        // Native XDP comes from evidence: lo from the probe of a throwaway loopback, refused with
+        // EOPNOTSUPP; veth takes a native program, a bridge does not; every interface says where
+        // its verdict comes from.
+        let lo = report.xdp.iter().find(|i| i.name == "lo").expect("lo is listed");
+        assert_eq!((lo.native, lo.native_source), (Support::No, "probed"), "{lo:?}");
+        let probe = |k: &str| report.xdp_native_probes.iter().find(|p| p.kind == k).unwrap();
+        assert_eq!(probe("veth").native, Support::Yes, "{:?}", probe("veth"));
+        assert_eq!(probe("bridge").errno.as_deref(), Some("EOPNOTSUPP"), "{:?}", probe("bridge"));
+        for iface in &report.xdp {
+            assert!(["attached", "probed", "xdp-features", "none"].contains(&iface.native_source), "{iface:?}");
+            assert_eq!(iface.native == Support::Unknown, iface.native_source == "none", "{iface:?}");
+        }
         assert!(["legacy", "nft", "both-in-use", "not-installed"].contains(&report.iptables_backend.backend));
         assert!(report.problems.iter().all(|p| ["error", "warning", "info"].contains(&p.severity)));
 
         // Nothing leaked into the host: no probe links, no named namespaces.
         let links = nl::Socket::open().unwrap().dump_links().unwrap();
-        assert!(!links.iter().any(|l| l.name.starts_with("dptprobe") || l.name.starts_with("dptlower")), "{links:?}");
+        assert!(
+            !links.iter().any(|l| ["dptprobe", "dptlower", "dptxdp"].iter().any(|p| l.name.starts_with(p))),
+            "{links:?}"
+        );
         let leftovers: Vec<_> = fs::read_dir("/run/netns")
             .into_iter()
             .flatten()

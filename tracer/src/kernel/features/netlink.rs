@@ -1,8 +1,10 @@
-//! A minimal rtnetlink client: create/delete a link with extended-ack error messages, and dump
-//! links with their kind and XDP state. Values are the stable uapi ones from `linux/netlink.h`,
-//! `linux/rtnetlink.h` and `linux/if_link.h`. A raw NETLINK_ROUTE socket, so no iproute2 is
-//! needed: just what the link-kind probe (`link_kinds.rs`) and the XDP dump (`host_netns.rs`,
-//! `xdp.rs`) use.
+//! A minimal rtnetlink client: create/delete a link with extended-ack error messages, attach and
+//! detach an XDP program, and dump links with their kind and XDP state; and the one generic
+//! netlink request the XDP report needs, each device's XDP features from the `netdev` family.
+//! Values are the stable uapi ones from `linux/netlink.h`, `linux/rtnetlink.h`,
+//! `linux/if_link.h`, `linux/genetlink.h` and `linux/netdev.h`. Raw netlink sockets, so no
+//! iproute2 or ynl is needed: just what the link-kind probe (`link_kinds.rs`), the XDP probe and
+//! the XDP dump (`host_netns.rs`, `xdp.rs`) use.
 
 use std::{
     io,
@@ -18,7 +20,6 @@ pub const NLMSG_DONE: u16 = 3;
 pub const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
-#[cfg(test)]
 pub const RTM_SETLINK: u16 = 19;
 pub const NLM_F_REQUEST: u16 = 0x1;
 pub const NLM_F_ACK: u16 = 0x4;
@@ -38,6 +39,13 @@ pub const IFLA_IFNAME: u16 = 3;
 const IFLA_LINK: u16 = 5;
 pub const IFLA_LINKINFO: u16 = 18;
 pub const IFLA_XDP: u16 = 43;
+pub const IFLA_XDP_FD: u16 = 1;
+pub const IFLA_XDP_FLAGS: u16 = 3;
+/// `XDP_FLAGS_UPDATE_IF_NOEXIST`: never replace a program already attached.
+pub const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1;
+#[cfg(test)]
+pub const XDP_FLAGS_SKB_MODE: u32 = 2;
+pub const XDP_FLAGS_DRV_MODE: u32 = 4;
 pub const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 pub const IFLA_XDP_ATTACHED: u16 = 2;
@@ -52,6 +60,21 @@ const IFLA_GENEVE_ID: u16 = 1;
 const IFLA_GENEVE_REMOTE: u16 = 2;
 const IFLA_IPTUN_REMOTE: u16 = 3;
 const IFLA_GRE_REMOTE: u16 = 7;
+const IFLA_VLAN_ID: u16 = 1;
+const IFLA_VRF_TABLE: u16 = 1;
+/// `IFF_LOOPBACK` in `ifinfomsg.ifi_flags`.
+pub const IFF_LOOPBACK: u32 = 0x8;
+
+/// Generic netlink: the controller, which resolves family names, and the `netdev` family.
+const NETLINK_GENERIC: libc::c_int = 16;
+const GENL_ID_CTRL: u16 = 0x10;
+const CTRL_CMD_GETFAMILY: u8 = 3;
+const CTRL_ATTR_FAMILY_ID: u16 = 1;
+const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+const NETDEV_CMD_DEV_GET: u8 = 1;
+const NETDEV_A_DEV_IFINDEX: u16 = 1;
+const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
+const GENLMSG_HDRLEN: usize = 4;
 /// TEST-NET-1 (RFC 5737): a tunnel remote that is never a real host.
 const TEST_REMOTE: [u8; 4] = [192, 0, 2, 1];
 
@@ -82,6 +105,8 @@ impl std::fmt::Display for Error {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     pub index: u32,
+    /// `ifi_flags` (`IFF_UP`, `IFF_LOOPBACK`, …).
+    pub flags: u32,
     pub name: String,
     pub kind: Option<String>,
     pub xdp: Option<Vec<XdpAttachment>>,
@@ -94,12 +119,24 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn link(msg_type: u16, flags: u16, index: i32) -> Self {
+    fn new(msg_type: u16, flags: u16) -> Self {
         let mut buf = vec![0u8; NLMSG_HDRLEN];
         buf[4..6].copy_from_slice(&msg_type.to_ne_bytes());
         buf[6..8].copy_from_slice(&flags.to_ne_bytes());
-        let mut m = Self { buf, nests: Vec::new() };
+        Self { buf, nests: Vec::new() }
+    }
+
+    /// An rtnetlink link request: header and `ifinfomsg`.
+    pub fn link(msg_type: u16, flags: u16, index: i32) -> Self {
+        let mut m = Self::new(msg_type, flags);
         m.raw(&ifinfomsg(index));
+        m
+    }
+
+    /// A generic netlink request to family `family`: header and `genlmsghdr` (version 1).
+    pub fn generic(family: u16, flags: u16, cmd: u8) -> Self {
+        let mut m = Self::new(family, flags);
+        m.raw(&[cmd, 1, 0, 0]);
         m
     }
 
@@ -183,6 +220,12 @@ pub fn new_link_request(kind: &str, name: &str, lower: Option<u32>) -> Message {
         "gre" => {
             m.begin(IFLA_INFO_DATA).attr(IFLA_GRE_REMOTE, &TEST_REMOTE).end();
         }
+        "vlan" => {
+            m.begin(IFLA_INFO_DATA).attr(IFLA_VLAN_ID, &42u16.to_ne_bytes()).end();
+        }
+        "vrf" => {
+            m.begin(IFLA_INFO_DATA).attr(IFLA_VRF_TABLE, &4242u32.to_ne_bytes()).end();
+        }
         "veth" => {
             // The peer ("x0" gets "x1") is an ifinfomsg followed by its attributes.
             let peer = format!("{}1", name.strip_suffix('0').unwrap_or(name));
@@ -262,7 +305,8 @@ fn c_string(data: &[u8]) -> String {
 /// One RTM_NEWLINK message of a dump.
 pub fn parse_link(payload: &[u8]) -> Option<Link> {
     let index = u32::from_ne_bytes(payload.get(4..8)?.try_into().ok()?);
-    let mut link = Link { index, name: String::new(), kind: None, xdp: None };
+    let flags = u32::from_ne_bytes(payload.get(8..12)?.try_into().ok()?);
+    let mut link = Link { index, flags, name: String::new(), kind: None, xdp: None };
     for (attr_type, data) in attrs(payload.get(IFINFOMSG_LEN..)?) {
         match attr_type {
             IFLA_IFNAME => link.name = c_string(data),
@@ -312,8 +356,17 @@ pub struct Socket {
 impl Socket {
     /// A NETLINK_ROUTE socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Self> {
+        Self::open_protocol(libc::NETLINK_ROUTE)
+    }
+
+    /// A NETLINK_GENERIC socket in the calling thread's network namespace.
+    pub fn open_generic() -> io::Result<Self> {
+        Self::open_protocol(NETLINK_GENERIC)
+    }
+
+    fn open_protocol(protocol: libc::c_int) -> io::Result<Self> {
         // SAFETY: socket(2) with constant arguments; the descriptor is owned right away.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -356,18 +409,32 @@ impl Socket {
         Ok(n as usize)
     }
 
-    /// Sends a request with NLM_F_ACK and waits for its acknowledgement.
-    pub fn transact(&mut self, message: Message) -> Result<(), Error> {
+    /// Sends a request and hands each reply message of it (type, payload) to `each`, until its
+    /// acknowledgement (requests with NLM_F_ACK), the end of a dump, or an error.
+    fn exchange(&mut self, message: Message, mut each: impl FnMut(u16, &[u8])) -> Result<(), Error> {
         let seq = self.send(message)?;
         let mut buf = vec![0u8; 65536];
         loop {
             let n = self.recv(&mut buf)?;
+            if n == 0 {
+                return Err(Error::Local("the kernel closed the exchange without an answer".into()));
+            }
             for (msg_type, flags, msg_seq, payload) in messages(&buf[..n]) {
-                if msg_type == NLMSG_ERROR && msg_seq == seq {
-                    return parse_ack(flags, payload);
+                if msg_seq != seq {
+                    continue;
+                }
+                match msg_type {
+                    NLMSG_ERROR => return parse_ack(flags, payload),
+                    NLMSG_DONE => return Ok(()),
+                    _ => each(msg_type, payload),
                 }
             }
         }
+    }
+
+    /// Sends a request with NLM_F_ACK and waits for its acknowledgement.
+    pub fn transact(&mut self, message: Message) -> Result<(), Error> {
+        self.exchange(message, |_, _| {})
     }
 
     pub fn create_link(&mut self, kind: &str, name: &str, lower: Option<u32>) -> Result<(), Error> {
@@ -382,27 +449,72 @@ impl Socket {
 
     /// Every link of the socket's namespace.
     pub fn dump_links(&mut self) -> Result<Vec<Link>, Error> {
-        let seq = self.send(Message::link(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 0))?;
-        let mut buf = vec![0u8; 65536];
         let mut links = Vec::new();
-        loop {
-            let n = self.recv(&mut buf)?;
-            if n == 0 {
-                return Err(Error::Local("the dump ended without NLMSG_DONE".into()));
+        self.exchange(Message::link(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 0), |msg_type, payload| {
+            if msg_type == RTM_NEWLINK {
+                links.extend(parse_link(payload));
             }
-            for (msg_type, flags, msg_seq, payload) in messages(&buf[..n]) {
-                if msg_seq != seq {
-                    continue;
-                }
-                match msg_type {
-                    NLMSG_DONE => return Ok(links),
-                    NLMSG_ERROR => parse_ack(flags, payload)?,
-                    RTM_NEWLINK => links.extend(parse_link(payload)),
-                    _ => {}
-                }
+        })?;
+        Ok(links)
+    }
+
+    /// Attaches the XDP program `fd` to link `index` with `flags` (XDP_FLAGS_*), or detaches the
+    /// program of that mode when `fd` is -1.
+    pub fn set_xdp(&mut self, index: u32, fd: i32, flags: u32) -> Result<(), Error> {
+        let mut m = Message::link(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, index as i32);
+        m.begin(IFLA_XDP).attr(IFLA_XDP_FD, &fd.to_ne_bytes()).attr(IFLA_XDP_FLAGS, &flags.to_ne_bytes()).end();
+        self.transact(m)
+    }
+
+    /// The id of generic netlink family `name` (a generic socket); ENOENT when the kernel has none.
+    pub fn family_id(&mut self, name: &str) -> Result<u16, Error> {
+        let mut m = Message::generic(GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_ACK, CTRL_CMD_GETFAMILY);
+        m.attr_str(CTRL_ATTR_FAMILY_NAME, name);
+        let mut id = None;
+        self.exchange(m, |msg_type, payload| {
+            if msg_type == GENL_ID_CTRL {
+                id = id.or_else(|| parse_family_id(payload));
             }
+        })?;
+        id.ok_or_else(|| Error::Local(format!("the controller's answer for {name} has no family id")))
+    }
+
+    /// (ifindex, XDP features) of every device of the socket's namespace (a generic socket),
+    /// from the `netdev` family's `dev-get` dump. The features are `NETDEV_XDP_ACT_*` bits.
+    pub fn netdev_xdp_features(&mut self, family: u16) -> Result<Vec<(u32, u64)>, Error> {
+        let mut devices = Vec::new();
+        self.exchange(
+            Message::generic(family, NLM_F_REQUEST | NLM_F_DUMP, NETDEV_CMD_DEV_GET),
+            |msg_type, payload| {
+                if msg_type == family {
+                    devices.extend(parse_netdev_dev(payload));
+                }
+            },
+        )?;
+        Ok(devices)
+    }
+}
+
+/// CTRL_ATTR_FAMILY_ID of a controller answer (after its `genlmsghdr`).
+fn parse_family_id(payload: &[u8]) -> Option<u16> {
+    attrs(payload.get(GENLMSG_HDRLEN..)?)
+        .find(|(t, _)| *t == CTRL_ATTR_FAMILY_ID)
+        .and_then(|(_, v)| Some(u16::from_ne_bytes(v.get(0..2)?.try_into().ok()?)))
+}
+
+/// One `netdev` `dev-get` answer: (ifindex, XDP features); none without both attributes.
+pub fn parse_netdev_dev(payload: &[u8]) -> Option<(u32, u64)> {
+    let (mut index, mut features) = (None, None);
+    for (attr_type, value) in attrs(payload.get(GENLMSG_HDRLEN..)?) {
+        match attr_type {
+            NETDEV_A_DEV_IFINDEX => index = value.get(0..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+            NETDEV_A_DEV_XDP_FEATURES => {
+                features = value.get(0..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes)
+            }
+            _ => {}
         }
     }
+    Some((index?, features?))
 }
 
 fn set_option(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: *const libc::c_void, len: libc::socklen_t) {
@@ -453,6 +565,22 @@ mod tests {
             Err(Error::Kernel { errno: libc::EEXIST, message: None })
         ));
         assert!(matches!(parse_ack(0, &[1, 2]), Err(Error::Local(_))));
+    }
+
+    #[test]
+    fn parses_generic_netlink_answers() {
+        let mut dev = Message::generic(20, 0, NETDEV_CMD_DEV_GET);
+        dev.attr(NETDEV_A_DEV_IFINDEX, &4u32.to_ne_bytes()).attr(NETDEV_A_DEV_XDP_FEATURES, &43u64.to_ne_bytes());
+        let payload = dev.finish(1)[NLMSG_HDRLEN..].to_vec();
+        assert_eq!(payload[..GENLMSG_HDRLEN], [NETDEV_CMD_DEV_GET, 1, 0, 0]);
+        assert_eq!(parse_netdev_dev(&payload), Some((4, 43)));
+        // A device without its XDP features (or a truncated answer) gives nothing.
+        assert_eq!(parse_netdev_dev(&payload[..12]), None);
+        assert_eq!(parse_netdev_dev(&payload[..2]), None);
+
+        let mut ctrl = Message::generic(GENL_ID_CTRL, 0, 1);
+        ctrl.attr_str(CTRL_ATTR_FAMILY_NAME, "netdev").attr(CTRL_ATTR_FAMILY_ID, &20u16.to_ne_bytes());
+        assert_eq!(parse_family_id(&ctrl.finish(1)[NLMSG_HDRLEN..]), Some(20));
     }
 
     /// An RTM_NEWLINK payload as a dump returns it.
