@@ -79,14 +79,14 @@ fn host_link_names() -> Vec<String> {
         .collect()
 }
 
-/// Native XDP is never read off a version number. The kinds `check` probes (loopback, veth,
-/// bridge, and the host's kinds) got the kernel's own answer to a native attach on a test device
-/// in a throwaway namespace (success, or EOPNOTSUPP and its message); every interface of those
-/// kinds carries that verdict and says so; every other verdict names its source, and "unknown"
-/// says how to find out. Nothing of the probes is left behind: no named namespace, no test
-/// device, no test program.
+/// Native XDP and br_netfilter's scope are never read off a version number. The kinds `check`
+/// probes (loopback, veth, bridge, and the host's kinds) got the kernel's own answer to a native
+/// attach on a test device in a throwaway namespace (success, or EOPNOTSUPP and its message);
+/// every interface of those kinds carries that verdict and says so; every other verdict names
+/// its source, and "unknown" says how to find out. Nothing of the probes is left behind: no
+/// named namespace, no test device, no test program.
 #[test]
-fn native_xdp_comes_from_probes() {
+fn native_xdp_and_br_netfilter_scope_come_from_probes() {
     require_root!();
     let (report, _) = check_report();
     let features = &report["features"];
@@ -137,6 +137,14 @@ fn native_xdp_comes_from_probes() {
             }
         }
     }
+
+    let br = &features["br_netfilter"];
+    assert!(["per-namespace", "global", "unknown"].contains(&br["scope"].as_str().unwrap()), "{br}");
+    assert_ne!(br["fresh_netns"]["present"], "unknown", "the fresh-namespace read failed: {br}");
+    if br["fresh_netns"]["present"] == "yes" {
+        assert_eq!(br["scope"], "per-namespace", "{br}");
+    }
+    assert!(!br["note"].as_str().unwrap().contains("since Linux"), "{br}");
 
     // Nothing left behind. check's namespaces have no name; its devices and program live in them.
     assert!(namespaces_with_prefix("dptcheck").is_empty());

@@ -175,10 +175,11 @@ fn features_text(f: &FeatureReport) -> String {
     }
     let sysctl = |s: &crate::kernel::features::Sysctl| s.value.clone().unwrap_or_else(|| "absent".into());
     text.push_str(&format!(
-        "  br_netfilter         {:<8} bridge-nf-call-iptables={} ip6tables={}\n",
+        "  br_netfilter         {:<8} bridge-nf-call-iptables={} ip6tables={} (scope: {})\n",
         yes_no(&f.br_netfilter.active),
         sysctl(&f.br_netfilter.call_iptables),
-        sysctl(&f.br_netfilter.call_ip6tables)
+        sysctl(&f.br_netfilter.call_ip6tables),
+        f.br_netfilter.scope
     ));
     text.push_str(&format!(
         "  ip_forward           ipv4={} ipv6={}\n",

@@ -1,5 +1,6 @@
-//! Probes that need a network namespace of their own: which link kinds take a native XDP
-//! program (`xdp.rs`). Like the link-kind probe, the namespace is made with `unshare(CLONE_NEWNET)` on a dedicated
+//! Probes that need a network namespace of their own: whether the br_netfilter sysctls exist in
+//! a fresh namespace (`sysctl.rs`) and which link kinds take a native XDP program (`xdp.rs`).
+//! Like the link-kind probe, the namespace is made with `unshare(CLONE_NEWNET)` on a dedicated
 //! thread: it has no name in /run/netns, nothing else can see or enter it, and the kernel frees
 //! it, with every device and XDP attachment in it, when the thread ends — even if dptrace is
 //! killed mid-probe, so there is never a leftover. The caller waits a bounded time: a probe that

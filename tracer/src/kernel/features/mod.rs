@@ -10,7 +10,8 @@
 //!   network namespace;
 //! - `host_netns.rs`: reading per-namespace state in the host's network namespace, PID 1's;
 //! - `fresh_netns.rs`: running probes in a fresh, throwaway network namespace, with a timeout;
-//! - `sysctl.rs`: the br_netfilter and forwarding sysctls;
+//! - `sysctl.rs`: the br_netfilter and forwarding sysctls, and whether br_netfilter's are per
+//!   namespace (read in a fresh namespace);
 //! - `xdp.rs`: interfaces, their XDP programs and native XDP support (attached to test devices in
 //!   a fresh namespace, or as the kernel reports it per device);
 //! - `iptables.rs`: which iptables backend is installed and which one holds rules;
@@ -36,6 +37,7 @@ use self::{
     link_kinds::{probe_link_kinds, KINDS},
     modules::{probe_modules, read_proc_modules, settle, ModuleIndex},
     mounts::probe_mounts,
+    sysctl::{br_netfilter_scope, read_sysctl},
     xdp::{interface_xdp, kinds_to_probe, probe_native_kinds},
 };
 pub use self::{
@@ -99,7 +101,6 @@ pub fn probe_features() -> FeatureReport {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
-    let version = kernel_version(&release);
     let index = ModuleIndex::load(&release);
     let loaded_before = index.loaded.clone();
     let kind_results = probe_link_kinds();
@@ -126,14 +127,21 @@ pub fn probe_features() -> FeatureReport {
     let (host, host_netns, host_netns_note) = in_host_netns(probe_host_netns);
     let host = host.unwrap_or_else(HostFacts::unknown);
 
-    // In a fresh namespace: which kinds of device take a native XDP program.
+    // In a fresh namespace: whether br_netfilter's sysctls exist there, and which kinds of
+    // device take a native XDP program.
     let kinds = kinds_to_probe(host.links.as_deref().unwrap_or_default());
     let fresh = fresh_netns::in_fresh_netns("dptrace-freshns", fresh_netns::TIMEOUT, {
         let kinds = kinds.clone();
-        move || probe_native_kinds(&kinds)
+        move || (read_sysctl("net.bridge.bridge-nf-call-iptables"), probe_native_kinds(&kinds))
     });
-    let xdp_native_probes = fresh.unwrap_or_else(|why| {
-        kinds
+    let (fresh_call_iptables, xdp_native_probes) = fresh.unwrap_or_else(|why| {
+        let sysctl = Sysctl {
+            name: "net.bridge.bridge-nf-call-iptables",
+            present: Support::Unknown,
+            value: None,
+            error: Some(why.clone()),
+        };
+        let probes = kinds
             .iter()
             .map(|kind| XdpKindProbe {
                 kind: kind.clone(),
@@ -142,23 +150,19 @@ pub fn probe_features() -> FeatureReport {
                 errno: None,
                 kernel_message: None,
             })
-            .collect()
+            .collect();
+        (sysctl, probes)
     });
 
+    let (scope, note) = br_netfilter_scope(&host.call_iptables, &fresh_call_iptables, &host_netns);
     let br_netfilter = BrNetfilter {
         active: host.call_iptables.present,
         module_state: settle(index.state("br_netfilter", loaded_before.as_ref()), host.call_iptables.present),
         call_iptables: host.call_iptables,
         call_ip6tables: host.call_ip6tables,
-        note: if version >= (5, 3) {
-            format!(
-                "per network namespace since Linux 5.3: these are the values in {host_netns}. A bridge follows the \
-                 namespace it lives in, so for a CNI bridge in the host namespace (cni0, docker0) these apply; new \
-                 namespaces start with 1"
-            )
-        } else {
-            "global on this kernel (before 5.3 they are not per network namespace)".to_string()
-        },
+        note,
+        fresh_netns: fresh_call_iptables,
+        scope,
     };
     let ip_forward = IpForward { ipv4: host.ip_forward, ipv6: host.ipv6_forwarding };
     let xdp_features_unknown = host.xdp_features.as_ref().err().cloned();
@@ -218,12 +222,6 @@ pub fn link_kind_spec(kind: &str) -> Option<&'static KindSpec> {
 pub fn module_state(module: &str, works: Support) -> String {
     let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
     settle(ModuleIndex::load(&release).state(module, None), works)
-}
-
-/// (major, minor) of a release string such as `6.18.44-fc-v669`; (0, 0) when unparsable.
-fn kernel_version(release: &str) -> (u32, u32) {
-    let mut parts = release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -523,13 +521,6 @@ mod tests {
 
     use super::{netlink as nl, *};
 
-    #[test]
-    fn parses_kernel_version() {
-        assert_eq!(kernel_version("6.18.44-fc-v669"), (6, 18));
-        assert_eq!(kernel_version("5.4.0-189-generic"), (5, 4));
-        assert_eq!(kernel_version("garbage"), (0, 0));
-    }
-
     /// Runs the real probes (root only): veth and bridge exist on any kernel dptrace targets, every
     /// kind gets a definite answer, missing kinds become problems, and nothing is left behind.
     #[test]
@@ -563,6 +554,12 @@ mod tests {
         for iface in &report.xdp {
             assert!(["attached", "probed", "xdp-features", "none"].contains(&iface.native_source), "{iface:?}");
             assert_eq!(iface.native == Support::Unknown, iface.native_source == "none", "{iface:?}");
+        }
+        // br_netfilter's scope comes from a fresh namespace, not the release.
+        let br = &report.br_netfilter;
+        assert_ne!(br.fresh_netns.present, Support::Unknown, "{br:?}");
+        if br.fresh_netns.present == Support::Yes {
+            assert_eq!(br.scope, "per-namespace", "{br:?}");
         }
         assert!(["legacy", "nft", "both-in-use", "not-installed"].contains(&report.iptables_backend.backend));
         assert!(report.problems.iter().all(|p| ["error", "warning", "info"].contains(&p.severity)));
