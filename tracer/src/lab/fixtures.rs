@@ -30,7 +30,7 @@ pub fn available() -> bool {
 /// `Unreproducible` when this build has no fixtures.
 pub fn write(lab: &mut Lab) -> anyhow::Result<PathBuf> {
     if !available() {
-        return Err(Unreproducible("dptrace was built without the lab's XDP fixtures".into()).into());
+        return Err(Unreproducible::new("no-xdp-fixtures", "dptrace was built without the lab's XDP fixtures").into());
     }
     lab.scratch_file(FILE, OBJECT)
 }

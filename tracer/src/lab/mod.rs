@@ -2,6 +2,7 @@
 //! dptrace explains each with the expected finding. Used by `dptrace lab`, the demo and the
 //! tests; everything it creates is removed afterwards, also when a step fails.
 
+pub mod degraded;
 pub mod fixtures;
 pub mod netns;
 pub mod overlay;
@@ -17,6 +18,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use self::{
+    degraded::{Blind, Own},
     netns::Lab,
     scenarios::{AnyScenario, PATH_DEMO},
 };
@@ -87,17 +89,26 @@ pub async fn run(
             _ = sigterm.recv() => bail!("interrupted by SIGTERM; lab namespaces removed"),
         };
         if let Err(Some(skip)) = outcome.as_ref().map_err(|e| e.downcast_ref::<netns::Unreproducible>()) {
-            {
-                let text = format!("=> {}: skipped, {skip}\n", scenario.name());
-                let value = json!({"scenario": scenario.name(), "expected_rule": scenario.expected_rule(), "diagnosed": false, "skipped": true, "problems": [skip.to_string()]});
-                sink.record("lab-result", value, &text);
-                continue;
-            }
+            let text = format!("=> {}: skipped, {skip}\n", scenario.name());
+            let value = json!({
+                "scenario": scenario.name(),
+                "expected_rule": scenario.expected_rule(),
+                "diagnosed": false,
+                "degraded": false,
+                "unchecked": [],
+                "skipped": true,
+                "skip_fact": skip.fact,
+                "problems": [skip.to_string()],
+            });
+            sink.record("lab-result", value, &text);
+            continue;
         }
         let ran = match outcome {
             Ok(ran) => ran,
             Err(e) => Ran {
                 problems: vec![format!("the scenario could not run: {}", crate::probes::error_chain(e.as_ref()))],
+                unchecked: vec![],
+                degraded: false,
                 paths: None,
             },
         };
@@ -105,20 +116,36 @@ pub async fn run(
         let ok = problems.is_empty();
         failed += usize::from(!ok);
         let demo = scenario.expected_rule() == PATH_DEMO;
+        let degraded = if ran.degraded {
+            format!(" (degraded: not checked: {})", ran.unchecked.join("; "))
+        } else {
+            String::new()
+        };
         let text = match (ok, demo) {
-            (true, true) => format!("=> {}: path traced, {}\n", scenario.name(), ran.paths_text()),
-            (true, false) => format!("=> {}: diagnosed as {}\n", scenario.name(), scenario.expected_rule()),
-            (false, true) => format!("=> {}: path NOT as expected: {}\n", scenario.name(), problems.join("; ")),
+            (true, true) => format!("=> {}: path traced, {}{degraded}\n", scenario.name(), ran.paths_text()),
+            (true, false) => format!("=> {}: diagnosed as {}{degraded}\n", scenario.name(), scenario.expected_rule()),
+            (false, true) => {
+                format!("=> {}: path NOT as expected: {}{degraded}\n", scenario.name(), problems.join("; "))
+            }
             (false, false) => {
                 format!(
-                    "=> {}: NOT diagnosed as {}: {}\n",
+                    "=> {}: NOT diagnosed as {}: {}{degraded}\n",
                     scenario.name(),
                     scenario.expected_rule(),
                     problems.join("; ")
                 )
             }
         };
-        let mut value = json!({"scenario": scenario.name(), "expected_rule": scenario.expected_rule(), "diagnosed": ok, "problems": problems});
+        // `diagnosed`: every check that could be made passed; `degraded`: some could not be
+        // made on this kernel (`unchecked` says which and why).
+        let mut value = json!({
+            "scenario": scenario.name(),
+            "expected_rule": scenario.expected_rule(),
+            "diagnosed": ok,
+            "degraded": ran.degraded,
+            "unchecked": ran.unchecked,
+            "problems": problems,
+        });
         if let Some(paths) = &ran.paths {
             value["paths"] = json!({"packets": paths.packets, "min_hops": paths.min_hops, "max_hops": paths.max_hops});
         }
@@ -131,6 +158,10 @@ pub async fn run(
 struct Ran {
     /// Why it was not diagnosed (or its paths not as expected); empty when it was.
     problems: Vec<String>,
+    /// What could not be checked on this kernel, and why.
+    unchecked: Vec<String>,
+    /// Checked with less than the full verification (`unchecked` says what is missing).
+    degraded: bool,
     /// What the path family traced, for scenarios that turn it on.
     paths: Option<PathCounts>,
 }
@@ -190,38 +221,66 @@ async fn run_one(
         monitor_netns: Some(lab.namespaces().iter().map(|n| netns::netns_path(n)).collect()),
     };
     let mut path_filter = path_filter;
+    let mut unchecked = Vec::new();
     let mut session = match Session::start(options(probes.clone())) {
         // Kernels where packets cannot be followed (no BTF): a path demonstration cannot be
         // reproduced; any other scenario is diagnosed without its paths.
         Err(ProbeError::NoBackend { family: "path", tried }) => {
             if scenario.expected_rule() == scenarios::PATH_DEMO {
-                return Err(
-                    netns::Unreproducible(format!("packets cannot be followed on this kernel ({tried})")).into()
-                );
+                let fact = if kernel_has_btf() { "no-path-backend" } else { "no-kernel-btf" };
+                return Err(netns::Unreproducible::new(
+                    fact,
+                    format!("packets cannot be followed on this kernel ({tried})"),
+                )
+                .into());
             }
             sink.note(&format!("   paths not checked: packets cannot be followed on this kernel ({tried})"));
+            unchecked.push(format!(
+                "the packets' path hop by hop (packets cannot be followed on this kernel{})",
+                if kernel_has_btf() { "" } else { ": no BTF" }
+            ));
             path_filter = None;
             Session::start(options(ProbeOptions { path: None, ..probes }))?
         }
         other => other?,
     };
-    let mut scoped = LabSink { inner: sink, verbose };
+    let mut scoped = LabSink { inner: sink, verbose, own: Own::new(std::process::id()) };
     let trigger_topology = topology.clone();
-    let triggered = session
+    netns::take_actor_pids();
+    let (triggered, window) = session
         .run_until(
             async move {
+                let start = monotonic_ns();
                 let result = tokio::task::spawn_blocking(move || scenario.trigger(&trigger_topology)).await;
                 tokio::time::sleep(SETTLE).await;
-                result
+                (result, (start, monotonic_ns()))
             },
             &mut scoped,
         )
         .await?;
+    scoped.own.window = window;
+    scoped.own.actor_pids = netns::take_actor_pids();
     for line in triggered.map_err(|e| anyhow::anyhow!("traffic task failed: {e}"))?? {
         scoped.note(&format!("   {line}"));
     }
     let report = session.finish(&mut scoped, None);
     let mut problems = scenario.verify(&lab, &topology, &report.findings);
+    // Kernels that cannot show all the full check asks for (no BTF: drops without namespace,
+    // device or flow; requests without the actor's namespace): the scenario checks all such
+    // a kernel does show, tied to its own traffic, and says what it could not check.
+    let blind = Blind::of(&report.summary.hooks);
+    let mut degraded = !unchecked.is_empty();
+    if !problems.is_empty() && blind.any() {
+        if let Some(check) = scenario.verify_degraded(&lab, &topology, &report.findings, blind, &scoped.own) {
+            scoped.note(&format!(
+                "   degraded: this kernel cannot show all the full check needs ({}); checked instead what it shows of this scenario's own traffic",
+                problems.join("; ")
+            ));
+            problems = check.problems;
+            unchecked.extend(check.unchecked);
+            degraded = true;
+        }
+    }
     let paths = path_filter.as_ref().map(|_| {
         let names: Vec<paths::NsRef> = lab
             .namespaces()
@@ -249,30 +308,36 @@ async fn run_one(
         }
         PathCounts::of(&report.paths)
     });
-    // Kernels without BTF give drops no namespace, device or flow: the diagnosis is then
-    // the rule alone, which is what such a kernel allows. Say so rather than fail.
-    let blind = report.summary.hooks.iter().any(|h| h.coverage["device_and_netns"] == false);
-    if !problems.is_empty()
-        && blind
-        && report.findings.iter().any(|f| f.rule == scenario.expected_rule() && f.place.netns.is_none())
-    {
-        scoped.note(&format!(
-            "   degraded: `{}` reported without namespace, device or flow (this kernel has no BTF)",
-            scenario.expected_rule()
-        ));
-        problems.clear();
-    }
-    Ok(Ran { problems, paths })
+    Ok(Ran { problems, unchecked, degraded, paths })
 }
 
-/// Forwards findings; events and the summary only with --verbose.
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's event timestamps.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
+        .unwrap_or(0)
+}
+
+/// Whether dptrace reads a kernel BTF here (`DPTRACE_BTF=none` pretends there is none).
+fn kernel_has_btf() -> bool {
+    match std::env::var("DPTRACE_BTF").ok().as_deref() {
+        Some("none") => false,
+        Some(_) => true,
+        None => std::path::Path::new(crate::kernel::btf::VMLINUX).exists(),
+    }
+}
+
+/// Forwards findings; events and the summary only with --verbose. Keeps the events of the
+/// lab's own threads for a degraded check.
 struct LabSink<'a> {
     inner: &'a mut dyn Sink,
     verbose: bool,
+    own: Own,
 }
 
 impl Sink for LabSink<'_> {
     fn event(&mut self, event: &Event) {
+        self.own.observe(event);
         self.inner.event(event);
     }
 

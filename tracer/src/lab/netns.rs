@@ -3,8 +3,10 @@
 
 use std::{
     fs::File,
+    io,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Output, Stdio},
+    sync::Mutex,
 };
 
 use anyhow::{bail, Context};
@@ -24,10 +26,28 @@ pub struct Lab {
     cgroups: Vec<PathBuf>,
 }
 
-/// A scenario that cannot show its failure on this kernel (the feature it lacks exists here).
+/// A scenario that cannot show its failure on this machine: the feature it lacks exists
+/// here, or the kernel lacks one it needs, or a tool is missing.
 #[derive(Debug, thiserror::Error)]
-#[error("not reproducible on this kernel: {0}")]
-pub struct Unreproducible(pub String);
+#[error("{}: {why}", if self.fact.starts_with(MISSING_TOOL) { "cannot run here" } else { "not reproducible on this kernel" })]
+pub struct Unreproducible {
+    /// A stable id of the machine fact behind it, which whoever runs the lab can check for
+    /// themselves (`cargo xtask test` does): `kernel-has-wireguard`, `kernel-lacks-wireguard`,
+    /// `kernel-lacks-bridge`, `kernel-lacks-vxlan`, `bridge-native-xdp`, `no-xdp-fixtures`,
+    /// `no-kernel-btf`, … A missing tool is `missing-tool:NAME`: not a fact of the kernel.
+    pub fact: &'static str,
+    /// What was seen, for people.
+    pub why: String,
+}
+
+/// The prefix of a fact id saying a tool is missing (`missing-tool:wg`).
+pub const MISSING_TOOL: &str = "missing-tool:";
+
+impl Unreproducible {
+    pub fn new(fact: &'static str, why: impl Into<String>) -> Self {
+        Self { fact, why: why.into() }
+    }
+}
 
 impl Lab {
     pub fn new() -> anyhow::Result<Self> {
@@ -174,14 +194,50 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Processes the lab started during the current scenario's trigger (actors such as a copy of
+/// `ip` named `flanneld`, and its own `ip` runs): their pids tie the kernel's evidence, a
+/// request's actor, to the scenario where the kernel cannot show the actor's namespace or
+/// parent (no BTF). Bounded; one scenario runs at a time.
+static ACTOR_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+const MAX_ACTOR_PIDS: usize = 4096;
+
+/// Runs `command` to completion like `Command::output` (stdin empty, stdout and stderr
+/// captured), remembering its pid as an actor of the current scenario. `ip netns exec NS
+/// PROGRAM` execs PROGRAM in place (it forks only in batch mode), so that pid is PROGRAM's.
+pub fn actor_output(command: &mut Command) -> io::Result<Output> {
+    let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    if let Ok(mut pids) = ACTOR_PIDS.lock() {
+        if pids.len() < MAX_ACTOR_PIDS {
+            pids.push(child.id());
+        }
+    }
+    child.wait_with_output()
+}
+
+/// The pids remembered by [`actor_output`] since the last call, forgotten here.
+pub fn take_actor_pids() -> Vec<u32> {
+    ACTOR_PIDS.lock().map(|mut pids| std::mem::take(&mut *pids)).unwrap_or_default()
+}
+
+/// The comm (thread name, at most 15 bytes as the kernel keeps it) of the lab's traffic
+/// thread for namespace `netns`: `lab-<role>`. Events of the scenario's own traffic name it.
+pub fn traffic_thread_comm(netns: &str) -> String {
+    let mut name = format!("lab-{}", role_of(netns));
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
+    name
+}
+
 /// Runs `f` on a thread that has entered namespace `netns`; the caller's thread is untouched.
 pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> std::io::Result<T> + Send) -> anyhow::Result<T> {
     let path = netns_path(netns);
-    // The thread is named after the namespace's role so events show who sent the traffic.
-    let role = role_of(netns);
     std::thread::scope(|scope| {
         std::thread::Builder::new()
-            .name(format!("lab-{role}"))
+            // Named after the namespace's role so events show who sent the traffic.
+            .name(traffic_thread_comm(netns))
             .spawn_scoped(scope, || -> anyhow::Result<T> {
                 let file = File::open(&path).with_context(|| format!("open {}", path.display()))?;
                 nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
@@ -192,6 +248,12 @@ pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> std::io::Result<T> + S
             .join()
             .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?
     })
+}
+
+/// The ifindex of device `dev` inside namespace `netns`.
+pub fn ifindex_in(netns: &str, dev: &str) -> anyhow::Result<u32> {
+    in_netns(netns, || nix::net::if_::if_nametoindex(dev).map_err(io::Error::from))
+        .with_context(|| format!("the ifindex of {dev} in {netns}"))
 }
 
 /// The role part of a lab namespace's name (`pod-a` in `dptlab-<pid>-pod-a`).
@@ -248,4 +310,25 @@ pub fn cleanup_leftovers() -> Vec<String> {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_threads_are_named_as_the_kernel_keeps_their_comm() {
+        assert_eq!(traffic_thread_comm("dptlab-4242-client"), "lab-client");
+        assert_eq!(traffic_thread_comm("dptlab-4242-vxmtu-pod-a"), "lab-vxmtu-pod-a");
+        // TASK_COMM_LEN is 16 with the terminating NUL: 15 bytes are kept.
+        assert_eq!(traffic_thread_comm("dptlab-4242-a-very-long-role-name"), "lab-a-very-long");
+    }
+
+    #[test]
+    fn a_missing_tool_is_not_called_a_fact_of_the_kernel() {
+        let tool = Unreproducible::new("missing-tool:wg", "cannot run `wg`");
+        assert_eq!(tool.to_string(), "cannot run here: cannot run `wg`");
+        let kernel = Unreproducible::new("kernel-lacks-vxlan", "no VXLAN");
+        assert_eq!(kernel.to_string(), "not reproducible on this kernel: no VXLAN");
+    }
 }

@@ -97,6 +97,14 @@ impl TunnelKind {
         }
     }
 
+    /// The fact id of a kernel without this tunnel's link kind (`Unreproducible`).
+    fn missing_fact(self) -> &'static str {
+        match self {
+            TunnelKind::Vxlan => "kernel-lacks-vxlan",
+            TunnelKind::Wireguard => "kernel-lacks-wireguard",
+        }
+    }
+
     fn title(self) -> &'static str {
         match self {
             TunnelKind::Vxlan => "VXLAN",
@@ -216,16 +224,16 @@ impl Overlay {
     fn node_setup(&self, n: &OverlayNode) -> anyhow::Result<()> {
         let ns = n.ns.name.as_str();
         let mtu = n.pod.mtu.to_string();
-        let unsupported = |e: anyhow::Error, what: &str| -> anyhow::Error {
+        let unsupported = |e: anyhow::Error, what: &str, fact: &'static str| -> anyhow::Error {
             let text = e.to_string();
             if text.contains("Unknown device type") || text.contains("not supported") {
-                Unreproducible(format!("this kernel has no {what} support: {text}")).into()
+                Unreproducible::new(fact, format!("this kernel has no {what} support: {text}")).into()
             } else {
                 e
             }
         };
         ip(&["-n", ns, "link", "add", &n.bridge, "mtu", &mtu, "type", "bridge"])
-            .map_err(|e| unsupported(e, "bridge"))?;
+            .map_err(|e| unsupported(e, "bridge", "kernel-lacks-bridge"))?;
         ip(&["-n", ns, "addr", "add", &format!("{}/24", n.gateway), "dev", &n.bridge])?;
         ip(&["-n", ns, "link", "set", &n.bridge, "up"])?;
         let tunnel_mtu = self.kind.mtu().to_string();
@@ -243,7 +251,7 @@ impl Overlay {
             // type"), as in `wireguard-unsupported`.
             TunnelKind::Wireguard => ip(&["-n", ns, "link", "add", &n.tunnel, "mtu", &tunnel_mtu, "type", "wireguard"]),
         }
-        .map_err(|e| unsupported(e, self.kind.title()))?;
+        .map_err(|e| unsupported(e, self.kind.title(), self.kind.missing_fact()))?;
         // No IPv6 link-local address: its neighbour and multicast listener messages would
         // have no tunnel destination (VXLAN drops them with NO_TX_TARGET; WireGuard, whose
         // devices get a random one, has no peer for them), noise beside the pods' traffic.
@@ -363,13 +371,23 @@ fn public_key(private: &Path) -> anyhow::Result<String> {
 /// Runs `wg ARGS…` (here, not in a lab namespace) with `input` on its stdin; returns its
 /// output, trimmed.
 fn wg(args: &[&str], input: Option<&[u8]>) -> anyhow::Result<String> {
-    let mut child = Command::new("wg")
+    let spawned = Command::new("wg")
         .args(args)
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run `wg` (package wireguard-tools; `cargo xtask setup` installs it)")?;
+        .spawn();
+    let mut child = match spawned {
+        // A missing tool is a fact of this machine's setup, not of its kernel.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Unreproducible::new(
+                "missing-tool:wg",
+                format!("cannot run `wg` ({e}): install wireguard-tools (`cargo xtask setup` does)"),
+            )
+            .into())
+        }
+        other => other.context("cannot run `wg` (package wireguard-tools; `cargo xtask setup` installs it)")?,
+    };
     if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
         stdin.write_all(bytes)?;
     }

@@ -94,7 +94,11 @@ impl BridgeNode {
         let bridge = "cni0".to_string();
         if let Err(e) = ip(&["-n", &node, "link", "add", &bridge, "type", "bridge"]) {
             if e.to_string().contains("Unknown device type") || e.to_string().contains("not supported") {
-                return Err(Unreproducible(format!("this kernel has no bridge support: {e}")).into());
+                return Err(Unreproducible::new(
+                    "kernel-lacks-bridge",
+                    format!("this kernel has no bridge support: {e}"),
+                )
+                .into());
             }
             return Err(e);
         }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context;
 
-use super::netns::{iproute2_ip, Unreproducible};
+use super::netns::{actor_output, iproute2_ip, Unreproducible};
 
 /// The XDP mode an attach request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,11 +105,7 @@ pub fn detach(netns: &str, dev: &str, mode: Mode) -> anyhow::Result<Attempt> {
 fn run(program: &Path, netns: &str, args: &[&str]) -> anyhow::Result<Attempt> {
     let name = program.file_name().map_or_else(|| program.to_string_lossy(), |n| n.to_string_lossy());
     let command = format!("{name} {}", args.join(" "));
-    let out = Command::new(iproute2_ip())
-        .args(["netns", "exec", netns])
-        .arg(program)
-        .args(args)
-        .output()
+    let out = actor_output(Command::new(iproute2_ip()).args(["netns", "exec", netns]).arg(program).args(args))
         .with_context(|| format!("cannot run `{command}` in {netns}"))?;
     Ok(Attempt {
         command,
@@ -173,11 +169,20 @@ pub fn attached(netns: &str, dev: &str) -> anyhow::Result<Option<String>> {
 pub fn check_loader(netns: &str, dev: &str, object: &Path, pass_program: &str) -> anyhow::Result<()> {
     let probe = attach(&iproute2_ip(), netns, dev, Mode::Generic, object, pass_program)?;
     if !probe.ok {
-        return Err(Unreproducible(format!(
-            "iproute2 or the kernel cannot load the lab's XDP fixtures here: `{}`: {}",
-            probe.command,
-            probe.said()
-        ))
+        // iproute2 built without libbpf/libelf is a fact of the tool, not of the kernel.
+        let fact = if probe.stderr.contains("No ELF library support") {
+            "missing-tool:ip-with-libbpf"
+        } else {
+            "kernel-refuses-xdp-fixtures"
+        };
+        return Err(Unreproducible::new(
+            fact,
+            format!(
+                "iproute2 or the kernel cannot load the lab's XDP fixtures here: `{}`: {}",
+                probe.command,
+                probe.said()
+            ),
+        )
         .into());
     }
     let off = detach(netns, dev, Mode::Generic)?;

@@ -5,12 +5,16 @@
 use std::net::SocketAddr;
 
 use super::{
-    apiserver_rejected::{APISERVER_PORT, ATTEMPTS, TIMEOUT},
+    apiserver_rejected::{apiserver, APISERVER_PORT, ATTEMPTS, NO_LISTENER_DROPS, RULE_DROPS, TIMEOUT},
     connect_lines, expect_findings, expect_none, Scenario,
 };
 use crate::{
     analyze::Finding,
-    lab::{netns::Lab, topology::NodePair},
+    lab::{
+        degraded::{Blind, Degraded, DropCheck, Own},
+        netns::{traffic_thread_comm, Lab},
+        topology::NodePair,
+    },
 };
 
 pub struct ApiserverDown;
@@ -45,5 +49,31 @@ impl Scenario for ApiserverDown {
         // No rule is involved: a finding blaming one would send the operator the wrong way.
         problems.extend(expect_none(findings, &["reject-by-rule", "netfilter-drop"], &dsts));
         problems
+    }
+
+    /// Without BTF: kubectl's own SYNs dropped by the stack with NO_SOCKET in the TCP receive
+    /// functions (IPv4 and IPv6), none by netfilter, covered by the `no-listener` finding; the
+    /// port and addresses where the resets show them.
+    fn verify_degraded(
+        &self,
+        _lab: &Lab,
+        t: &NodePair,
+        findings: &[Finding],
+        blind: Blind,
+        own: &Own,
+    ) -> Option<Degraded> {
+        if !blind.packets {
+            return None;
+        }
+        let thread = traffic_thread_comm(&t.client.netns);
+        let answers = apiserver(t);
+        let check = DropCheck {
+            rule: self.expected_rule(),
+            thread: &thread,
+            drops: &NO_LISTENER_DROPS,
+            never: &RULE_DROPS,
+            answers: &answers,
+        };
+        Some(check.verify(findings, own))
     }
 }

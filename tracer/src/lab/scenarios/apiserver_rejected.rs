@@ -4,11 +4,14 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use super::{connect_lines, expect_none, expect_verdicts, ExpectVerdict, Scenario};
+use super::{
+    connect_lines, expect_counted_verdict, expect_none, expect_verdicts, ExpectVerdict, Scenario, NETFILTER_FUNCTIONS,
+};
 use crate::{
     analyze::Finding,
     lab::{
-        netns::{exec_in, Lab},
+        degraded::{Blind, Degraded, DropCheck, ExpectAnswer, ExpectDrop, Own},
+        netns::{exec_in, traffic_thread_comm, Lab},
         topology::NodePair,
     },
 };
@@ -28,6 +31,26 @@ const EXPECT: ExpectVerdict = ExpectVerdict {
     verdict: "reject",
     rule_contains: None,
 };
+
+/// The SYNs, dropped by the rule (which answers them with a reset).
+pub(super) const RULE_DROPS: [ExpectDrop; 2] = [
+    ExpectDrop { protocol: "ipv4", reasons: &["NETFILTER_DROP"], functions: NETFILTER_FUNCTIONS },
+    ExpectDrop { protocol: "ipv6", reasons: &["NETFILTER_DROP"], functions: NETFILTER_FUNCTIONS },
+];
+
+/// The SYNs, dropped by the stack for want of a listener (which answers them with a reset).
+pub(super) const NO_LISTENER_DROPS: [ExpectDrop; 2] = [
+    ExpectDrop { protocol: "ipv4", reasons: &["NO_SOCKET"], functions: &["tcp_v4_rcv"] },
+    ExpectDrop { protocol: "ipv6", reasons: &["NO_SOCKET"], functions: &["tcp_v6_rcv"] },
+];
+
+/// The API server's addresses and port, where the resets show them.
+pub(super) fn apiserver(t: &NodePair) -> [ExpectAnswer; 2] {
+    [
+        ExpectAnswer { dst: t.server.v4, port: Some(APISERVER_PORT) },
+        ExpectAnswer { dst: t.server.v6, port: Some(APISERVER_PORT) },
+    ]
+}
 
 impl Scenario for ApiserverRejected {
     type Topology = NodePair;
@@ -76,5 +99,39 @@ impl Scenario for ApiserverRejected {
         // The RST came from the rule, not from a port without listener.
         problems.extend(expect_none(findings, &["no-listener"], &dsts));
         problems
+    }
+
+    /// Without BTF: kubectl's own SYNs dropped by netfilter (IPv4 and IPv6), none for want
+    /// of a listener, covered by the `reject-by-rule` finding, which names the rule whose
+    /// counters moved in the API server node's namespace; the port and addresses where the
+    /// resets kubectl received show them.
+    fn verify_degraded(
+        &self,
+        lab: &Lab,
+        t: &NodePair,
+        findings: &[Finding],
+        blind: Blind,
+        own: &Own,
+    ) -> Option<Degraded> {
+        if !blind.packets {
+            return None;
+        }
+        let thread = traffic_thread_comm(&t.client.netns);
+        let answers = apiserver(t);
+        let check = DropCheck {
+            rule: self.expected_rule(),
+            thread: &thread,
+            drops: &RULE_DROPS,
+            never: &NO_LISTENER_DROPS,
+            answers: &answers,
+        };
+        let mut result = check.verify(findings, own);
+        result.problems.extend(expect_counted_verdict(
+            findings,
+            self.expected_rule(),
+            lab.inode(&t.server.netns),
+            &EXPECT,
+        ));
+        Some(result)
     }
 }

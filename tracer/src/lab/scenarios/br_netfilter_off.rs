@@ -11,6 +11,7 @@ use super::{connect_lines, Scenario, Unreproducible};
 use crate::{
     analyze::Finding,
     lab::{
+        degraded::{Blind, Degraded, Own},
         netns::{exec_in, set_sysctl_in, sysctl_here, sysctl_in, Lab},
         topology::BridgeNode,
         traffic,
@@ -93,10 +94,13 @@ impl Scenario for BrNetfilterOff {
                 notes.push(format!("node: br_netfilter is loaded; set {CALL_IPTABLES}=0 and {CALL_IP6TABLES}=0"));
             }
             None if sysctl_here(CALL_IPTABLES).is_some() => {
-                return Err(Unreproducible(format!(
-                    "br_netfilter is loaded and {CALL_IPTABLES} is global on this kernel (before 5.3): \
-                     turning it off would change the host"
-                ))
+                return Err(Unreproducible::new(
+                    "kernel-br-netfilter-global-sysctls",
+                    format!(
+                        "br_netfilter is loaded and {CALL_IPTABLES} is global on this kernel (before 5.3): \
+                         turning it off would change the host"
+                    ),
+                )
                 .into());
             }
             None => notes.push(format!(
@@ -138,5 +142,35 @@ impl Scenario for BrNetfilterOff {
             problems.push(format!("no `br-netfilter-missing` finding on {bridge} in the node's netns"));
         }
         problems
+    }
+
+    /// Without BTF the failure itself cannot be diagnosed: the replies that bypassed
+    /// netfilter are recognised by their headers. Says so (the scenario stays undiagnosed),
+    /// and still checks the bridge's br_netfilter state, which is read per namespace.
+    fn verify_degraded(
+        &self,
+        lab: &Lab,
+        t: &Service,
+        findings: &[Finding],
+        blind: Blind,
+        _own: &Own,
+    ) -> Option<Degraded> {
+        if !blind.packets {
+            return None;
+        }
+        let node = lab.inode(&t.node.node);
+        let bridge = t.node.bridge.as_str();
+        let mut result = Degraded::default();
+        result.problems.push(format!(
+            "`{}` cannot be diagnosed on this kernel: it recognises the replies that bypassed netfilter by \
+             their packet headers, which drops and resets carry only with BTF",
+            self.expected_rule()
+        ));
+        let on_bridge = |f: &Finding| f.place.netns == node && f.place.device.as_deref() == Some(bridge);
+        if !findings.iter().any(|f| f.rule == "br-netfilter-missing" && on_bridge(f)) {
+            result.problems.push(format!("no `br-netfilter-missing` finding on {bridge} in the node's netns"));
+        }
+        result.not_checked("the replies that bypassed netfilter (no BTF: drops and resets carry no packet headers)");
+        Some(result)
     }
 }

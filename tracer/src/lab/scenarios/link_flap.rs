@@ -6,7 +6,10 @@ use std::{process::Command, time::Duration};
 use super::{expect_actor_finding, Scenario};
 use crate::{
     analyze::{rules::MIN_FLAP_DOWNS, Finding},
-    lab::{netns::Lab, topology::NodePair},
+    lab::{
+        netns::{actor_output, Lab},
+        topology::NodePair,
+    },
 };
 
 pub struct LinkFlap;
@@ -40,9 +43,16 @@ impl Scenario for LinkFlap {
         let program = t.actors[RUNTIME].to_string_lossy().into_owned();
         for _ in 0..MIN_FLAP_DOWNS + 1 {
             for state in ["down", "up"] {
-                let out = Command::new("ip")
-                    .args(["netns", "exec", &t.client.netns, &program, "link", "set", &t.client.dev, state])
-                    .output()?;
+                let out = actor_output(Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    &t.client.netns,
+                    &program,
+                    "link",
+                    "set",
+                    &t.client.dev,
+                    state,
+                ]))?;
                 anyhow::ensure!(out.status.success(), "{RUNTIME}: {}", String::from_utf8_lossy(&out.stderr).trim());
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -25,11 +25,15 @@ use std::{
 
 use crate::{
     analyze::{Finding, NetfilterVerdict},
-    decode::path::PacketPath,
+    decode::{path::PacketPath, Event},
 };
 
 pub(crate) use super::netns::Unreproducible;
-use super::{netns::Lab, traffic};
+use super::{
+    degraded::{Blind, Degraded, Own},
+    netns::Lab,
+    traffic,
+};
 
 /// The `expected_rule` of a scenario that demonstrates the path family rather than a
 /// failure: it is verified by its traced packet paths.
@@ -50,6 +54,20 @@ pub trait Scenario: Sync {
     fn trigger(&self, topology: &Self::Topology) -> anyhow::Result<Vec<String>>;
     /// Why the findings do not explain the failure, or an empty list when they do.
     fn verify(&self, lab: &Lab, topology: &Self::Topology, findings: &[Finding]) -> Vec<String>;
+    /// Where `verify` failed on a kernel that cannot show all it checks (`blind`): a check of
+    /// everything that kernel does show, tied to the scenario's own activity (`own`), with
+    /// what it could not check. None where the scenario has no such check for this kind of
+    /// blindness: then `verify`'s problems stand.
+    fn verify_degraded(
+        &self,
+        _lab: &Lab,
+        _topology: &Self::Topology,
+        _findings: &[Finding],
+        _blind: Blind,
+        _own: &Own,
+    ) -> Option<Degraded> {
+        None
+    }
     /// The packets to trace hop by hop (a `--filter` expression): when Some, the lab turns
     /// the path family on for this scenario and checks the paths with `verify_paths`.
     fn path_filter(&self, _topology: &Self::Topology) -> Option<String> {
@@ -74,6 +92,14 @@ pub trait AnyScenario: Sync {
     fn setup(&self, lab: &mut Lab) -> anyhow::Result<Built>;
     fn trigger(&self, topology: &Built) -> anyhow::Result<Vec<String>>;
     fn verify(&self, lab: &Lab, topology: &Built, findings: &[Finding]) -> Vec<String>;
+    fn verify_degraded(
+        &self,
+        lab: &Lab,
+        topology: &Built,
+        findings: &[Finding],
+        blind: Blind,
+        own: &Own,
+    ) -> Option<Degraded>;
     fn path_filter(&self, topology: &Built) -> Option<String>;
     fn verify_paths(&self, topology: &Built, paths: &[PacketPath]) -> Vec<String>;
 }
@@ -96,23 +122,34 @@ impl<S: Scenario> AnyScenario for S {
     }
 
     fn trigger(&self, topology: &Built) -> anyhow::Result<Vec<String>> {
-        Scenario::trigger(self, own::<S>(topology))
+        Scenario::trigger(self, own_topology::<S>(topology))
     }
 
     fn verify(&self, lab: &Lab, topology: &Built, findings: &[Finding]) -> Vec<String> {
-        Scenario::verify(self, lab, own::<S>(topology), findings)
+        Scenario::verify(self, lab, own_topology::<S>(topology), findings)
+    }
+
+    fn verify_degraded(
+        &self,
+        lab: &Lab,
+        topology: &Built,
+        findings: &[Finding],
+        blind: Blind,
+        own: &Own,
+    ) -> Option<Degraded> {
+        Scenario::verify_degraded(self, lab, own_topology::<S>(topology), findings, blind, own)
     }
 
     fn path_filter(&self, topology: &Built) -> Option<String> {
-        Scenario::path_filter(self, own::<S>(topology))
+        Scenario::path_filter(self, own_topology::<S>(topology))
     }
 
     fn verify_paths(&self, topology: &Built, paths: &[PacketPath]) -> Vec<String> {
-        Scenario::verify_paths(self, own::<S>(topology), paths)
+        Scenario::verify_paths(self, own_topology::<S>(topology), paths)
     }
 }
 
-fn own<S: Scenario>(topology: &Built) -> &S::Topology {
+fn own_topology<S: Scenario>(topology: &Built) -> &S::Topology {
     topology.downcast_ref().expect("a scenario is given back the topology its setup built")
 }
 
@@ -224,6 +261,40 @@ pub(crate) fn expect_verdicts(
             .push(format!("the `{rule}` finding for {dst} does not name the {expect} (it says: {})", said.join("; ")));
     }
     problems
+}
+
+/// Where packets dropped by netfilter (NETFILTER_DROP) are freed: the hook function, or the
+/// table's own function on kernels that free them there (6.18: `nft_do_chain`).
+pub(crate) const NETFILTER_FUNCTIONS: &[&str] = &["nf_hook_slow", "nft_do_chain", "ipt_do_table", "ip6t_do_table"];
+
+/// The degraded form of `expect_verdicts`, for kernels whose drops carry no namespace: a
+/// finding of `rule` names the netfilter verdict `expect`, and its evidence holds the rule
+/// counters that moved in namespace `netns` (read in userspace per namespace: they carry it on
+/// every kernel).
+pub(crate) fn expect_counted_verdict(
+    findings: &[Finding],
+    rule: &str,
+    netns: Option<u32>,
+    expect: &ExpectVerdict,
+) -> Vec<String> {
+    let counted = |f: &Finding| {
+        f.evidence.iter().any(|e| {
+            matches!(e, Event::RuleCounter(c) if Some(c.netns) == netns && c.table == expect.table && c.chain == expect.chain && c.packets > 0)
+        })
+    };
+    let of_rule: Vec<&Finding> = findings.iter().filter(|f| f.rule == rule).collect();
+    if of_rule.iter().any(|f| f.netfilter.as_ref().is_some_and(|v| expect.matches(v)) && counted(f)) {
+        return vec![];
+    }
+    let said: Vec<String> = of_rule
+        .iter()
+        .map(|f| f.netfilter.as_ref().map_or_else(|| "no netfilter verdict".to_string(), show_verdict))
+        .collect();
+    vec![format!(
+        "no `{rule}` finding names the {expect} with the rule's counters in netns {} (the `{rule}` findings say: {})",
+        show_netns(netns),
+        if said.is_empty() { "none".to_string() } else { said.join("; ") }
+    )]
 }
 
 /// Checks that no finding of any of `rules` has one of `dsts` as its destination.

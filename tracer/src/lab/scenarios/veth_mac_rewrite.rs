@@ -9,7 +9,7 @@ use super::{expect_actor_finding, Scenario};
 use crate::{
     analyze::Finding,
     lab::{
-        netns::{iproute2_ip, Lab},
+        netns::{actor_output, iproute2_ip, Lab},
         topology::NodePair,
     },
 };
@@ -61,7 +61,7 @@ impl Scenario for VethMacRewrite {
                 command = Command::new("sh");
                 command.args(["-c", &script, "sh", &ip, "netns", "exec", &t.client.netns, &program]).args(args);
             }
-            let out = command.output()?;
+            let out = actor_output(&mut command)?;
             anyhow::ensure!(out.status.success(), "{actor} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         };

@@ -12,7 +12,8 @@ use crate::{
     analyze::{Finding, Severity},
     decode::path::{HopKind, PacketPath},
     lab::{
-        netns::Lab,
+        degraded::{Blind, Degraded, DropCheck, ExpectAnswer, ExpectDrop, Own},
+        netns::{traffic_thread_comm, Lab},
         overlay::{Overlay, TunnelKind, UNDERLAY_MTU, VXLAN_MTU},
         paths::{expect_path, EndSpec, HopSpec, PathSpec},
         traffic::{self, PingOptions},
@@ -22,6 +23,9 @@ use crate::{
 pub struct VxlanMtu;
 
 const RULE: &str = "tunnel-mtu-exceeded";
+
+/// The full-size pings, dropped where node A forwards them.
+const DROPS: [ExpectDrop; 1] = [ExpectDrop { protocol: "ipv4", reasons: &["PKT_TOO_BIG"], functions: &["ip_forward"] }];
 
 /// The control: small packets fit everywhere.
 const SMALL: PingOptions = PingOptions {
@@ -97,15 +101,35 @@ impl Scenario for VxlanMtu {
                 said.join("; ")
             ));
         }
-        // The small pings went through: no error finding about them but this one.
-        let pods = t.pod_ips();
-        problems.extend(
-            findings
-                .iter()
-                .filter(|f| f.rule != RULE && f.severity == Severity::Error && about_pods(f, &pods))
-                .map(|f| format!("unexpected `{}` finding about the pods' traffic: {}", f.rule, f.summary)),
-        );
+        problems.extend(other_errors(t, findings));
         problems
+    }
+
+    /// Without BTF: pod A's own full-size pings dropped with PKT_TOO_BIG in ip_forward and
+    /// covered by the `tunnel-mtu-exceeded` finding; pod B's address where the "fragmentation
+    /// needed" answer shows it. Which device the route leaves through, and its MTU, need BTF.
+    fn verify_degraded(
+        &self,
+        _lab: &Lab,
+        t: &Overlay,
+        findings: &[Finding],
+        blind: Blind,
+        own: &Own,
+    ) -> Option<Degraded> {
+        if !blind.packets {
+            return None;
+        }
+        let thread = traffic_thread_comm(&t.a.pod.ns.name);
+        let answers = [ExpectAnswer { dst: IpAddr::V4(t.b.pod.v4), port: None }];
+        let check = DropCheck { rule: RULE, thread: &thread, drops: &DROPS, never: &[], answers: &answers };
+        let mut result = check.verify(findings, own);
+        result.problems.extend(other_errors(t, findings));
+        result.not_checked(format!(
+            "the tunnel device and its MTUs in the finding ({}, {VXLAN_MTU} < {UNDERLAY_MTU}; no BTF: the device \
+             the route leaves through cannot be read)",
+            t.a.tunnel
+        ));
+        Some(result)
     }
 
     fn path_filter(&self, t: &Overlay) -> Option<String> {
@@ -132,4 +156,14 @@ impl Scenario for VxlanMtu {
         };
         expect_path(paths, &too_big, &t.namespaces())
     }
+}
+
+/// The small pings went through: no error finding about the pods' traffic but this one.
+fn other_errors(t: &Overlay, findings: &[Finding]) -> Vec<String> {
+    let pods = t.pod_ips();
+    findings
+        .iter()
+        .filter(|f| f.rule != RULE && f.severity == Severity::Error && about_pods(f, &pods))
+        .map(|f| format!("unexpected `{}` finding about the pods' traffic: {}", f.rule, f.summary))
+        .collect()
 }

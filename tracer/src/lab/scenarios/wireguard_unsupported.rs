@@ -8,8 +8,10 @@ use std::process::Command;
 use super::{Scenario, Unreproducible};
 use crate::{
     analyze::Finding,
+    decode::Event,
     lab::{
-        netns::{ip, Lab},
+        degraded::{Blind, Degraded, Own},
+        netns::{actor_output, ip, Lab},
         topology::NodePair,
     },
 };
@@ -39,7 +41,11 @@ impl Scenario for WireguardUnsupported {
         // Where the kernel has WireGuard, the failure cannot be shown: say so instead.
         if ip(&["-n", &t.client.netns, "link", "add", "dptprobe", "type", "wireguard"]).is_ok() {
             let _ = ip(&["-n", &t.client.netns, "link", "del", "dptprobe"]);
-            return Err(Unreproducible("this kernel has WireGuard (use a kernel or VM without it)".into()).into());
+            return Err(Unreproducible::new(
+                "kernel-has-wireguard",
+                "this kernel has WireGuard (use a kernel or VM without it)",
+            )
+            .into());
         }
         t.actors.insert(AGENT, lab.actor_binary("ip", AGENT)?);
         Ok(t)
@@ -48,9 +54,17 @@ impl Scenario for WireguardUnsupported {
     fn trigger(&self, t: &NodePair) -> anyhow::Result<Vec<String>> {
         // Fails on purpose (exit status 2, "Unknown device type"); what matters is the trace.
         let agent = t.actors[AGENT].to_string_lossy().into_owned();
-        let out = Command::new("ip")
-            .args(["netns", "exec", &t.client.netns, &agent, "link", "add", LINK, "type", "wireguard"])
-            .output()?;
+        let out = actor_output(Command::new("ip").args([
+            "netns",
+            "exec",
+            &t.client.netns,
+            &agent,
+            "link",
+            "add",
+            LINK,
+            "type",
+            "wireguard",
+        ]))?;
         let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
         Ok(vec![format!("{AGENT}: could not create encrypted tunnel interface: {said}")])
     }
@@ -69,5 +83,57 @@ impl Scenario for WireguardUnsupported {
         } else {
             vec![format!("no `{}` finding for {LINK} created by {AGENT}", self.expected_rule())]
         }
+    }
+
+    /// Without BTF requests carry no namespace of their actor: the finding must still name
+    /// the link and the kind, and its actor and request must be the lab's own `flanneld` (the
+    /// process it started, by pid) during the trigger.
+    fn verify_degraded(
+        &self,
+        _lab: &Lab,
+        _t: &NodePair,
+        findings: &[Finding],
+        blind: Blind,
+        own: &Own,
+    ) -> Option<Degraded> {
+        if !blind.actors {
+            return None;
+        }
+        let rule = self.expected_rule();
+        let ours = |pid: u32| own.is_actor(pid);
+        let request = |e: &Event| {
+            matches!(e, Event::LinkRequest(r) if r.ifname.as_deref() == Some(LINK)
+                && r.link_kind.as_deref() == Some("wireguard")
+                && r.actor.comm == AGENT
+                && ours(r.actor.pid)
+                && own.in_window(r.ts_ns))
+        };
+        let found = findings.iter().any(|f| {
+            f.rule == rule
+                && f.place.device.as_deref() == Some(LINK)
+                && f.actor.as_ref().is_some_and(|a| a.comm == AGENT && ours(a.pid))
+                && f.summary.contains("wireguard")
+                && f.evidence.iter().any(request)
+        });
+        let mut result = Degraded::default();
+        if !found {
+            let by: Vec<String> = findings
+                .iter()
+                .filter(|f| f.rule == rule)
+                .map(|f| {
+                    f.actor.as_ref().map_or_else(|| "no actor".to_string(), |a| format!("{} (pid {})", a.comm, a.pid))
+                })
+                .collect();
+            result.problems.push(format!(
+                "no `{rule}` finding for {LINK} whose request (kind wireguard) the lab's own {AGENT} (pids {:?}) made \
+                 during the trigger{}",
+                own.actor_pids,
+                if by.is_empty() { String::new() } else { format!("; `{rule}` findings name {}", by.join(", ")) }
+            ));
+        }
+        result.not_checked(
+            "the namespace the link was requested in (no BTF: requests carry no namespace of their actor)",
+        );
+        Some(result)
     }
 }

@@ -11,9 +11,11 @@ use anyhow::Context;
 use super::Scenario;
 use crate::{
     analyze::Finding,
+    decode::Event,
     lab::{
+        degraded::{Blind, Degraded, Own},
         fixtures,
-        netns::{ip, iproute2_ip, Lab},
+        netns::{ifindex_in, ip, iproute2_ip, Lab},
         topology::NodePair,
         traffic,
         xdp::{self, Mode},
@@ -121,6 +123,62 @@ impl Scenario for XdpAborted {
         }
         vec![]
     }
+
+    /// Without BTF XDP exceptions carry a program id and an ifindex only: the finding must be
+    /// about the lab's own program (the id `ip` shows on the server's veth) on that veth's
+    /// ifindex, during the trigger, counting every packet sent.
+    fn verify_degraded(
+        &self,
+        _lab: &Lab,
+        t: &Topology,
+        findings: &[Finding],
+        blind: Blind,
+        own: &Own,
+    ) -> Option<Degraded> {
+        if !blind.xdp_places {
+            return None;
+        }
+        let server = &t.pair.server;
+        let rule = self.expected_rule();
+        let sent = u64::from(PINGS) * 2;
+        let mut result = Degraded::default();
+        let ifindex = ifindex_in(&server.netns, &server.dev);
+        let prog = xdp::attached(&server.netns, &server.dev).map(|a| a.as_deref().and_then(prog_id));
+        let (ifindex, prog) = match (ifindex, prog) {
+            (Ok(i), Ok(Some(p))) => (i, p),
+            (i, p) => {
+                result.problems.push(format!(
+                    "cannot tie the exceptions to the server's program: ifindex {i:?}, program {p:?} on {}",
+                    server.dev
+                ));
+                return Some(result);
+            }
+        };
+        let ours = |e: &Event| {
+            matches!(e, Event::XdpException(x) if x.ifindex == ifindex && x.prog_id == prog
+                && own.in_window(x.ts_ns))
+        };
+        if !findings.iter().any(|f| f.rule == rule && f.count >= sent && f.evidence.iter().any(ours)) {
+            result.problems.push(format!(
+                "no `{rule}` finding counting at least the {sent} packets sent, for the lab's program id {prog} on \
+                 ifindex {ifindex} ({}) during the trigger",
+                server.dev
+            ));
+        }
+        result.not_checked(format!(
+            "the namespace and name of the device (no BTF: exceptions carry a program id and an ifindex; {} was \
+             matched by its ifindex {ifindex} and program id {prog})",
+            server.dev
+        ));
+        Some(result)
+    }
+}
+
+/// The program id in what `ip -d link show` says of an XDP program (`… prog/xdp id 12 …`).
+fn prog_id(attached: &str) -> Option<u32> {
+    let mut words = attached.split_whitespace();
+    words.find(|w| *w == "id")?;
+    words.next()?.parse().ok()
 }
 
 /// The MAC address of `dev` in `netns`.
@@ -131,4 +189,14 @@ fn mac_of(netns: &str, dev: &str) -> anyhow::Result<String> {
     words.find(|w| *w == "link/ether").and_then(|_| words.next()).map(str::to_string).with_context(|| {
         format!("no MAC address for {dev} in {netns}: {}", String::from_utf8_lossy(&out.stderr).trim())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_program_id_is_read_from_what_ip_shows() {
+        let shown = "xdp prog/xdp id 373 name lab_xdp_aborted tag 59f4a931744dcdc6 jited";
+        assert_eq!(super::prog_id(shown), Some(373));
+        assert_eq!(super::prog_id("xdp (program unknown)"), None);
+    }
 }

@@ -9,9 +9,11 @@ use std::{path::PathBuf, time::Duration};
 use super::{Scenario, Unreproducible};
 use crate::{
     analyze::Finding,
+    decode::Event,
     lab::{
+        degraded::{Blind, Degraded, Own},
         fixtures,
-        netns::{ip, iproute2_ip, Lab},
+        netns::{ifindex_in, ip, iproute2_ip, Lab},
         xdp::{self, Mode},
     },
 };
@@ -52,7 +54,11 @@ impl Scenario for XdpNativeUnsupported {
         let netns = lab.add_netns("xdp-nodrv")?;
         if let Err(e) = ip(&["-n", &netns, "link", "add", DEVICE, "type", "bridge"]) {
             if e.to_string().contains("Unknown device type") || e.to_string().contains("not supported") {
-                return Err(Unreproducible(format!("this kernel has no bridge support: {e}")).into());
+                return Err(Unreproducible::new(
+                    "kernel-lacks-bridge",
+                    format!("this kernel has no bridge support: {e}"),
+                )
+                .into());
             }
             return Err(e);
         }
@@ -63,9 +69,11 @@ impl Scenario for XdpNativeUnsupported {
         let native = xdp::attach(&iproute2_ip(), &netns, DEVICE, Mode::Native, &object, fixtures::XDP_PASS)?;
         if native.ok {
             xdp::detach(&netns, DEVICE, Mode::Native)?;
-            return Err(
-                Unreproducible(format!("bridges support native XDP on this kernel ({})", native.command)).into()
-            );
+            return Err(Unreproducible::new(
+                "bridge-native-xdp",
+                format!("bridges support native XDP on this kernel ({})", native.command),
+            )
+            .into());
         }
         let agent = lab.actor_binary("ip", AGENT)?;
         Ok(Topology { netns, device: DEVICE.into(), agent, object })
@@ -101,5 +109,58 @@ impl Scenario for XdpNativeUnsupported {
                 t.device
             )]
         }
+    }
+
+    /// Without BTF requests carry no namespace of their actor, so the device (named by
+    /// ifindex in the request) cannot be named: the finding must still be about native
+    /// attaches to the bridge's ifindex, made by the lab's own `calico-node` (the processes it
+    /// started, by pid) during the trigger.
+    fn verify_degraded(
+        &self,
+        _lab: &Lab,
+        t: &Topology,
+        findings: &[Finding],
+        blind: Blind,
+        own: &Own,
+    ) -> Option<Degraded> {
+        if !blind.actors {
+            return None;
+        }
+        let rule = self.expected_rule();
+        let mut result = Degraded::default();
+        let ifindex = match ifindex_in(&t.netns, &t.device) {
+            Ok(i) => i,
+            Err(e) => {
+                result.problems.push(format!("cannot tie the requests to {}: {e:#}", t.device));
+                return Some(result);
+            }
+        };
+        let request = |e: &Event| {
+            matches!(e, Event::LinkRequest(r) if r.ifindex == Some(ifindex)
+                && r.xdp.as_ref().is_some_and(|x| x.mode == "native")
+                && r.actor.comm == AGENT
+                && own.is_actor(r.actor.pid)
+                && own.in_window(r.ts_ns))
+        };
+        let found = findings.iter().any(|f| {
+            f.rule == rule
+                && f.actor.as_ref().is_some_and(|a| a.comm == AGENT && own.is_actor(a.pid))
+                && f.place.device.as_deref().is_none_or(|d| d == t.device)
+                && f.summary.contains("native")
+                && f.evidence.iter().any(request)
+        });
+        if !found {
+            result.problems.push(format!(
+                "no `{rule}` finding whose summary says `native` for a native XDP attach to ifindex {ifindex} ({}) \
+                 by the lab's own {AGENT} during the trigger",
+                t.device
+            ));
+        }
+        result.not_checked(format!(
+            "the namespace and name of the device (no BTF: requests carry no namespace of their actor; \
+             {} was matched by its ifindex {ifindex})",
+            t.device
+        ));
+        Some(result)
     }
 }
