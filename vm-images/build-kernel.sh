@@ -10,41 +10,52 @@
 #   first '-' picks the source package (6.1-nobtf -> linux-source-6.1).
 #
 # Options:
+#   --print-dir      Print the directory the kernel is (or would be) installed
+#                    in and exit; builds nothing, needs no root.
 #   --force          Rebuild even if the cached kernel is up to date.
 #   --config-only    Stop after generating and checking the .config.
-#   --keep-build     Keep the unpacked source and object tree (several GB)
+#   --keep-build     Keep the unpacked source and object tree (about 1.5 GB)
 #                    after a successful build, for faster rebuilds.
 #   --jobs N         Parallel make jobs (default: number of CPUs).
 #   -h, --help       Show this help.
 #
-# Result (shaped like `dpkg -x linux-image-*.deb` plus modules.dep):
-#   vm-images/cache/kernels/NAME/boot/vmlinuz-RELEASE
-#   vm-images/cache/kernels/NAME/boot/config-RELEASE
-#   vm-images/cache/kernels/NAME/boot/System.map-RELEASE
-#   vm-images/cache/kernels/NAME/lib/modules/RELEASE/{kernel/,modules.dep,...}
-#   vm-images/cache/kernels/NAME/.complete        "NAME SOURCE-VERSION RELEASE"
-#   vm-images/cache/kernels/NAME/.config-hash     cache key (see below)
-#   vm-images/cache/kernels/NAME/.build-info      when/how long/which source
+# The cache lives outside the clone, so that every clone on the machine (and
+# every CI run on it) shares it: $DPTRACE_CACHE, default /var/cache/dptrace.
 #
-# Caching: the key is a sha256 over the fragment's CONFIG_ lines (comments do
-# not count) and this script's build recipe version.  If .complete exists and
-# the key matches, the script does nothing (no apt calls) and says so.  The
-# downloaded linux-source .deb stays in cache/debs/; the unpacked source and
-# the object tree (cache/src/, cache/build/NAME/) are deleted after a
-# successful build unless --keep-build.  A failed build keeps them, and
-# re-running resumes the build where it stopped.
+# Result (shaped like `dpkg -x linux-image-*.deb` plus modules.dep), in
+# CACHE/kernels/NAME-KEY, KEY being the first 16 hex digits of the cache key:
+#   boot/vmlinuz-RELEASE, boot/config-RELEASE, boot/System.map-RELEASE
+#   lib/modules/RELEASE/{kernel/,modules.dep,modules.builtin,...}
+#   .complete        "NAME SOURCE-VERSION RELEASE"
+#   .config-hash     the whole cache key
+#   .build-info      when/how long/which source
+# On success the script prints that directory on stdout (its only stdout
+# line; everything else goes to stderr).
 #
-# Build log: vm-images/cache/build/NAME.log.  Needs root to apt-get install
-# missing build dependencies (bc bison flex libelf-dev libssl-dev gcc make
-# cpio kmod xz-utils).
+# The base config is named in the fragment by a "# dptrace-base: TARGETS"
+# line (make targets run in order before the fragment is merged, e.g.
+# "allnoconfig"; default "x86_64_defconfig kvm_guest.config").
+#
+# Caching: the key is a sha256 over this script's build recipe version, the
+# base targets and the fragment's CONFIG_ lines (comments do not count).  If
+# .complete exists and the key matches, the script does nothing (no apt
+# calls) and says so.  The downloaded linux-source .deb stays in CACHE/debs/;
+# the unpacked source and the object tree (CACHE/src/, CACHE/build/NAME/) are
+# deleted after a successful build unless --keep-build.  A failed build keeps
+# them, and re-running resumes the build where it stopped.
+#
+# Build log: CACHE/build/NAME.log.  Needs root to apt-get install missing
+# build dependencies (bc bison flex libelf-dev libssl-dev gcc make cpio kmod
+# xz-utils perl) and to write /var/cache.
 
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CACHE="$HERE/cache"
+CACHE="${DPTRACE_CACHE:-/var/cache/dptrace}"
 CONFIGS="$HERE/kernel-configs"
 # Bump when the steps below change in a way that changes the kernel.
-RECIPE="v1 x86_64_defconfig kvm_guest.config merge_config olddefconfig bzImage modules INSTALL_MOD_STRIP=1"
+RECIPE="v2 BASE merge_config olddefconfig bzImage modules INSTALL_MOD_STRIP=1"
+DEFAULT_BASE="x86_64_defconfig kvm_guest.config"
 
 log() { echo "build-kernel: $*" >&2; }
 die() { log "error: $*"; exit 2; }
@@ -57,9 +68,10 @@ elapsed() {
 }
 
 # ---------------------------------------------------------------- arguments
-FORCE=0 CONFIG_ONLY=0 KEEP=0 JOBS="$(nproc)" NAME=""
+FORCE=0 CONFIG_ONLY=0 KEEP=0 PRINT_DIR=0 JOBS="$(nproc)" NAME=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --print-dir) PRINT_DIR=1; shift ;;
     --force) FORCE=1; shift ;;
     --config-only) CONFIG_ONLY=1; shift ;;
     --keep-build) KEEP=1; shift ;;
@@ -78,16 +90,22 @@ SERIES="${NAME%%-*}"
 [[ "$SERIES" =~ ^[0-9]+\.[0-9]+$ ]] || die "NAME must start with the kernel series, e.g. 6.1-nobtf"
 SRCPKG="linux-source-$SERIES"
 
-OUT="$CACHE/kernels/$NAME"
-BUILD="$CACHE/build/$NAME"
-BUILDLOG="$CACHE/build/$NAME.log"
-
 # Effective fragment: CONFIG_ lines and "# CONFIG_X is not set" lines.
 effective_fragment() {
   grep -E '^(CONFIG_[A-Za-z0-9_]+=|# CONFIG_[A-Za-z0-9_]+ is not set)' "$FRAGMENT" | sed 's/[[:space:]]*$//'
 }
-HASH="$( { echo "$RECIPE"; effective_fragment; } | sha256sum | cut -d' ' -f1)"
+BASE="$(sed -n 's/^# dptrace-base:[[:space:]]*//p' "$FRAGMENT" | head -n1 | xargs)"
+BASE="${BASE:-$DEFAULT_BASE}"
+HASH="$( { echo "$RECIPE"; echo "base: $BASE"; effective_fragment; } | sha256sum | cut -d' ' -f1)"
 CHECK_MODULES="$(sed -n 's/^# dptrace-check-modules:[[:space:]]*//p' "$FRAGMENT" | tr '\n' ' ')"
+
+OUT="$CACHE/kernels/$NAME-${HASH:0:16}"
+BUILD="$CACHE/build/$NAME"
+BUILDLOG="$CACHE/build/$NAME.log"
+if [ $PRINT_DIR -eq 1 ]; then
+  echo "$OUT"
+  exit 0
+fi
 
 # Every module named by the fragment's "dptrace-check-modules:" line must be
 # a .ko in modules.dep or listed in modules.builtin.
@@ -104,28 +122,34 @@ check_modules() {  # check_modules MODDIR
 }
 
 # ------------------------------------------------------------- up to date?
-if [ $FORCE -eq 0 ] && [ $CONFIG_ONLY -eq 0 ] && [ -f "$OUT/.complete" ] \
-    && [ "$(cat "$OUT/.config-hash" 2>/dev/null)" = "$HASH" ]; then
+# Exits 0 (printing the kernel dir) when the cached kernel matches the key.
+exit_if_up_to_date() {
+  [ $FORCE -eq 0 ] && [ $CONFIG_ONLY -eq 0 ] && [ -f "$OUT/.complete" ] \
+    && [ "$(cat "$OUT/.config-hash" 2>/dev/null)" = "$HASH" ] || return 0
+  local srcver release
   read -r _ srcver release <"$OUT/.complete"
-  [ -f "$OUT/boot/vmlinuz-$release" ] && [ -s "$OUT/lib/modules/$release/modules.dep" ] \
+  [ -f "$OUT/boot/vmlinuz-$release" ] && [ -f "$OUT/lib/modules/$release/modules.dep" ] \
     || die "$OUT/.complete exists but the tree is incomplete; rerun with --force"
   check_modules "$OUT/lib/modules/$release"
   log "$NAME is up to date ($release from $SRCPKG $srcver, fragment unchanged); nothing to do"
   log "kernel dir: $OUT"
   log "took $(elapsed)"
+  echo "$OUT"
   exit 0
-fi
+}
+exit_if_up_to_date
 
 # apt helpers (apt_run, apt_update_once, ensure_pkgs)
 . "$HERE/lib.sh"
 
-mkdir -p "$CACHE/debs" "$CACHE/src" "$CACHE/build" "$CACHE/kernels"
-[ -f "$HERE/.gitignore" ] || printf 'cache/\n' >"$HERE/.gitignore"
+mkdir -p "$CACHE/debs" "$CACHE/src" "$CACHE/build" "$CACHE/kernels" \
+  || die "cannot create $CACHE (run as root, or set DPTRACE_CACHE to a writable directory)"
 
 # One build per NAME at a time (run-in-vm.sh's cache/.lock is not held, so
-# VM runs with other kernels go on during a build).
+# VM runs with other kernels go on during a build).  A build that finished
+# while we waited is reused.
 exec 8>"$CACHE/.build-kernel-$NAME.lock"
-flock -n 8 || { log "another build of $NAME is running; waiting"; flock 8; }
+flock -n 8 || { log "another build of $NAME is running; waiting"; flock 8; exit_if_up_to_date; }
 
 ensure_pkgs bc bison flex libelf-dev libssl-dev gcc make cpio kmod xz-utils perl
 
@@ -211,11 +235,10 @@ verify_config() {  # compare the fragment against the final .config
 }
 
 if [ "$(cat "$BUILD/.dptrace-config-key" 2>/dev/null)" != "$BUILD_KEY" ] || [ ! -f "$BUILD/.config" ]; then
-  log "configuring: x86_64_defconfig + kvm_guest.config + $(basename "$FRAGMENT")"
-  rm -f "$BUILD/.dptrace-config-key"
+  log "configuring: $BASE + $(basename "$FRAGMENT")"
+  rm -f "$BUILD/.dptrace-config-key" "$BUILD/.config"
   {
-    "${KMAKE[@]}" x86_64_defconfig
-    "${KMAKE[@]}" kvm_guest.config
+    for target in $BASE; do "${KMAKE[@]}" "$target"; done
     # -m: merge only (olddefconfig below); -O: where .config lives.
     (cd "$SRC" && scripts/kconfig/merge_config.sh -m -O "$BUILD" "$BUILD/.config" "$FRAGMENT")
     "${KMAKE[@]}" olddefconfig
@@ -236,7 +259,7 @@ if [ $CONFIG_ONLY -eq 1 ]; then
 fi
 
 # ------------------------------------------------------------------- build
-log "building bzImage + modules with $JOBS jobs (log: $BUILDLOG); usually 10-25 min on 2 cores"
+log "building bzImage + modules with $JOBS jobs (log: $BUILDLOG)"
 BSTART=$(date +%s)
 nice -n 10 "${KMAKE[@]}" -j"$JOBS" bzImage modules >"$BUILDLOG" 2>&1 &
 MAKEPID=$!
@@ -270,7 +293,9 @@ cp "$BUILD/System.map" "$STAGE/boot/System.map-$RELEASE"
 MODDIR="$STAGE/lib/modules/$RELEASE"
 # build/source point into cache/build and cache/src, which are deleted below.
 rm -f "$MODDIR/build" "$MODDIR/source"
-[ -s "$MODDIR/modules.dep" ] || die "modules_install made no modules.dep in $MODDIR"
+# modules.dep may be empty: a kernel with everything built in lists its
+# modules in modules.builtin only.
+[ -f "$MODDIR/modules.dep" ] || die "modules_install made no modules.dep in $MODDIR"
 check_modules "$MODDIR"
 printf '%s %s %s\n' "$NAME" "$SRCVER" "$RELEASE" >"$STAGE/.complete"
 echo "$HASH" >"$STAGE/.config-hash"
@@ -282,6 +307,7 @@ echo "$HASH" >"$STAGE/.config-hash"
   echo "compile_seconds=$BUILD_SECS"
   echo "jobs=$JOBS"
   echo "gcc=$(gcc -dumpfullversion)"
+  echo "base=$BASE"
   echo "fragment_sha256=$(sha256sum <"$FRAGMENT" | cut -d' ' -f1)"
 } >"$STAGE/.build-info"
 rm -rf "$OUT" && mv "$STAGE" "$OUT"
@@ -291,5 +317,6 @@ if [ $KEEP -eq 0 ]; then
   rm -rf "$BUILD" "$SRC"
 fi
 log "done: $NAME = $RELEASE ($(du -sh "$OUT" | cut -f1) in $OUT, $(find "$OUT/lib/modules" -name '*.ko' | wc -l) modules)"
-log "boot it with: vm-images/run-in-vm.sh --kernel-dir ${OUT#"$(dirname "$HERE")/"} GUEST_SCRIPT"
+log "boot it with: vm-images/run-in-vm.sh --kernel-dir $OUT GUEST_SCRIPT"
 log "took $(elapsed)"
+echo "$OUT"
