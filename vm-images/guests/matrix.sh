@@ -9,9 +9,13 @@
 #   DPTRACE-MATRIX-END <name> rc=<exit status> ms=<milliseconds it took>
 #
 # and, after each, a section "<name>.stderr" with the last lines of its stderr.
-# Sections: uname, features, check, lab, and backend:<FAMILY=NAME> for each
-# forced backend run.  Lines starting "OK:", "FAIL:" or "NOTE:" are for humans
-# reading the console log; the host decides from the sections alone.
+# Sections: uname, features, check, lab, topology (what the forced runs use:
+# `KEY VALUE` lines naming the server namespace's inode, the devices, addresses,
+# ports and the sender's command name), and backend:<FAMILY=NAME> for each
+# forced backend run, each followed by "DPTRACE-MATRIX-SENDER backend:<FAMILY=NAME>
+# <pid>" when its test datagrams were sent (the host ties the evidence to all
+# that).  Lines starting "OK:", "FAIL:" or "NOTE:" are for humans reading the
+# console log; the host decides from the sections alone.
 #
 # In a VM (run-in-vm.sh copies the dptrace binary to /usr/bin/dptrace):
 #   vm-images/run-in-vm.sh --copy target/release/dptrace:/usr/bin/dptrace vm-images/guests/matrix.sh
@@ -33,7 +37,14 @@ IN_VM=1
 TAG="mx$$"
 CLIENT="$TAG-c" SERVER="$TAG-s" SCRATCH="$TAG-f"
 SERVER_V4=10.77.0.2 SERVER_V6=fd00:77::2 PORT=9999
+# The netfilter runs' rules in the server namespace: nftables DROP and REJECT, iptables-legacy DROP.
+NFT_DROP_PORT=9998 NFT_REJECT_PORT=6443 LEGACY_DROP_PORT=9997 LEGACY_RULE=0
+BOGUS_LINK=dpt-bogus
 WORK="$(mktemp -d /tmp/dptrace-matrix.XXXXXX)"
+# The drops runs send their datagrams with bash under this name (a symlink: the kernel takes
+# a task's comm from the name it was executed by), so their drops show who sent them.
+SENDER_COMM=dpt-udp-send
+ln -s "$(command -v bash)" "$WORK/$SENDER_COMM"
 
 cleanup() {
   for ns in "$CLIENT" "$SERVER" "$SCRATCH"; do ip netns del "$ns" 2>/dev/null; done
@@ -102,15 +113,36 @@ make_topology() {
 table inet mxguard {
   chain input {
     type filter hook input priority 0; policy accept;
-    udp dport 9998 drop
-    tcp dport 6443 reject with tcp reset
+    udp dport $NFT_DROP_PORT drop
+    tcp dport $NFT_REJECT_PORT reject with tcp reset
   }
 }
 NFT
-  # And an iptables-legacy DROP (udp/9997), where the legacy tool exists.
+  # And an iptables-legacy DROP, where the legacy tool exists.
   if command -v iptables-legacy >/dev/null; then
-    ip netns exec "$SERVER" iptables-legacy -w -A INPUT -p udp --dport 9997 -j DROP || return 1
+    ip netns exec "$SERVER" iptables-legacy -w -A INPUT -p udp --dport "$LEGACY_DROP_PORT" -j DROP || return 1
+    LEGACY_RULE=1
   fi
+}
+
+# What the forced runs use, for the host to tie their evidence to: the server namespace's
+# inode (as dptrace reports a netns), its device, addresses and ports, and the sender's name.
+topology() {
+  local server_netns client_netns
+  server_netns="$(stat -L -c %i "/run/netns/$SERVER")" || return 1
+  client_netns="$(stat -L -c %i "/run/netns/$CLIENT")" || return 1
+  echo "server_netns $server_netns"
+  echo "server_dev s0"
+  echo "client_netns $client_netns"
+  echo "client_dev c0"
+  echo "server_v4 $SERVER_V4"
+  echo "server_v6 $SERVER_V6"
+  echo "port $PORT"
+  echo "sender_comm $SENDER_COMM"
+  echo "nft_drop_port $NFT_DROP_PORT"
+  echo "nft_reject_port $NFT_REJECT_PORT"
+  [ $LEGACY_RULE = 1 ] && echo "legacy_drop_port $LEGACY_DROP_PORT"
+  echo "bogus_link $BOGUS_LINK"
 }
 
 forced_backend() {
@@ -118,16 +150,20 @@ forced_backend() {
     netfilter=*)
       # Traced without a namespace filter: the client's received RST is part of the evidence.
       "$DPTRACE" trace --json --backend "$1" -- ip netns exec "$CLIENT" bash -c \
-        "echo x > /dev/udp/$SERVER_V4/9998; echo x > /dev/udp/$SERVER_V4/9997; timeout 2 bash -c 'echo > /dev/tcp/$SERVER_V4/6443'; sleep 0.3"
+        "echo x > /dev/udp/$SERVER_V4/$NFT_DROP_PORT; echo x > /dev/udp/$SERVER_V4/$LEGACY_DROP_PORT; timeout 2 bash -c 'echo > /dev/tcp/$SERVER_V4/$NFT_REJECT_PORT'; sleep 0.3"
       ;;
     links=*)
       # A link kind no kernel has: the request, the kernel's message and EOPNOTSUPP.
       "$DPTRACE" trace --json --backend "$1" --netns "$CLIENT" -- \
-        ip netns exec "$CLIENT" bash -c "ip link add dpt-bogus type bogus 2>/dev/null; true"
+        ip netns exec "$CLIENT" bash -c "ip link add $BOGUS_LINK type bogus 2>/dev/null; true"
       ;;
     *)
+      # `ip netns exec` execs the sender, and bash sends from its own process: $$ is the
+      # pid the drops must show (without BTF that and the comm are all that tie them to us).
+      rm -f "$WORK/sender.pid"
       "$DPTRACE" trace --json --backend "$1" --netns "$SERVER" -- \
-        ip netns exec "$CLIENT" bash -c "echo x > /dev/udp/$SERVER_V4/$PORT; echo x > /dev/udp/$SERVER_V6/$PORT"
+        ip netns exec "$CLIENT" "$WORK/$SENDER_COMM" -c \
+        "echo \$\$ > $WORK/sender.pid; echo x > /dev/udp/$SERVER_V4/$PORT; echo x > /dev/udp/$SERVER_V6/$PORT"
       ;;
   esac
 }
@@ -138,10 +174,10 @@ say_backend() {
   if [ "$rc" = 2 ] && grep -qiE "unexpected argument '--backend'|invalid value .* for '--backend" "$WORK/err"; then
     echo "NOTE: $backend: backend not available in this dptrace"
   elif [ "${backend%%=*}" = netfilter ]; then
-    if grep '"rule":"netfilter-drop"' "$WORK/out" | grep -q ':9998"' && grep -q '"rule":"reject-by-rule"' "$WORK/out"; then
+    if grep '"rule":"netfilter-drop"' "$WORK/out" | grep -q ":$NFT_DROP_PORT\"" && grep -q '"rule":"reject-by-rule"' "$WORK/out"; then
       echo "OK: $backend: the DROP and the REJECT were told apart"
     else
-      echo "FAIL: $backend: no netfilter-drop for udp/9998 or no reject-by-rule for tcp/6443 (exit $rc)"
+      echo "FAIL: $backend: no netfilter-drop for udp/$NFT_DROP_PORT or no reject-by-rule for tcp/$NFT_REJECT_PORT (exit $rc)"
     fi
   elif [ "${backend%%=*}" = links ]; then
     if grep '"rule":"link-kind-unsupported"' "$WORK/out" | grep -q bogus; then
@@ -182,9 +218,13 @@ fi
 
 if make_topology; then
   sleep 1   # let the veth carrier come up (IPv6 is nodad)
+  section topology topology
   for backend in $BACKENDS; do
     section "backend:$backend" forced_backend "$backend"
-    say_backend "$backend" $?
+    rc=$?
+    [ -s "$WORK/sender.pid" ] && echo "DPTRACE-MATRIX-SENDER backend:$backend $(cat "$WORK/sender.pid")"
+    rm -f "$WORK/sender.pid"
+    say_backend "$backend" $rc
   done
 else
   echo "FAIL: could not build the client/server namespaces"

@@ -8,11 +8,18 @@
 //! in marked sections on the serial console. The host runs the same script with the same binary
 //! first, so the host kernel is a row of the report too. All verdicts are made here, from the
 //! JSON, so the guest script stays a dumb collector and host and guests are judged alike.
+//!
+//! Kernels that the matrix builds itself (a `build` entry: a config fragment in
+//! `vm-images/kernel-configs/`) are built by `vm-images/build-kernel.sh` when its cache
+//! (`/var/cache/dptrace/kernels/NAME-KEY`, outside the clone) does not have them yet; a build
+//! that fails fails that kernel's row.
+
+mod evidence;
 
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
@@ -22,24 +29,24 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use self::evidence::{link_failure_explained, netfilter_told_apart, test_drops_seen, Topology};
 use crate::step;
 
 const MATRIX: &str = "vm-images/matrix.toml";
 const GUEST_SCRIPT: &str = "vm-images/guests/matrix.sh";
 const RUN_IN_VM: &str = "vm-images/run-in-vm.sh";
+const BUILD_KERNEL: &str = "vm-images/build-kernel.sh";
+const KERNEL_CONFIGS: &str = "vm-images/kernel-configs";
 const OUT_DIR: &str = "target/vm-test";
-/// Where matrix.sh's forced runs send UDP that nothing receives (its `SERVER_V4`, `SERVER_V6`
-/// and `PORT`): each backend must report these drops.
-const TEST_DSTS: [&str; 2] = ["10.77.0.2", "fd00:77::2"];
-const TEST_PORT: u64 = 9999;
-/// The whole matrix should fit in this (issue 3); longer runs are reported, not failed.
+/// The whole matrix (without kernel builds) should fit in this (issue 3); longer runs are
+/// reported, not failed.
 const BUDGET_SECS: f64 = 15.0 * 60.0;
 
 /// Options of `cargo xtask vm-test`.
 #[derive(clap::Args, Debug, Default)]
 pub struct VmTestArgs {
-    /// Matrix entries to boot, by name (see vm-images/matrix.toml). Default: every entry, with
-    /// optional kernels that are not built yet skipped.
+    /// Matrix entries to boot, by name (see vm-images/matrix.toml). Default: every entry
+    /// (kernels the matrix builds itself are built first if they are not cached yet).
     #[arg(long = "kernel", value_name = "NAME")]
     pub kernels: Vec<String>,
     /// Do not run the checks on the host kernel.
@@ -52,7 +59,7 @@ pub fn vm_test(root: &Path, bin: &Path, args: &VmTestArgs) -> anyhow::Result<()>
     step("VM test: the kernel-compatibility matrix (vm-images/matrix.toml)");
     let started = Instant::now();
     let matrix = Matrix::load(&root.join(MATRIX))?;
-    let selected = matrix.select(root, &args.kernels)?;
+    let selected = matrix.select(&args.kernels)?;
     let out_dir = root.join(OUT_DIR);
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     // Every row must run the same binary, even if a `cargo build` replaces the original meanwhile.
@@ -65,13 +72,19 @@ pub fn vm_test(root: &Path, bin: &Path, args: &VmTestArgs) -> anyhow::Result<()>
         rows.push(host_row(root, bin, &matrix, &out_dir)?);
     }
     for entry in selected {
-        if !entry.is_built(root) {
-            rows.push(Row::skipped(entry));
-            continue;
-        }
         eprintln!("\n--- {}: {}", entry.name, entry.description);
-        let run = run_vm(root, bin, &matrix, entry, &out_dir)?;
-        rows.push(judge(&entry.name, &entry.description, &entry.expect, run, true));
+        let (kernel_dir, build) = match entry.kernel_dir(root, &out_dir) {
+            Ok(found) => found,
+            Err(why) => {
+                eprintln!("--- {}: FAILED: {why:#}", entry.name);
+                rows.push(Row::unbootable(entry, format!("{why:#}")));
+                continue;
+            }
+        };
+        let run = run_vm(root, bin, &matrix, entry, kernel_dir.as_deref(), &out_dir)?;
+        let mut row = judge(&entry.name, &entry.description, &entry.expect, run, true);
+        row.build = build;
+        rows.push(row);
     }
 
     let report = Report { total_secs: started.elapsed().as_secs_f64(), dptrace: dptrace_version(bin), rows };
@@ -124,9 +137,8 @@ struct KernelEntry {
     package: Option<String>,
     /// An unpacked kernel tree, relative to the workspace root.
     dir: Option<String>,
-    #[serde(default)]
-    optional: bool,
-    /// The command that makes `dir`.
+    /// A kernel built from `vm-images/kernel-configs/BUILD.config` by build-kernel.sh, which
+    /// vm-test runs first (it reuses the cached kernel when there is one).
     build: Option<String>,
     #[serde(default)]
     modules: Vec<String>,
@@ -153,6 +165,11 @@ struct Expect {
     /// `feature` names of problems `dptrace check` must report (e.g. `link-kind:wireguard`).
     #[serde(default)]
     check_problems: Vec<String>,
+    /// Scenarios of `scenarios` that may be diagnosed degraded here (the lab says what it could
+    /// not check on this kernel); any other degraded scenario fails. Only for kernels without
+    /// BTF.
+    #[serde(default)]
+    degraded: Vec<String>,
 }
 
 impl Expect {
@@ -186,11 +203,23 @@ impl Matrix {
             if self.kernels[..i].iter().any(|e| &e.name == name) {
                 bail!("kernel `{name}` is listed twice");
             }
-            if entry.package.is_some() == entry.dir.is_some() {
-                bail!("kernel `{name}`: give exactly one of `package` and `dir`");
+            let sources = [entry.package.is_some(), entry.dir.is_some(), entry.build.is_some()];
+            if sources.iter().filter(|&&given| given).count() != 1 {
+                bail!("kernel `{name}`: give exactly one of `package`, `dir` and `build`");
             }
-            if entry.optional && (entry.dir.is_none() || entry.build.is_none()) {
-                bail!("kernel `{name}`: an optional kernel needs `dir` and the `build` command that makes it");
+            if let Some(build) = &entry.build {
+                if build.is_empty() || !build.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                    bail!(
+                        "kernel `{name}`: `build` names a config in {KERNEL_CONFIGS}/ (like 6.1-nobtf), not `{build}`"
+                    );
+                }
+            }
+            let expect = &entry.expect;
+            if let Some(s) = expect.degraded.iter().find(|s| !expect.scenarios.contains(s)) {
+                bail!("kernel `{name}`: degraded scenario `{s}` is not in its `scenarios`");
+            }
+            if expect.btf == Some(true) && !expect.degraded.is_empty() {
+                bail!("kernel `{name}`: a kernel with BTF may not have degraded scenarios");
             }
             for spec in entry.expect.backend_specs().chain(self.defaults.try_backends.iter().cloned()) {
                 if !spec.contains('=') {
@@ -201,9 +230,8 @@ impl Matrix {
         Ok(())
     }
 
-    /// The entries to run: the named ones, or all. Naming an unbuilt optional kernel is an
-    /// error (the user asked for it), while running "all" just skips it.
-    fn select(&self, root: &Path, names: &[String]) -> anyhow::Result<Vec<&KernelEntry>> {
+    /// The entries to run: the named ones, or all.
+    fn select(&self, names: &[String]) -> anyhow::Result<Vec<&KernelEntry>> {
         if names.is_empty() {
             return Ok(self.kernels.iter().collect());
         }
@@ -211,15 +239,10 @@ impl Matrix {
         names
             .iter()
             .map(|name| {
-                let entry = self
-                    .kernels
+                self.kernels
                     .iter()
                     .find(|e| &e.name == name)
-                    .with_context(|| format!("no kernel `{name}` in {MATRIX}; known: {}", known()))?;
-                if !entry.is_built(root) {
-                    bail!("kernel `{name}` is {}", entry.not_built_note());
-                }
-                Ok(entry)
+                    .with_context(|| format!("no kernel `{name}` in {MATRIX}; known: {}", known()))
             })
             .collect()
     }
@@ -237,35 +260,36 @@ impl Matrix {
 }
 
 impl KernelEntry {
-    /// Packages are fetched on demand; a `dir` must exist already. A tree made by a `build`
-    /// command counts once it holds `.complete`, which build-kernel.sh writes last (a build
-    /// running right now leaves a half-installed tree); a hand-made tree needs a boot/vmlinuz-*.
-    fn is_built(&self, root: &Path) -> bool {
-        let Some(dir) = &self.dir else { return true };
-        let dir = root.join(dir);
-        if self.build.is_some() {
-            return dir.join(".complete").is_file();
+    /// The kernel tree to boot (None for a package, which run-in-vm.sh fetches itself), and
+    /// for a `build` entry how it was obtained. A `build` entry is built now unless the cache
+    /// has it (build-kernel.sh decides, and prints the tree it installed or found); a failed
+    /// build is an error. A hand-made `dir` must hold a boot/vmlinuz-*.
+    fn kernel_dir(&self, root: &Path, out_dir: &Path) -> anyhow::Result<(Option<PathBuf>, Option<KernelBuild>)> {
+        if let Some(config) = &self.build {
+            let build = build_kernel(root, config, out_dir)?;
+            return Ok((Some(build.dir.clone()), Some(build)));
         }
-        fs::read_dir(dir.join("boot"))
+        let Some(dir) = &self.dir else { return Ok((None, None)) };
+        let dir = root.join(dir);
+        let has_image = fs::read_dir(dir.join("boot"))
             .into_iter()
             .flatten()
             .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
-    }
-
-    fn not_built_note(&self) -> String {
-        let dir = self.dir.as_deref().unwrap_or("?");
-        format!("not built (no finished kernel tree in {dir}); build with: {}", self.build.as_deref().unwrap_or("?"))
+            .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"));
+        if !has_image {
+            bail!("no kernel in {} (no boot/vmlinuz-*)", dir.display());
+        }
+        Ok((Some(dir), None))
     }
 
     /// The `run-in-vm.sh` options that pick this kernel and its module set.
-    fn boot_args(&self, root: &Path) -> Vec<String> {
+    fn boot_args(&self, kernel_dir: Option<&Path>) -> Vec<String> {
         let mut args = Vec::new();
         if let Some(package) = &self.package {
             args.extend(["--kernel-pkg".to_string(), package.clone()]);
         }
-        if let Some(dir) = &self.dir {
-            args.extend(["--kernel-dir".to_string(), root.join(dir).display().to_string()]);
+        if let Some(dir) = kernel_dir {
+            args.extend(["--kernel-dir".to_string(), dir.display().to_string()]);
         }
         for module in &self.modules {
             args.extend(["--module".to_string(), module.clone()]);
@@ -275,6 +299,61 @@ impl KernelEntry {
         }
         args
     }
+}
+
+// ---------------------------------------------------------------------------- kernel builds
+
+/// A kernel of the matrix that build-kernel.sh built, or found in its cache.
+#[derive(Debug, Clone, Serialize)]
+struct KernelBuild {
+    /// Its config: `vm-images/kernel-configs/CONFIG.config`.
+    config: String,
+    /// The installed tree (`/var/cache/dptrace/kernels/CONFIG-KEY`).
+    dir: PathBuf,
+    /// It was in the cache: nothing was built.
+    cached: bool,
+    secs: f64,
+    /// build-kernel.sh's messages.
+    log: PathBuf,
+}
+
+/// Runs `build-kernel.sh CONFIG`, which builds the kernel unless its cache has it for this
+/// config fragment and recipe, and prints the kernel tree. Its messages are passed through
+/// (prefixed) and saved; a failure is an error that names the logs.
+fn build_kernel(root: &Path, config: &str, out_dir: &Path) -> anyhow::Result<KernelBuild> {
+    let fragment = root.join(KERNEL_CONFIGS).join(format!("{config}.config"));
+    if !fragment.is_file() {
+        bail!("no kernel config {}", fragment.display());
+    }
+    let log = out_dir.join(format!("{config}.build.log"));
+    let mut saved = fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let started = Instant::now();
+    let mut cmd = Command::new(root.join(BUILD_KERNEL));
+    cmd.arg(config).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {cmd:?}"))?;
+    let mut cached = false;
+    let stderr = child.stderr.take().context("build-kernel.sh stderr")?;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        eprintln!("  | {line}");
+        let _ = writeln!(saved, "{line}");
+        cached |= line.contains(" is up to date ");
+    }
+    // Its only stdout line, printed last: the kernel tree.
+    let mut stdout = String::new();
+    child.stdout.take().context("build-kernel.sh stdout")?.read_to_string(&mut stdout)?;
+    let status = child.wait()?;
+    let secs = started.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!(
+            "building kernel {config} failed ({status}, after {secs:.0} s): see {} and the make log it names",
+            log.display()
+        );
+    }
+    let dir =
+        stdout.lines().last().map(PathBuf::from).filter(|dir| dir.join(".complete").is_file()).with_context(|| {
+            format!("build-kernel.sh {config} printed no finished kernel tree (stdout: {stdout:?})")
+        })?;
+    Ok(KernelBuild { config: config.into(), dir, cached, secs, log })
 }
 
 // ---------------------------------------------------------------------------------- running
@@ -322,7 +401,14 @@ fn host_row(root: &Path, bin: &Path, matrix: &Matrix, out_dir: &Path) -> anyhow:
 
 /// Boots one matrix kernel with matrix.sh as its guest script. run-in-vm.sh's own messages
 /// are passed through (prefixed) so long runs show progress; its console goes to the log.
-fn run_vm(root: &Path, bin: &Path, matrix: &Matrix, entry: &KernelEntry, out_dir: &Path) -> anyhow::Result<RunOutput> {
+fn run_vm(
+    root: &Path,
+    bin: &Path,
+    matrix: &Matrix,
+    entry: &KernelEntry,
+    kernel_dir: Option<&Path>,
+    out_dir: &Path,
+) -> anyhow::Result<RunOutput> {
     let log = out_dir.join(format!("{}.log", entry.name));
     // Settings for the guest script, which sources /etc/dptrace-matrix.env.
     let env_file = out_dir.join(format!("{}.env", entry.name));
@@ -330,7 +416,7 @@ fn run_vm(root: &Path, bin: &Path, matrix: &Matrix, entry: &KernelEntry, out_dir
     let timeout = entry.timeout_secs.unwrap_or(matrix.defaults.timeout_secs);
 
     let mut cmd = Command::new(root.join(RUN_IN_VM));
-    cmd.args(entry.boot_args(root))
+    cmd.args(entry.boot_args(kernel_dir))
         .arg("--timeout")
         .arg(timeout.to_string())
         .arg("--copy")
@@ -376,6 +462,8 @@ struct Console {
     done: bool,
     modules_failed: Vec<String>,
     modules_excluded: Vec<String>,
+    /// Section -> pid of the process that sent its test traffic (`DPTRACE-MATRIX-SENDER`).
+    senders: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -410,6 +498,11 @@ impl Console {
                 console.modules_failed = words(list);
             } else if let Some(list) = marker(line, "DPTRACE-MODULES-EXCLUDED:") {
                 console.modules_excluded = words(list);
+            } else if let Some(sender) = marker(line, "DPTRACE-MATRIX-SENDER ") {
+                // `SECTION PID`
+                if let Some((section, pid)) = sender.rsplit_once(' ').and_then(|(s, p)| Some((s, p.parse().ok()?))) {
+                    console.senders.insert(section.to_string(), pid);
+                }
             } else if let Some(section) = open.as_ref().and_then(|name| console.sections.get_mut(name)) {
                 if !is_kernel_message(line) {
                     section.lines.push(line.to_string());
@@ -480,6 +573,9 @@ enum Verdict {
     Worked,
     /// A lab scenario got its expected diagnosis.
     Diagnosed,
+    /// A lab scenario got its expected diagnosis, but the lab could not check all of it on this
+    /// kernel (no BTF: no namespace, device or flow); `unchecked` says what.
+    Degraded,
     NotDiagnosed,
     Failed,
     /// `dptrace check` says this kernel cannot attach the backend.
@@ -493,8 +589,10 @@ enum Verdict {
 }
 
 impl Verdict {
+    /// Whether it counts as working. A degraded diagnosis does, where the matrix allows it
+    /// (`expect.degraded`; expectation_failures checks that).
     fn is_good(self) -> bool {
-        matches!(self, Verdict::Worked | Verdict::Diagnosed)
+        matches!(self, Verdict::Worked | Verdict::Diagnosed | Verdict::Degraded)
     }
 
     /// The name report.json uses.
@@ -511,6 +609,21 @@ struct Outcome {
     /// The matrix expects it to work here: if it does not, vm-test fails.
     expected: bool,
     detail: String,
+    /// Lab scenarios: what the lab could not check on this kernel (a degraded diagnosis).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unchecked: Vec<String>,
+    /// Lab scenarios that were skipped: the fact of the kernel that made them unreproducible.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skip_fact: Option<String>,
+    /// It is one of the reasons its row fails (shown in bold).
+    #[serde(skip)]
+    fails: bool,
+}
+
+impl Outcome {
+    fn new(name: impl Into<String>, verdict: Verdict, expected: bool, detail: String) -> Self {
+        Outcome { name: name.into(), verdict, expected, detail, unchecked: Vec::new(), skip_fact: None, fails: false }
+    }
 }
 
 /// The backend `dptrace check` chose for a hook family.
@@ -572,6 +685,11 @@ struct Row {
     /// Why it did not run.
     #[serde(skip_serializing_if = "Option::is_none")]
     skipped: Option<String>,
+    /// A kernel the matrix builds itself: how it was built or found in the cache. Its time is
+    /// not in `secs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    build: Option<KernelBuild>,
+    /// From the start of the boot (or of the host checks) to the end of the guest.
     secs: f64,
     log: Option<PathBuf>,
 }
@@ -597,16 +715,16 @@ impl Row {
             stages: Vec::new(),
             failures: Vec::new(),
             skipped: None,
+            build: None,
             secs: 0.0,
             log: None,
         }
     }
 
-    fn skipped(entry: &KernelEntry) -> Self {
-        let note = entry.not_built_note();
-        eprintln!("\n--- {}: skipped: {note}", entry.name);
-        let mut row = Row::empty(&entry.name, &entry.description, "not built".into(), Status::Skipped);
-        row.skipped = Some(note);
+    /// A kernel that could not be booted: its build failed or its tree is missing.
+    fn unbootable(entry: &KernelEntry, why: String) -> Self {
+        let mut row = Row::empty(&entry.name, &entry.description, "not built".into(), Status::Failed);
+        row.failures.push(why);
         row
     }
 
@@ -641,6 +759,17 @@ fn judge(name: &str, description: &str, expect: &Expect, run: RunOutput, in_vm: 
         .collect();
     row.stages = stages(&console, run.secs);
     row.failures = expectation_failures(expect, &row, &console, check.as_ref(), run.exit, in_vm);
+    if row.backends.iter().any(|o| o.name.starts_with("drops=") || o.name.starts_with("netfilter=")) {
+        if let Err(why) = Topology::parse(console.lines("topology")) {
+            row.failures.push(format!("forced runs: {why}"));
+        }
+    }
+    // Failures name their scenario or backend first.
+    let failures = &row.failures;
+    for outcome in row.scenarios.iter_mut().chain(row.backends.iter_mut()) {
+        let prefix = format!("{}: ", outcome.name);
+        outcome.fails = failures.iter().any(|f| f.starts_with(&prefix));
+    }
     if !row.failures.is_empty() {
         row.status = Status::Failed;
     }
@@ -704,36 +833,49 @@ fn features(console: &Console) -> BTreeMap<String, Feature> {
 }
 
 /// One outcome per `lab-result` object, plus a `not-run` one for every expected scenario the
-/// lab never reported.
+/// lab never reported. A scenario is diagnosed only where the lab says `diagnosed: true`; with
+/// `degraded: true` it is `degraded`, and `unchecked` says what the lab could not check on this
+/// kernel. (Results of a dptrace from before the lab said so have no `degraded`: not degraded.)
 fn lab_outcomes(console: &Console, expect: &Expect) -> Vec<Outcome> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect()
+    };
     let mut outcomes: Vec<Outcome> = console
         .json("lab")
         .iter()
         .filter(|v| v["type"] == "lab-result")
         .filter_map(|result| {
             let name = result["scenario"].as_str()?.to_string();
-            let diagnosed = result["diagnosed"].as_bool().unwrap_or(false);
-            let skipped = result["skipped"].as_bool().unwrap_or(false);
-            let detail = if diagnosed {
-                format!("diagnosed as {}", result["expected_rule"].as_str().unwrap_or("?"))
-            } else {
-                let problems: Vec<&str> =
-                    result["problems"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                problems.join("; ")
+            let diagnosed = result["diagnosed"] == true;
+            let skipped = result["skipped"] == true;
+            let degraded = result["degraded"] == true;
+            let rule = result["expected_rule"].as_str().unwrap_or("?");
+            let unchecked = strings(&result["unchecked"]);
+            let verdict = match (diagnosed, degraded, skipped) {
+                (true, false, _) => Verdict::Diagnosed,
+                (true, true, _) => Verdict::Degraded,
+                (false, _, true) => Verdict::Skipped,
+                (false, _, false) => Verdict::NotDiagnosed,
             };
-            let verdict = match (diagnosed, skipped) {
-                (true, _) => Verdict::Diagnosed,
-                (false, true) => Verdict::Skipped,
-                (false, false) => Verdict::NotDiagnosed,
+            let detail = match verdict {
+                Verdict::Diagnosed => format!("diagnosed as {rule}"),
+                Verdict::Degraded => {
+                    format!("diagnosed as {rule}, degraded: unchecked {}", or_none(unchecked.join(", ")))
+                }
+                _ => strings(&result["problems"]).join("; "),
             };
-            Some(Outcome { expected: expect.scenarios.contains(&name), name, verdict, detail })
+            let mut outcome = Outcome::new(name, verdict, false, detail);
+            outcome.expected = expect.scenarios.contains(&outcome.name);
+            outcome.unchecked = unchecked;
+            outcome.skip_fact = result["skip_fact"].as_str().map(String::from);
+            Some(outcome)
         })
         .collect();
     for name in &expect.scenarios {
         if !outcomes.iter().any(|o| &o.name == name) {
             let why = console.error_line("lab").unwrap_or_else(|| "the lab did not run".into());
             let detail = format!("no result (lab exit {}): {why}", exit_text(console.rc("lab")));
-            outcomes.push(Outcome { name: name.clone(), verdict: Verdict::NotRun, expected: true, detail });
+            outcomes.push(Outcome::new(name.clone(), Verdict::NotRun, true, detail));
         }
     }
     outcomes
@@ -742,9 +884,11 @@ fn lab_outcomes(console: &Console, expect: &Expect) -> Vec<Outcome> {
 /// Judges the forced run `backend:FAMILY=NAME`.
 fn backend_outcome(spec: &str, console: &Console, check: Option<&Value>, expect: &Expect) -> Outcome {
     let (verdict, detail) = backend_verdict(spec, console, check);
-    Outcome { name: spec.to_string(), verdict, expected: expect.backend(spec), detail }
+    Outcome::new(spec, verdict, expect.backend(spec), detail)
 }
 
+/// A forced run counts only with evidence of matrix.sh's own test traffic: tied to the
+/// namespace, device, addresses, ports and sender its `topology` section names.
 fn backend_verdict(spec: &str, console: &Console, check: Option<&Value>) -> (Verdict, String) {
     let section = format!("backend:{spec}");
     let rc = console.rc(&section);
@@ -753,11 +897,12 @@ fn backend_verdict(spec: &str, console: &Console, check: Option<&Value>) -> (Ver
         return (Verdict::NotInDptrace, format!("this dptrace does not accept --backend {spec}"));
     }
     let (family, backend) = spec.split_once('=').unwrap_or(("drops", spec));
-    let seen = match family {
-        "netfilter" => netfilter_told_apart(&console.json(&section), backend),
-        "links" => link_failure_explained(&console.json(&section)),
-        _ => test_drops_seen(&console.json(&section)),
-    };
+    let output = console.json(&section);
+    let seen = Topology::parse(console.lines("topology")).and_then(|topo| match family {
+        "netfilter" => netfilter_told_apart(&output, backend, &topo),
+        "links" => link_failure_explained(&output, &topo),
+        _ => test_drops_seen(&output, &topo, console.senders.get(&section).copied()),
+    });
     let why = match seen {
         Ok(seen) => return (Verdict::Worked, seen),
         Err(why) => why,
@@ -766,7 +911,8 @@ fn backend_verdict(spec: &str, console: &Console, check: Option<&Value>) -> (Ver
         return (Verdict::Unsupported, reason);
     }
     let error = console.error_line(&section).filter(|l| l.contains("error"));
-    (Verdict::Failed, error.unwrap_or_else(|| format!("{why} (exit {})", exit_text(rc))))
+    let error = error.map(|e| format!("; {e}")).unwrap_or_default();
+    (Verdict::Failed, format!("{why} (exit {}){error}", exit_text(rc)))
 }
 
 /// clap's refusal of `--backend` (flag unknown, or backend name unknown): exit 2 with this.
@@ -788,112 +934,6 @@ fn unavailable_in_check(check: &Value, family: &str, backend: &str) -> Option<St
             let detail = b["detail"].as_str().unwrap_or("not available");
             format!("dptrace check: {detail}")
         })
-}
-
-/// Did the trace report the drops of matrix.sh's test packets? Each must be a drop event of
-/// its flow with reason NO_SOCKET, or with no reason when the backend cannot read one
-/// (`coverage.reason` false in the summary). Without packet headers (no BTF) drops carry no
-/// flow; then enough flowless NO_SOCKET drops count.
-fn test_drops_seen(output: &[Value]) -> Result<String, String> {
-    let drops: Vec<&Value> = output.iter().filter(|v| v["type"] == "event" && v["kind"] == "drop").collect();
-    let reasonless = output
-        .iter()
-        .filter(|v| v["type"] == "summary")
-        .flat_map(|s| s["hooks"].as_array().into_iter().flatten())
-        .any(|h| h["coverage"]["reason"] == false);
-    let mut seen = Vec::new();
-    let mut missing = Vec::new();
-    for dst in TEST_DSTS {
-        let ours = drops.iter().find(|e| e["flow"]["dst"] == dst && e["flow"]["dport"] == TEST_PORT);
-        match ours {
-            Some(e) if e["reason"] == "NO_SOCKET" => seen.push(format!("{dst} NO_SOCKET{}", on_device(e))),
-            Some(e) if e["reason"].is_null() && reasonless => {
-                let function = e["function"].as_str().unwrap_or("?");
-                seen.push(format!("{dst} at {function}{} (no reason field)", on_device(e)))
-            }
-            Some(e) => missing.push(format!("{dst} dropped with reason {}", e["reason"])),
-            None => missing.push(format!("no drop to {dst}:{TEST_PORT}")),
-        }
-    }
-    if missing.is_empty() {
-        return Ok(seen.join(", "));
-    }
-    let flowless = drops.iter().filter(|e| e["flow"].is_null() && e["reason"] == "NO_SOCKET").count();
-    if flowless >= TEST_DSTS.len() {
-        return Ok(format!("{flowless} NO_SOCKET drops without packet headers"));
-    }
-    Err(format!("{} ({} drop events)", missing.join("; "), drops.len()))
-}
-
-/// Did the trace explain matrix.sh's failed creation of a `bogus` link? A
-/// `link-kind-unsupported` finding whose evidence holds the request and its EOPNOTSUPP, and
-/// the kernel's message where the kernel has extended acks.
-fn link_failure_explained(output: &[Value]) -> Result<String, String> {
-    let finding = output
-        .iter()
-        .find(|v| v["type"] == "finding" && v["rule"] == "link-kind-unsupported")
-        .ok_or("no link-kind-unsupported finding for the bogus link")?;
-    let evidence = finding["evidence"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let has = |kind: &str, field: &str, value: &str| evidence.iter().any(|e| e["kind"] == kind && e[field] == value);
-    if !has("link-request", "link_kind", "bogus") || !has("netlink-ack", "error", "EOPNOTSUPP") {
-        return Err(format!("link-kind-unsupported without the bogus request and its EOPNOTSUPP: {finding}"));
-    }
-    let message = evidence.iter().find(|e| e["kind"] == "kernel-message").and_then(|e| e["message"].as_str());
-    Ok(format!("request, EOPNOTSUPP{}", message.map(|m| format!(", kernel: {m}")).unwrap_or_default()))
-}
-
-/// Did the trace tell matrix.sh's netfilter faults apart? Native nftables rules without
-/// counters: a DROP of udp/9998 must be a `netfilter-drop` and a REJECT (tcp reset) of
-/// tcp/6443 a `reject-by-rule`. With `verdicts`, the kernel's verdict must also name the
-/// table and chain (no counter can).
-fn netfilter_told_apart(output: &[Value], backend: &str) -> Result<String, String> {
-    let findings: Vec<&Value> = output.iter().filter(|v| v["type"] == "finding").collect();
-    let for_port = |rule: &str, port: &str| {
-        findings.iter().copied().find(|f| {
-            f["rule"] == rule
-                && f["flows"].as_array().into_iter().flatten().any(|fl| fl.as_str().is_some_and(|s| s.ends_with(port)))
-        })
-    };
-    let mut missing = Vec::new();
-    let mut seen = Vec::new();
-    // udp/9997: an iptables-legacy DROP, where the guest has iptables-legacy (its counter
-    // attributes it with either backend; with kprobes ipt_do_table may name it first).
-    let legacy = for_port("netfilter-drop", ":9997");
-    if let Some(f) = legacy {
-        let nf = &f["netfilter"];
-        if nf["table"] == "filter" {
-            seen.push(format!("netfilter-drop :9997 in filter {}", nf["source"].as_str().unwrap_or("?")));
-        } else {
-            missing.push(format!("netfilter-drop :9997 without its table (netfilter: {nf})"));
-        }
-    }
-    for (rule, port) in [("netfilter-drop", ":9998"), ("reject-by-rule", ":6443")] {
-        match for_port(rule, port) {
-            None => missing.push(format!("no {rule} for {port}")),
-            Some(f) if backend == "verdicts" => {
-                let nf = &f["netfilter"];
-                if nf["table"] == "mxguard" && nf["chain"] == "input" {
-                    seen.push(format!(
-                        "{rule} {port} in {} {}",
-                        nf["table"].as_str().unwrap_or("?"),
-                        nf["source"].as_str().unwrap_or("?")
-                    ));
-                } else {
-                    missing.push(format!("{rule} {port} without the kernel's verdict (netfilter: {nf})"));
-                }
-            }
-            Some(_) => seen.push(format!("{rule} {port}")),
-        }
-    }
-    if missing.is_empty() {
-        Ok(seen.join(", "))
-    } else {
-        Err(missing.join("; "))
-    }
-}
-
-fn on_device(event: &Value) -> String {
-    event["device"].as_str().map(|d| format!(" on {d}")).unwrap_or_default()
 }
 
 /// Everything in `expect` that did not hold, plus failures of the run itself.
@@ -929,6 +969,19 @@ fn expectation_failures(
     }
     for outcome in row.scenarios.iter().chain(&row.backends).filter(|o| o.expected && !o.verdict.is_good()) {
         failures.push(format!("{}: {}: {}", outcome.name, outcome.verdict.label(), outcome.detail));
+    }
+    // A degraded diagnosis is what a kernel without BTF allows, and only where the matrix
+    // says so: never on a kernel with BTF, never for a scenario it does not list.
+    let has_btf = expect.btf == Some(true) || row.btf == Some(true);
+    for outcome in row.scenarios.iter().filter(|o| o.verdict == Verdict::Degraded) {
+        if has_btf {
+            failures.push(format!("{}: degraded on a kernel with BTF: {}", outcome.name, outcome.detail));
+        } else if outcome.expected && !expect.degraded.contains(&outcome.name) {
+            failures.push(format!(
+                "{}: degraded, and the matrix does not allow it here (expect.degraded): {}",
+                outcome.name, outcome.detail
+            ));
+        }
     }
     for spec in expect.backend_specs().filter(|s| !row.backends.iter().any(|o| &o.name == s)) {
         failures.push(format!("{spec}: the forced run did not happen"));
@@ -1005,8 +1058,19 @@ impl Report {
         );
         md.push_str(&self.kernels());
         md.push_str(&self.notes());
-        let over = if self.total_secs > BUDGET_SECS { " — OVER the 15 min budget" } else { "" };
-        md.push_str(&format!("\nTotal: {:.0} s{over}.\n", self.total_secs));
+        // Kernel builds happen once per machine (their cache outlives the clone): the budget is
+        // for the matrix itself.
+        let builds: f64 = self.rows.iter().filter_map(|r| r.build.as_ref()).filter(|b| !b.cached).map(|b| b.secs).sum();
+        let matrix = self.total_secs - builds;
+        let over = if matrix > BUDGET_SECS { " — OVER the 15 min budget" } else { "" };
+        if builds > 0.0 {
+            md.push_str(&format!(
+                "\nTotal: {:.0} s: kernel builds {builds:.0} s, the matrix {matrix:.0} s{over}.\n",
+                self.total_secs
+            ));
+        } else {
+            md.push_str(&format!("\nTotal: {:.0} s{over}.\n", self.total_secs));
+        }
         md
     }
 
@@ -1048,7 +1112,11 @@ impl Report {
         let mut text = String::from("\nKernels:\n");
         for row in &self.rows {
             let mut line = format!("- {}: {}; {}", row.name, row.description, row.kernel);
-            if row.status != Status::Skipped {
+            if let Some(build) = &row.build {
+                let how = if build.cached { "found in its cache by" } else { "built by" };
+                line.push_str(&format!("; kernel {how} build-kernel.sh {} ({:.0} s)", build.config, build.secs));
+            }
+            if row.status != Status::Skipped && row.log.is_some() {
                 let stages: Vec<String> = row.stages.iter().map(|s| format!("{} {:.1} s", s.name, s.secs)).collect();
                 line.push_str(&format!("; {:.0} s ({})", row.secs, stages.join(", ")));
             }
@@ -1074,6 +1142,17 @@ impl Report {
             if let Some(accel) = row.accel.as_ref().filter(|a| *a != "tcg") {
                 items.push(format!("accelerator: {accel}"));
             }
+            for outcome in row.scenarios.iter().filter(|o| o.verdict == Verdict::Degraded) {
+                items.push(format!(
+                    "{} degraded: the lab could not check {}",
+                    outcome.name,
+                    or_none(outcome.unchecked.join(", "))
+                ));
+            }
+            for outcome in row.scenarios.iter().filter(|o| o.verdict == Verdict::Skipped) {
+                let fact = outcome.skip_fact.as_deref().map(|f| format!(" [{f}]")).unwrap_or_default();
+                items.push(format!("{} skipped{fact}: {}", outcome.name, outcome.detail));
+            }
             if items.is_empty() {
                 continue;
             }
@@ -1088,13 +1167,14 @@ impl Report {
 
 fn cell_text(outcome: &Outcome) -> String {
     let text = match outcome.verdict {
-        Verdict::Worked | Verdict::Diagnosed => return "yes".into(),
+        Verdict::Worked | Verdict::Diagnosed => "yes",
+        Verdict::Degraded => "degraded",
         Verdict::Failed | Verdict::NotDiagnosed | Verdict::NotRun => "no",
         Verdict::Unsupported => "unsupported",
         Verdict::NotInDptrace => "n/a",
         Verdict::Skipped => "skipped",
     };
-    if outcome.expected {
+    if outcome.fails {
         format!("**{text}**")
     } else {
         text.into()
@@ -1136,22 +1216,47 @@ mod tests {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }
         let nowg = matrix.kernels.iter().find(|e| e.name == "6.1-no-wireguard").unwrap();
-        assert!(nowg.boot_args(Path::new("/w")).windows(2).any(|w| w == ["--exclude-module", "wireguard"]));
-        assert!(matrix.select(Path::new("/w"), &["nope".into()]).unwrap_err().to_string().contains("6.1-amd64"));
+        assert!(nowg.boot_args(None).windows(2).any(|w| w == ["--exclude-module", "wireguard"]));
+        assert!(matrix.select(&["nope".into()]).unwrap_err().to_string().contains("6.1-amd64"));
+        // The no-BTF kernel is built by the matrix from a config fragment in the repository.
+        let nobtf = matrix.kernels.iter().find(|e| e.name == "6.1-nobtf").unwrap();
+        let config = nobtf.build.as_deref().expect("6.1-nobtf is a `build` entry");
+        assert!(workspace().join(KERNEL_CONFIGS).join(format!("{config}.config")).is_file());
+        let dir = Path::new("/var/cache/dptrace/kernels/6.1-nobtf-0123");
+        assert_eq!(nobtf.boot_args(Some(dir)), ["--kernel-dir", "/var/cache/dptrace/kernels/6.1-nobtf-0123"]);
     }
 
     #[test]
     fn bad_matrices_are_refused() {
         let base = "[defaults]\ntry_backends = []\ntimeout_secs = 1\n[host]\n";
-        let both = format!("{base}[[kernel]]\nname = \"a\"\ndescription = \"\"\npackage = \"p\"\ndir = \"d\"\n");
-        assert!(Matrix::parse(&both).unwrap_err().to_string().contains("exactly one"));
-        let optional =
-            format!("{base}[[kernel]]\nname = \"a\"\ndescription = \"\"\npackage = \"p\"\noptional = true\n");
-        assert!(Matrix::parse(&optional).is_err());
-        let typo =
-            format!("{base}[[kernel]]\nname = \"a\"\ndescription = \"\"\npackage = \"p\"\nexclude_module = []\n");
-        assert!(Matrix::parse(&typo).is_err());
+        let kernel = |rest: &str| format!("{base}[[kernel]]\nname = \"a\"\ndescription = \"\"\n{rest}");
+        let error = |rest: &str| Matrix::parse(&kernel(rest)).unwrap_err().to_string();
+        assert!(error("package = \"p\"\ndir = \"d\"\n").contains("exactly one"));
+        assert!(error("package = \"p\"\nbuild = \"6.1-nobtf\"\n").contains("exactly one"));
+        assert!(error("build = \"../x; rm -rf /\"\n").contains("names a config"));
+        // `optional` is gone: a kernel the matrix lists runs (and is built if need be).
+        assert!(Matrix::parse(&kernel("dir = \"d\"\noptional = true\n")).is_err());
+        assert!(Matrix::parse(&kernel("package = \"p\"\nexclude_module = []\n")).is_err());
+        let degraded = "build = \"x\"\n[kernel.expect]\nscenarios = [\"s\"]\n";
+        assert!(Matrix::parse(&kernel(&format!("{degraded}degraded = [\"s\"]\n"))).is_ok());
+        assert!(error(&format!("{degraded}degraded = [\"t\"]\n")).contains("not in its `scenarios`"));
+        assert!(error(&format!("{degraded}btf = true\ndegraded = [\"s\"]\n")).contains("BTF"));
     }
+
+    const TOPOLOGY: &str = "DPTRACE-MATRIX-BEGIN topology
+server_netns 4026532500
+server_dev s0
+client_netns 4026532400
+client_dev c0
+server_v4 10.77.0.2
+server_v6 fd00:77::2
+port 9999
+sender_comm dpt-udp-send
+nft_drop_port 9998
+nft_reject_port 6443
+bogus_link dpt-bogus
+DPTRACE-MATRIX-END topology rc=0 ms=3
+";
 
     const CONSOLE: &str = r#"SeaBIOS
 DPTRACE-MODPROBE-FAILED: nft_foo
@@ -1168,10 +1273,13 @@ DPTRACE-MATRIX-BEGIN lab
 {"type":"lab-result","scenario":"udp-closed-port","expected_rule":"no-listener","diagnosed":true,"problems":[]}
 {"type":"lab-result","scenario":"node-icmp-blocked","expected_rule":"netfilter-drop","diagnosed":false,"problems":["no finding"]}
 DPTRACE-MATRIX-END lab rc=1
+TOPOLOGY
 DPTRACE-MATRIX-BEGIN backend:drops=tracepoint
-{"type":"event","kind":"drop","reason":"NO_SOCKET","flow":{"dst":"10.77.0.2","dport":9999}}
-{"type":"event","kind":"drop","reason":"NO_SOCKET","flow":{"dst":"fd00:77::2","dport":9999}}
+{"type":"event","kind":"drop","reason":"NO_SOCKET","netns":4026532500,"device":"s0","flow":{"dst":"10.77.0.2","dport":9999}}
+{"type":"event","kind":"drop","reason":"NO_SOCKET","netns":4026532500,"device":"s0","flow":{"dst":"fd00:77::2","dport":9999}}
+{"type":"summary","hooks":[{"family":"drops","coverage":{"reason":true,"headers":true,"device_and_netns":true}}]}
 DPTRACE-MATRIX-END backend:drops=tracepoint rc=0
+DPTRACE-MATRIX-SENDER backend:drops=tracepoint 321
 DPTRACE-MATRIX-BEGIN backend:drops=kprobe
 DPTRACE-MATRIX-END backend:drops=kprobe rc=2
 DPTRACE-MATRIX-BEGIN backend:drops=kprobe.stderr
@@ -1185,6 +1293,10 @@ DPTRACE-MATRIX-END backend:drops=fentry.stderr rc=0
 DPTRACE-MATRIX-DONE
 "#;
 
+    fn console() -> String {
+        CONSOLE.replace("TOPOLOGY\n", TOPOLOGY)
+    }
+
     fn expect() -> Expect {
         let mut expect = Expect { btf: Some(true), ..Expect::default() };
         expect.scenarios = vec!["udp-closed-port".into(), "node-icmp-blocked".into()];
@@ -1193,9 +1305,9 @@ DPTRACE-MATRIX-DONE
         expect
     }
 
-    fn run() -> RunOutput {
+    fn run(console: String) -> RunOutput {
         RunOutput {
-            console: CONSOLE.into(),
+            console,
             exit: Some(0),
             kernel: "pkg".into(),
             accel: Some("tcg".into()),
@@ -1204,21 +1316,26 @@ DPTRACE-MATRIX-DONE
         }
     }
 
+    fn verdict(list: &[Outcome], name: &str) -> Verdict {
+        list.iter().find(|o| o.name == name).unwrap().verdict
+    }
+
     #[test]
     fn console_sections_skip_kernel_messages() {
-        let console = Console::parse(CONSOLE);
+        let console = Console::parse(&console());
         assert!(console.done);
         assert_eq!(console.rc("check"), Some(1));
         assert_eq!(console.json("check").len(), 1);
         assert_eq!(console.lines("check").len(), 1);
         assert_eq!(console.modules_excluded, ["wireguard"]);
+        assert_eq!(console.senders["backend:drops=tracepoint"], 321);
+        assert!(Topology::parse(console.lines("topology")).is_ok());
         assert!(is_kernel_message("[    1.000000] x") && !is_kernel_message("[x] y") && !is_kernel_message("{}"));
     }
 
     #[test]
     fn judging_follows_the_expectations() {
-        let row = judge("k", "d", &expect(), run(), true);
-        let verdict = |list: &[Outcome], name: &str| list.iter().find(|o| o.name == name).unwrap().verdict;
+        let row = judge("k", "d", &expect(), run(console()), true);
         assert_eq!(verdict(&row.backends, "drops=tracepoint"), Verdict::Worked);
         assert_eq!(verdict(&row.backends, "drops=kprobe"), Verdict::Unsupported);
         assert_eq!(verdict(&row.backends, "drops=fentry"), Verdict::NotInDptrace);
@@ -1230,16 +1347,82 @@ DPTRACE-MATRIX-DONE
         assert_eq!(row.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["check", "other"]);
         assert_eq!(row.stages[1].secs, 18.5);
         let md = Report { total_secs: 1.0, dptrace: "dptrace 0.1.0".into(), rows: vec![row] }.markdown();
-        assert!(md.contains("| k | 6.1.0-56-amd64 | yes | tracepoint | yes | unsupported | **n/a** |"));
+        assert!(md.contains("| k | 6.1.0-56-amd64 | yes | tracepoint | yes | unsupported | **n/a** |"), "{md}");
     }
 
     #[test]
-    fn drops_without_reason_or_flow_count_when_the_backend_cannot_see_them() {
-        let summary = serde_json::json!({"type":"summary","hooks":[{"coverage":{"reason":false}}]});
-        let ev = |dst: &str| serde_json::json!({"type":"event","kind":"drop","reason":null,"function":"f","flow":{"dst":dst,"dport":9999}});
-        assert!(test_drops_seen(&[ev("10.77.0.2"), ev("fd00:77::2"), summary]).is_ok());
-        assert!(test_drops_seen(&[ev("10.77.0.2"), ev("fd00:77::2")]).is_err());
-        let flowless = serde_json::json!({"type":"event","kind":"drop","reason":"NO_SOCKET"});
-        assert!(test_drops_seen(&[flowless.clone(), flowless]).is_ok());
+    fn foreign_test_drops_do_not_count() {
+        // The same two drops, in the host's namespace instead of the test's server namespace.
+        let foreign = console().replace("\"netns\":4026532500", "\"netns\":4026531840");
+        let row = judge("k", "d", &expect(), run(foreign), true);
+        assert_eq!(verdict(&row.backends, "drops=tracepoint"), Verdict::Failed);
+        assert!(row
+            .failures
+            .iter()
+            .any(|f| f.starts_with("drops=tracepoint: failed: ") && f.contains("not in the test's")));
+        // Without matrix.sh's topology nothing ties the drops to the test.
+        let untied = console().replace(TOPOLOGY, "");
+        let row = judge("k", "d", &expect(), run(untied), true);
+        assert_eq!(verdict(&row.backends, "drops=tracepoint"), Verdict::Failed);
+        assert!(row.failures.iter().any(|f| f.contains("topology has no `server_netns`")), "{:?}", row.failures);
+    }
+
+    /// The lab's results as a newer dptrace gives them, with `degraded` and `unchecked`.
+    fn degraded_console(degraded: bool) -> String {
+        let result = format!(
+            r#"{{"type":"lab-result","scenario":"node-icmp-blocked","expected_rule":"netfilter-drop","diagnosed":true,"degraded":{degraded},"unchecked":["netns","device"],"problems":[]}}"#
+        );
+        let skipped = r#"{"type":"lab-result","scenario":"vxlan-overlay","expected_rule":"path","diagnosed":false,"skipped":true,"skip_fact":"no-btf","problems":["packets cannot be followed without BTF"]}"#;
+        let old = r#"{"type":"lab-result","scenario":"node-icmp-blocked","expected_rule":"netfilter-drop","diagnosed":false,"problems":["no finding"]}"#;
+        console().replace(old, &format!("{result}\n{skipped}"))
+    }
+
+    #[test]
+    fn degraded_diagnoses_are_shown_and_allowed_only_where_listed() {
+        let mut nobtf = expect();
+        nobtf.btf = Some(false);
+        let nobtf_console = || degraded_console(true).replace(r#""btf":true"#, r#""btf":false"#);
+        let row = judge("k", "d", &nobtf, run(nobtf_console()), true);
+        assert_eq!(verdict(&row.scenarios, "node-icmp-blocked"), Verdict::Degraded);
+        let degraded = row.scenarios.iter().find(|o| o.name == "node-icmp-blocked").unwrap();
+        assert_eq!(degraded.unchecked, ["netns", "device"]);
+        assert!(row
+            .failures
+            .iter()
+            .any(|f| f.starts_with("node-icmp-blocked: degraded, and the matrix does not allow")));
+        let skipped = row.scenarios.iter().find(|o| o.name == "vxlan-overlay").unwrap();
+        assert_eq!((skipped.verdict, skipped.skip_fact.as_deref()), (Verdict::Skipped, Some("no-btf")));
+
+        // Listed in expect.degraded: it passes, and the report says "degraded", not "yes".
+        nobtf.degraded = vec!["node-icmp-blocked".into()];
+        let row = judge("k", "d", &nobtf, run(nobtf_console()), true);
+        assert!(!row.failures.iter().any(|f| f.starts_with("node-icmp-blocked")), "{:?}", row.failures);
+        let md = Report { total_secs: 1.0, dptrace: "d".into(), rows: vec![row] }.markdown();
+        assert!(md.contains("| degraded |"), "{md}");
+        assert!(md.contains("node-icmp-blocked degraded: the lab could not check netns, device"), "{md}");
+        assert!(md.contains("vxlan-overlay skipped [no-btf]"), "{md}");
+
+        // On a kernel with BTF a degraded scenario fails, listed or not.
+        let row = judge("k", "d", &expect(), run(degraded_console(true)), true);
+        assert!(row.failures.iter().any(|f| f.starts_with("node-icmp-blocked: degraded on a kernel with BTF")));
+        let md = Report { total_secs: 1.0, dptrace: "d".into(), rows: vec![row] }.markdown();
+        assert!(md.contains("| **degraded** |"), "{md}");
+
+        // `degraded: false` (and a missing `degraded`, from an older dptrace) is a full diagnosis.
+        let row = judge("k", "d", &expect(), run(degraded_console(false)), true);
+        assert_eq!(verdict(&row.scenarios, "node-icmp-blocked"), Verdict::Diagnosed);
+    }
+
+    #[test]
+    fn a_kernel_that_cannot_be_built_fails_its_row() {
+        let matrix = Matrix::parse(
+            "[defaults]\ntry_backends = []\ntimeout_secs = 1\n[host]\n[[kernel]]\nname = \"a\"\ndescription = \"d\"\ndir = \"/nonexistent\"\n",
+        )
+        .unwrap();
+        let entry = &matrix.kernels[0];
+        let why = entry.kernel_dir(Path::new("/"), Path::new("/tmp")).unwrap_err();
+        let row = Row::unbootable(entry, format!("{why:#}"));
+        assert_eq!(row.status, Status::Failed);
+        assert!(row.failures[0].contains("no kernel in /nonexistent"), "{:?}", row.failures);
     }
 }
