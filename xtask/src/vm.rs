@@ -1092,10 +1092,11 @@ impl Report {
         cells.extend(scenarios.iter().map(|s| cell(&row.scenarios, s)));
         let missing: Vec<&str> = row.features.iter().filter(|(_, f)| !f.present).map(|(n, _)| n.as_str()).collect();
         let problems: Vec<&str> = row.problems.iter().map(|p| p.feature.as_str()).collect();
-        let skipped = row.status == Status::Skipped;
-        cells.push(if skipped { dash() } else { or_none(missing.join(", ")) });
-        cells.push(if skipped { dash() } else { or_none(problems.join(", ")) });
-        cells.push(if skipped { dash() } else { format!("{:.0} s", row.secs) });
+        // A row that never ran (skipped host, kernel that could not be built) has no figures.
+        let ran = row.log.is_some();
+        cells.push(if ran { or_none(missing.join(", ")) } else { dash() });
+        cells.push(if ran { or_none(problems.join(", ")) } else { dash() });
+        cells.push(if ran { format!("{:.0} s", row.secs) } else { dash() });
         cells.push(
             match row.status {
                 Status::Passed => "passed",
@@ -1424,5 +1425,15 @@ DPTRACE-MATRIX-DONE
         let row = Row::unbootable(entry, format!("{why:#}"));
         assert_eq!(row.status, Status::Failed);
         assert!(row.failures[0].contains("no kernel in /nonexistent"), "{:?}", row.failures);
+        let md = Report { total_secs: 1.0, dptrace: "d".into(), rows: vec![row] }.markdown();
+        assert!(md.contains("| a | — | — | — | — | — | **FAILED** |"), "{md}");
+        // A `build` entry whose config is not in the repository fails before anything runs.
+        let matrix = Matrix::parse(
+            "[defaults]\ntry_backends = []\ntimeout_secs = 1\n[host]\n[[kernel]]\nname = \"b\"\ndescription = \"d\"\nbuild = \"no-such-config\"\n",
+        )
+        .unwrap();
+        let why = matrix.kernels[0].kernel_dir(&workspace(), Path::new("/tmp")).unwrap_err();
+        assert!(why.to_string().contains("no kernel config"), "{why}");
+        assert!(md.contains("- FAILED: no kernel in /nonexistent"), "{md}");
     }
 }
