@@ -1052,9 +1052,12 @@ impl Report {
             md.push_str(&table_line(&self.cells(row, &families, &backends, &scenarios)));
         }
         md.push_str(
-            "\nyes: the forced run saw the test drops (UDP to a closed port, IPv4 and IPv6) / the scenario was \
-             diagnosed; no: it did not; unsupported: `dptrace check` says this kernel cannot attach that \
-             backend; n/a: this dptrace has no such backend; skipped: the lab cannot reproduce the scenario on this kernel; **bold**: the matrix expects it, so vm-test fails.\n",
+            "\nyes: the forced run saw the test's own drops (UDP to a closed port in the test's server \
+             namespace, IPv4 and IPv6; without BTF: by location, reason and sender) / the scenario was \
+             diagnosed; degraded: diagnosed with what this kernel shows (the notes say what could not be \
+             checked); no: it did not; unsupported: `dptrace check` says this kernel cannot attach that \
+             backend; n/a: this dptrace has no such backend; skipped: the lab cannot reproduce the scenario \
+             on this kernel; **bold**: the matrix expects otherwise, so vm-test fails.\n",
         );
         md.push_str(&self.kernels());
         md.push_str(&self.notes());
