@@ -24,7 +24,8 @@ impl PathWithout {
             for e in entries.flatten() {
                 let name = e.file_name();
                 let name_str = name.to_string_lossy();
-                let executable = std::fs::metadata(e.path()).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+                let executable =
+                    std::fs::metadata(e.path()).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
                 if !executable || hidden.iter().any(|h| name_str == *h) || dir.join(&name).exists() {
                     continue;
                 }
