@@ -149,6 +149,10 @@ impl Correlated {
         match event {
             Event::Drop(drop) => self.observe_drop(drop),
             Event::LinkRequest(request) => {
+                // `dptrace check` run beside this session: its probes fail on purpose.
+                if crate::kernel::features::is_probe_thread(&request.actor.comm) {
+                    return;
+                }
                 if self.links.len() >= MAX_LINK_REQUESTS {
                     self.unkept_link_requests += 1;
                     return;

@@ -395,3 +395,27 @@ fn fragmentation_needed_alone_is_a_finding_when_the_drops_were_not_traced() {
     assert!(mtu.summary.contains("sent \"fragmentation needed (mtu 1450)\" back 2 times"), "{}", mtu.summary);
     assert!(mtu.summary.contains("the drops themselves were not traced"), "{}", mtu.summary);
 }
+
+/// A failed `ip link add … type wireguard` by `comm`: the request and the kernel's EOPNOTSUPP.
+fn failed_wireguard_create(comm: &str) -> Vec<Event> {
+    let actor = format!(
+        r#"{{"pid":4162,"tid":4163,"comm":"{comm}","parent_pid":1,"parent_comm":"init","netns":4026532999,"netns_name":null}}"#
+    );
+    let request = format!(
+        r#"{{"kind":"link-request","time":"t","ts_ns":1000,"op":"create","seq":7,"ifname":"wg0","ifindex":null,"link_kind":"wireguard","mac":null,"peer":null,"peer_netns":null,"admin":null,"new_name":null,"to_netns":null,"via":"netlink","actor":{actor}}}"#
+    );
+    let ack = format!(
+        r#"{{"kind":"netlink-ack","time":"t","ts_ns":2000,"seq":7,"errno":95,"error":"EOPNOTSUPP","actor":{actor}}}"#
+    );
+    [request, ack].iter().map(|e| serde_json::from_str(e).unwrap()).collect()
+}
+
+/// `dptrace check` run beside a session creates links of every kind and attaches native XDP in
+/// throwaway namespaces, and many fail on purpose: those are not the node's failures.
+#[test]
+fn the_failing_probes_of_dptrace_check_are_not_findings() {
+    assert_eq!(rules_of(&findings(&failed_wireguard_create("flanneld"))), ["link-kind-unsupported"]);
+    for comm in ["dptrace-linkpro", "dptrace-freshns"] {
+        assert_eq!(rules_of(&findings(&failed_wireguard_create(comm))), Vec::<&str>::new(), "{comm}");
+    }
+}

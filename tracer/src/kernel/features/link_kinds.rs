@@ -154,7 +154,7 @@ pub(super) type KindOutcome = (Support, String, Option<String>, Option<String>);
 /// that lives only as long as a dedicated thread (see the module comment).
 pub(super) fn probe_link_kinds() -> Vec<KindOutcome> {
     let unknown = |why: String| KINDS.iter().map(|_| (Support::Unknown, why.clone(), None, None)).collect();
-    let thread = std::thread::Builder::new().name("dptrace-linkprobe".into()).spawn(|| {
+    let thread = std::thread::Builder::new().name(super::PROBE_THREADS[0].into()).spawn(|| {
         // Only this thread moves; the namespace dies with it, and the links in it too.
         if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
             return Err(format!("could not create a throwaway network namespace ({e}): run as root"));

@@ -130,7 +130,7 @@ pub fn probe_features() -> FeatureReport {
     // In a fresh namespace: whether br_netfilter's sysctls exist there, and which kinds of
     // device take a native XDP program.
     let kinds = kinds_to_probe(host.links.as_deref().unwrap_or_default());
-    let fresh = fresh_netns::in_fresh_netns("dptrace-freshns", fresh_netns::TIMEOUT, {
+    let fresh = fresh_netns::in_fresh_netns(PROBE_THREADS[1], fresh_netns::TIMEOUT, {
         let kinds = kinds.clone();
         move || (read_sysctl("net.bridge.bridge-nf-call-iptables"), probe_native_kinds(&kinds))
     });
@@ -513,6 +513,16 @@ fn problems(r: &FeatureReport) -> Vec<Problem> {
         }
     }
     out
+}
+
+/// The threads `check` makes its throwaway probes from (link kinds; native XDP and the
+/// br_netfilter sysctls in a fresh namespace). Their requests fail on purpose: a session
+/// running at the same time must not report them as the node's failures.
+pub const PROBE_THREADS: [&str; 2] = ["dptrace-linkprobe", "dptrace-freshns"];
+
+/// Whether a task's `comm` (cut to 15 bytes by the kernel) is one of [`PROBE_THREADS`].
+pub fn is_probe_thread(comm: &str) -> bool {
+    PROBE_THREADS.iter().any(|t| comm == &t[..t.len().min(15)])
 }
 
 #[cfg(test)]
