@@ -447,3 +447,31 @@ fn the_actor_names_its_pod_and_container() {
     assert_eq!(finding["actor"]["container"], "5d2c9e8f7a6b");
     assert!(finding["actor"]["cgroup"].as_str().unwrap().ends_with(".scope"));
 }
+
+/// `dptrace check` run beside a session (an operator in a second terminal) creates links of
+/// every kind and attaches native XDP in throwaway namespaces, and many of those fail on
+/// purpose. The session sees the requests, but they are not findings about the node.
+#[test]
+fn dptrace_check_beside_a_session_raises_no_finding() {
+    require_root!();
+    let bin = dptrace_e2e::dptrace_bin();
+    let check = format!("'{}' check >/dev/null 2>&1; true", bin.display());
+    let out = dptrace(&["trace", "--json", "--", "bash", "-c", &check]);
+    assert!(out.status.success(), "dptrace failed: {}", stderr(&out));
+    let lines = json_lines(&out);
+    // check's own requests were seen (the session watched them)...
+    let probe_requests = of_type(&lines, "event")
+        .into_iter()
+        .filter(|e| {
+            e["kind"] == "link-request" && e["actor"]["comm"].as_str().is_some_and(|c| c.starts_with("dptrace-"))
+        })
+        .count();
+    assert!(probe_requests > 0, "no request of check's probe threads was traced: {lines:#?}");
+    // ...and none of them became a finding (other tests running alongside may raise theirs).
+    for f in of_type(&lines, "finding") {
+        let comm = f["actor"]["comm"].as_str().unwrap_or_default();
+        assert!(!comm.starts_with("dptrace-"), "a finding about check's own probe: {f:#}");
+        let text = f.to_string();
+        assert!(!text.contains("dptprobe0") && !text.contains("dptxdp0"), "a finding about a probe device: {f:#}");
+    }
+}
