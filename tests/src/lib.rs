@@ -13,6 +13,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod field;
+
 pub fn dptrace_bin() -> PathBuf {
     let path = std::env::var_os("DPTRACE_BIN")
         .map(PathBuf::from)

@@ -18,6 +18,8 @@ use crate::{skips, step};
 
 /// Where the tests append their skips (tests/src/lib.rs reads the same variable).
 const SKIP_LOG_ENV: &str = "DPTRACE_SKIP_LOG";
+/// Where the field suite appends what it observed (tests/src/field.rs reads the same variable).
+const FIELD_LOG_ENV: &str = "DPTRACE_FIELD_LOG";
 
 /// One test binary (`tests/tests/NAME.rs`) and what its run printed.
 #[derive(Debug, Default)]
@@ -56,11 +58,14 @@ pub fn run(root: &Path, bin: &Path, only: &[String], args: &[String]) -> anyhow:
     // Per run, so a run started by a test (tests/tests/skips.rs) keeps its skips to itself.
     let log = dir.join(format!("skips-{}.jsonl", std::process::id()));
     let _ = fs::remove_file(&log);
+    let field_log = dir.join(format!("field-{}.jsonl", std::process::id()));
+    let _ = fs::remove_file(&field_log);
     let mut results = BTreeMap::new();
     for (name, exe) in chosen {
         eprintln!("\n--- tests/tests/{name}.rs");
-        results.insert(name.clone(), run_binary(root, exe, bin, &log, args)?);
+        results.insert(name.clone(), run_binary(root, exe, bin, &log, &field_log, args)?);
     }
+    crate::field::write_host_results(root, &field_log)?;
     let skips = read_skips(&log)?;
     let _ = fs::remove_file(&log);
     let mut cache = Vec::new();
@@ -114,12 +119,20 @@ fn build(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 
 /// Runs one test binary as `cargo test` would (working directory: the package), echoing its
 /// output and reading libtest's `test NAME ... ok` lines.
-fn run_binary(root: &Path, exe: &Path, bin: &Path, log: &Path, args: &[String]) -> anyhow::Result<FileResult> {
+fn run_binary(
+    root: &Path,
+    exe: &Path,
+    bin: &Path,
+    log: &Path,
+    field_log: &Path,
+    args: &[String],
+) -> anyhow::Result<FileResult> {
     let mut child = Command::new(exe)
         .args(args)
         .current_dir(root.join("tests"))
         .env("DPTRACE_BIN", bin)
         .env(SKIP_LOG_ENV, log)
+        .env(FIELD_LOG_ENV, field_log)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -6,6 +6,7 @@
 mod bench;
 mod dist;
 mod e2e;
+mod field;
 mod fuzz;
 mod setup;
 mod skips;
@@ -72,6 +73,12 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Print the field suite's table (real component, version, scenario, kernels, what dptrace
+    /// said) from the last e2e and vm-test runs; with --readme, write it into README.md.
+    FieldTable {
+        #[arg(long)]
+        readme: bool,
+    },
     /// The bench's syscall timing, run as a process of its own (prints ns per getppid and per
     /// socket send): measured inside the bench process, sends came out slower while a tracer
     /// the bench had started was running, with no such cost in a separate process.
@@ -130,6 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let bin = build(&root)?;
             e2e::run(&root, &bin, &files, &args)
         }
+        Task::FieldTable { readme } => field::command(&root, readme),
         Task::CallTiming { calls } => {
             let (getppid, send) = bench::call_timing(calls)?;
             println!("{getppid:.1} {send:.1}");
