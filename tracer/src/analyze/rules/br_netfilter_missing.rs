@@ -6,6 +6,10 @@
 //!
 //! Evidence: the bridges' state read from the namespace at the start and the end of the
 //! session (rtnetlink link dump with port counters, the namespace's `net.bridge.*` sysctls).
+//! Also the consequence a NATed hairpin shows: with bridged frames skipping netfilter, a pod's
+//! call to a Service or published port whose backend sits on the same bridge is routed by the
+//! node back out of that bridge, so the node sends ICMP redirects that the NAT core drops
+//! (netfilter-drop's `nat_core_redirect`); they are counted here, not as netfilter drops.
 
 use crate::{
     analyze::{correlate::Correlated, Finding, Place, Rule, Severity},
@@ -27,9 +31,37 @@ impl Rule for BrNetfilterMissing {
             // IPv4 bridged past iptables is the failure; IPv6 alone (ip6tables off, or no
             // IPv6 sysctl at all) only matters on IPv6 clusters and is reported as info.
             .filter(|b| b.packets > 0 && (!b.calls_netfilter(false) || b.call_ip6tables == Some(false)))
-            .map(|b| finding(self.id(), b))
+            .map(|b| {
+                let mut f = finding(self.id(), b);
+                if !b.calls_netfilter(false) {
+                    add_redirects(&mut f, state, b);
+                }
+                f
+            })
             .collect()
     }
+}
+
+/// The node's dropped ICMP redirects in the bridge's namespace, folded into its finding.
+fn add_redirects(f: &mut Finding, state: &Correlated, b: &BridgeState) {
+    let groups: Vec<_> = state
+        .drop_groups()
+        .into_iter()
+        .filter(|g| g.key.netns == Some(b.netns) && super::netfilter_drop::nat_core_redirect(state, g))
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    let count: u64 = groups.iter().map(|g| g.count).sum();
+    let mut flows: Vec<String> =
+        groups.iter().filter_map(|g| g.first.flow.as_ref().map(super::flow_without_sport)).collect();
+    flows.sort();
+    flows.dedup();
+    f.summary.push_str(&format!(
+        "; the node routed such traffic back out of the bridge and sent {count} ICMP redirect(s) about NATed connections, which the NAT core dropped as it always does (not a rule's drop)"
+    ));
+    f.flows.extend(flows);
+    f.evidence.extend(groups.iter().flat_map(|g| g.samples.iter().cloned().map(Event::Drop)));
 }
 
 fn finding(rule: &'static str, b: &BridgeState) -> Finding {

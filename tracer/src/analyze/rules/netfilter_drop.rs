@@ -4,16 +4,54 @@
 //! Evidence: `skb:kfree_skb` drops with reason NETFILTER_DROP (freed in `nf_hook_slow`)
 //! that nothing answered (no REJECT: see `reject-by-rule`); the rule or policy is the one
 //! whose packet counters moved during the session and whose matches fit the flow.
+//!
+//! Not a fault: the ICMP redirects a router sends about connections it NATs. The NAT core
+//! drops them by design (`nf_nat_icmp_reply_translation`: "Redirects on non-null nats must be
+//! dropped"), before any rule sees them, so they are NETFILTER_DROP drops without a rule. A
+//! node sends them when it routes traffic back out of the device it came in on: pods on one
+//! bridge reaching each other through a Service or a published port with br_netfilter off
+//! (field report 3). Where such a bridge explains them, `br-netfilter-missing` carries them;
+//! elsewhere they are one `info` finding. A DROP rule or policy whose counter moved for them,
+//! or a kernel-reported DROP verdict, keeps them here as an error.
 
 use super::{
     counter_event, finding_from_groups, group_by, how_to_remove, in_netns, inferred_note, matching_counters,
     netns_label, refusal, verdict_of,
 };
+use crate::analyze::correlate::DropGroup;
 use crate::{
     analyze::{correlate::Correlated, Finding, Rule, Severity},
     kernel::KernelSummary,
     probes::rule_counters::Verdict,
 };
+
+/// ICMP (v4) type 5: redirect.
+const ICMP_REDIRECT: u8 = 5;
+
+/// Whether `g` holds ICMP redirects this node sent about connections it NATs, dropped by the
+/// NAT core rather than by a rule: ICMP redirects dropped by netfilter, no DROP rule or
+/// policy (counter or kernel verdict) that fits them, and NAT rules (DNAT, SNAT, MASQUERADE)
+/// that matched packets in the same namespace during the session.
+pub(crate) fn nat_core_redirect(state: &Correlated, g: &DropGroup) -> bool {
+    let redirect = g.key.reason.as_deref() == Some(REASON)
+        && g.key.l4.as_deref() == Some("icmp")
+        && g.first.flow.as_ref().is_some_and(|f| f.icmp_type == Some(ICMP_REDIRECT));
+    redirect
+        && g.key.netns.is_some()
+        && matching_counters(state, g, |v| matches!(v, Verdict::Drop | Verdict::PolicyDrop)).is_empty()
+        && super::kernel_verdict(state, g).is_none()
+        && state.rule_counters.iter().any(|c| {
+            Some(c.netns) == g.key.netns
+                && c.packets > 0
+                && matches!(c.kind, Verdict::Dnat { .. } | Verdict::Snat | Verdict::Masquerade)
+        })
+}
+
+/// Whether a bridge in `netns` carried traffic past iptables (br-netfilter-missing's warning):
+/// the hairpin it forces through the node is what made the node send the redirects.
+pub(crate) fn bridge_bypasses_iptables(state: &Correlated, netns: Option<u32>) -> bool {
+    state.bridges.iter().any(|b| Some(b.netns) == netns && b.packets > 0 && !b.calls_netfilter(false))
+}
 
 pub(crate) const REASON: &str = "NETFILTER_DROP";
 
@@ -29,7 +67,36 @@ impl Rule for NetfilterDrop {
             .drop_groups()
             .into_iter()
             .filter(|g| g.key.reason.as_deref() == Some(REASON) && refusal(state, g).is_none());
-        group_by(candidates, |g| (g.key.netns, g.key.l4.clone(), g.key.src, g.key.dst, g.key.dport))
+        let (redirects, candidates): (Vec<&DropGroup>, Vec<&DropGroup>) =
+            candidates.partition(|g| nat_core_redirect(state, g));
+        let mut findings = redirect_findings(
+            self.id(),
+            redirects.into_iter().filter(|g| !bridge_bypasses_iptables(state, g.key.netns)),
+        );
+        findings.extend(self.drop_findings(state, candidates));
+        findings
+    }
+}
+
+/// One `info` finding per namespace for the NAT core's redirect drops no bridge explains.
+fn redirect_findings<'a>(rule: &'static str, groups: impl Iterator<Item = &'a DropGroup>) -> Vec<Finding> {
+    group_by(groups, |g| g.key.netns)
+        .into_iter()
+        .map(|groups| {
+            let count: u64 = groups.iter().map(|g| g.count).sum();
+            let ns = netns_label(groups[0]);
+            let summary = format!(
+                "the NAT core dropped {count} ICMP redirect(s) this node sent in netns {ns} about connections it NATs (expected: the kernel never lets redirects for NATed connections out)"
+            );
+            let remediation = "Nothing to fix in netfilter: no rule dropped them. The node sent them because it routed packets back out of the device they came in on (clients and servers on one link reaching each other through a NATed address). If that hairpin is not intended, route or bridge the traffic directly; `sysctl net.ipv4.conf.all.send_redirects=0` stops the redirects.".to_string();
+            finding_from_groups(rule, Severity::Info, summary, &groups, remediation)
+        })
+        .collect()
+}
+
+impl NetfilterDrop {
+    fn drop_findings(&self, state: &Correlated, candidates: Vec<&DropGroup>) -> Vec<Finding> {
+        group_by(candidates.into_iter(), |g| (g.key.netns, g.key.l4.clone(), g.key.src, g.key.dst, g.key.dport))
             .into_iter()
             .map(|groups| {
                 let g = groups[0];
