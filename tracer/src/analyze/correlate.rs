@@ -20,6 +20,11 @@ pub const MAX_LINKS: usize = 4096;
 pub const MAX_STATES_PER_LINK: usize = 256;
 /// How long before a state change the request that caused it may have been made.
 const ATTRIBUTION_WINDOW_NS: u64 = 2_000_000_000;
+/// How long after a link's first state its create request may be stamped. The kernel sends
+/// the notification of a new link while it handles the request, and the request's event can
+/// be stamped after that: a veth's peer, which `veth_newlink` registers first, was seen
+/// 0.75 ms before the request that created it (CNI bridge plugin, 6.18).
+const CREATE_STAMP_SLACK_NS: u64 = 100_000_000;
 
 /// At most this many link requests are kept per session.
 pub const MAX_LINK_REQUESTS: usize = 4096;
@@ -50,8 +55,12 @@ pub struct LinkHistory {
     pub created_here: bool,
     pub creator: Option<Actor>,
     pub mac_changes: Vec<MacChange>,
-    /// Administrative down, carrier loss or deletion.
+    /// Going down from fully up (administratively up with carrier): set down, carrier lost
+    /// or deleted. One episode counts once: a deletion that first takes the link down (the
+    /// kernel closes a device before it unregisters it) is one down, not three.
     pub downs: Vec<Transition>,
+    /// Coming up: carrier and administratively up, from not being so (or created so).
+    pub ups: Vec<Transition>,
     /// The states and requests behind the above (creation, changes), time-ordered, capped.
     pub evidence: Vec<Event>,
 }
@@ -108,6 +117,7 @@ pub struct DropGroup {
     pub count: u64,
     pub first: DropRecord,
     pub last_time: String,
+    pub last_ts_ns: u64,
     pub samples: Vec<DropRecord>,
 }
 
@@ -250,12 +260,17 @@ impl Correlated {
         })
     }
 
+    /// The history of the link `ifindex` in netns `netns`, if the monitor saw it change.
+    pub fn link_history(&self, netns: u32, ifindex: u32) -> Option<&LinkHistory> {
+        self.link_histories().iter().find(|h| h.netns == netns && h.ifindex == ifindex)
+    }
+
     fn history(&self, states: &[LinkState]) -> Option<LinkHistory> {
         let mut states: Vec<&LinkState> = states.iter().collect();
         states.sort_by_key(|s| s.ts_ns);
         let first = *states.first()?;
         let name = states.iter().rev().find_map(|s| s.ifname.clone());
-        let creation = self.find_request(first.ts_ns, |r| {
+        let creation = self.find_request(first.ts_ns + CREATE_STAMP_SLACK_NS, |r| {
             r.op == "create" && (r.ifname == first.ifname || (r.peer.is_some() && r.peer == first.ifname))
         });
         let mut h = LinkHistory {
@@ -273,8 +288,16 @@ impl Correlated {
             creator: creation.map(|c| c.actor.clone()),
             mac_changes: vec![],
             downs: vec![],
+            ups: vec![],
             evidence: vec![],
         };
+        if first.up && first.carrier && creation.is_some() {
+            h.ups.push(Transition {
+                ts_ns: first.ts_ns,
+                time: first.time.clone(),
+                by: creation.map(|c| c.actor.clone()),
+            });
+        }
         let mut evidence: Vec<Event> = creation.iter().map(|r| Event::LinkRequest((*r).clone())).collect();
         evidence.push(Event::LinkState(first.clone()));
         for pair in states.windows(2) {
@@ -295,8 +318,11 @@ impl Correlated {
                     });
                 }
             }
-            let went_down = (before.up && !after.up) || (before.carrier && !after.carrier) || after.change == "deleted";
-            if went_down {
+            let fully_up = |s: &LinkState| s.up && s.carrier && s.change != "deleted";
+            if !fully_up(before) && fully_up(after) && before.change != "deleted" {
+                h.ups.push(Transition { ts_ns: after.ts_ns, time: after.time.clone(), by: None });
+            }
+            if fully_up(before) && !fully_up(after) {
                 let by = self.find_request(after.ts_ns, |r| {
                     (r.admin.as_deref() == Some("down") || r.op == "delete")
                         && (r.ifname == h.ifname || r.ifindex == Some(h.ifindex))
@@ -341,6 +367,7 @@ impl Correlated {
         if let Some(group) = self.groups.get_mut(&key) {
             group.count += 1;
             group.last_time.clone_from(&drop.time);
+            group.last_ts_ns = drop.ts_ns;
             if group.samples.len() < EVIDENCE_PER_GROUP {
                 group.samples.push(drop.clone());
             }
@@ -355,6 +382,7 @@ impl Correlated {
             count: 1,
             first: drop.clone(),
             last_time: drop.time.clone(),
+            last_ts_ns: drop.ts_ns,
             samples: vec![drop.clone()],
         };
         self.groups.insert(key, group);

@@ -2,11 +2,17 @@
 //! advice for the reasons an operator can act on.
 //!
 //! Evidence: `skb:kfree_skb` drops whose reason has no dedicated rule (or, before 5.17, any
-//! drop: the location alone then tells them apart).
+//! drop: the location alone then tells them apart), and the link monitor's states of the
+//! device they died on (a bridge port that had just come up drops by design).
+
+use std::net::IpAddr;
 
 use super::{finding_from_groups, group_by, netns_label, EXPLAINED_REASONS};
 use crate::{
-    analyze::{correlate::Correlated, Finding, Rule, Severity},
+    analyze::{
+        correlate::{Correlated, DropGroup},
+        Finding, Rule, Severity,
+    },
     kernel::KernelSummary,
 };
 
@@ -26,21 +32,59 @@ impl Rule for PacketDrop {
             .drop_groups()
             .into_iter()
             .filter(|g| g.key.reason.as_deref().is_none_or(|r| !EXPLAINED_REASONS.contains(&r)));
-        group_by(candidates, |g| (g.key.reason.clone(), g.key.function.clone(), g.key.netns))
+        group_by(candidates, |g| (g.key.reason.clone(), g.key.function.clone(), g.key.netns, expected(state, g)))
             .into_iter()
             .map(|groups| {
                 let g = groups[0];
                 let count: u64 = groups.iter().map(|g| g.count).sum();
                 let reason = g.key.reason.as_deref().unwrap_or("(reason unknown on this kernel)");
+                let why = expected(state, g);
                 let summary = format!(
-                    "{count} packet(s) dropped with reason {reason} in {} (netns {})",
+                    "{count} packet(s) dropped with reason {reason} in {} (netns {}){}",
                     g.key.function,
-                    netns_label(g)
+                    netns_label(g),
+                    why.map(|w| format!(": {w}")).unwrap_or_default()
                 );
-                let severity = if ROUTINE.contains(&reason) { Severity::Info } else { Severity::Warning };
+                let severity =
+                    if ROUTINE.contains(&reason) || why.is_some() { Severity::Info } else { Severity::Warning };
                 finding_from_groups(self.id(), severity, summary, &groups, advice(reason).to_string())
             })
             .collect()
+    }
+}
+
+/// How long a bridge port may drop after it came up: until it forwards (at once without STP;
+/// listening and learning take 2 × the default forward delay of 15 s with STP).
+const PORT_JOINING_NS: u64 = 31_000_000_000;
+/// A drop stamped this long before the port's "up" is still part of its coming up: the link
+/// monitor reports carrier after the first frames already arrived.
+const PORT_JOINING_EARLY_NS: u64 = 1_000_000_000;
+
+/// Why drops of a kind that is often a fault are expected here, when they are: the kernel's
+/// normal behaviour, not a problem to warn about.
+fn expected(state: &Correlated, g: &DropGroup) -> Option<&'static str> {
+    match g.key.reason.as_deref()? {
+        // A new (or returning) bridge port does not forward until the bridge has put it in
+        // the forwarding state; frames that arrive before are dropped.
+        "BRIDGE_INGRESS_STP_STATE" => {
+            let history = state.link_history(g.first.netns?, g.first.ifindex?)?;
+            let near_up = |ts: u64| {
+                history.ups.iter().any(|u| ts + PORT_JOINING_EARLY_NS >= u.ts_ns && ts <= u.ts_ns + PORT_JOINING_NS)
+            };
+            (near_up(g.first.ts_ns) && near_up(g.last_ts_ns))
+                .then_some("the port had just come up and was not forwarding yet (expected for a new bridge port)")
+        }
+        // Multicast and broadcast a bridge sends while it has no port to send them to (its own
+        // IPv6 MLD and neighbour discovery after the last pod left): noise, nobody is missing.
+        "NO_TX_TARGET" => {
+            let flow = g.first.flow.as_ref();
+            let group_addressed = flow.is_none_or(|f| match f.dst {
+                IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
+                IpAddr::V6(a) => a.is_multicast(),
+            });
+            group_addressed.then_some("multicast or broadcast the bridge had no port to send to (expected)")
+        }
+        _ => None,
     }
 }
 
