@@ -145,6 +145,9 @@ pub struct DropRecord {
     pub packet_len: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<crate::kernel::routes::Egress>,
+    /// For drops in an XDP receive path: the XDP program attached to the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<xdp::XdpAttachment>,
 }
 
 /// The addresses and ports of a packet, as far as its captured headers show them.
@@ -342,6 +345,7 @@ impl Decoder {
                 let raw: DropEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
                 let mut drop = self.decode_drop(&raw);
                 self.add_mtus(&mut drop);
+                self.add_xdp(&mut drop);
                 Ok(Event::Drop(drop))
             }
             k if k == EventKind::NetlinkRequest as u16
@@ -580,6 +584,7 @@ impl Decoder {
             task: task(&raw.header),
             packet_len: ip_length(&raw.headers[..header_len]),
             egress: None,
+            xdp: None,
         }
     }
 }

@@ -314,3 +314,71 @@ mod tests {
         assert_eq!((c.instructions, c.error.as_deref(), c.message.as_deref()), (Some(42), Some("EACCES"), None));
     }
 }
+
+/// The XDP program attached to the device a packet was dropped on, read from the kernel when
+/// the drop was decoded (`IFLA_XDP` of the device in its namespace, then the program's info
+/// by id): an XDP_DROP names no program, so this is how `xdp-drop` names it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct XdpAttachment {
+    /// `native`, `generic` or `offload`: the mode of the program that ran where the packet
+    /// died (a device may hold a native and a generic program at once).
+    pub mode: Word,
+    pub prog_id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prog_name: Option<String>,
+    /// The program's tag (hash of its instructions), as `bpftool prog` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prog_tag: Option<String>,
+    /// Runs counted by the kernel (only while `kernel.bpf_stats_enabled` is 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_count: Option<u64>,
+}
+
+/// The XDP mode whose program frees a packet in `function` when it returns XDP_DROP (or
+/// aborts): veth's native XDP frees the skb in `veth_xdp_rcv_skb`, generic XDP in
+/// `do_xdp_generic` (`netif_receive_generic_xdp` where that is not inlined).
+pub fn xdp_drop_mode(function: &str) -> Option<&'static str> {
+    match function {
+        "veth_xdp_rcv_skb" | "veth_xdp_rcv" | "veth_xdp_rcv_one" => Some("native"),
+        "do_xdp_generic" | "netif_receive_generic_xdp" | "bpf_prog_run_generic_xdp" => Some("generic"),
+        _ => None,
+    }
+}
+
+/// Lookups of attached programs, per (netns inode, ifindex): when, and what was found.
+/// Bounded; an entry is trusted for [`XDP_LOOKUP_TTL_NS`] (programs get replaced, and a
+/// namespace inode may be reused).
+static XDP_LOOKUPS: std::sync::Mutex<Option<HashMap<(u32, u32), (u64, Option<XdpAttachment>)>>> =
+    std::sync::Mutex::new(None);
+const XDP_LOOKUP_TTL_NS: u64 = 1_000_000_000;
+const XDP_LOOKUPS_MAX: usize = 256;
+
+impl super::Decoder {
+    /// Names the XDP program behind a drop in an XDP receive path (cached; at most one
+    /// lookup per device and second, each bounded by a netlink timeout).
+    pub(super) fn add_xdp(&mut self, drop: &mut super::DropRecord) {
+        let Some(mode) = drop.function.as_deref().and_then(xdp_drop_mode) else { return };
+        let (Some(netns), Some(ifindex)) = (drop.netns, drop.ifindex) else { return };
+        if self.mtus.off {
+            return;
+        }
+        let now = drop.ts_ns;
+        {
+            let lookups = XDP_LOOKUPS.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, found)) = lookups.as_ref().and_then(|l| l.get(&(netns, ifindex))) {
+                if now.saturating_sub(*at) < XDP_LOOKUP_TTL_NS {
+                    drop.xdp = found.clone();
+                    return;
+                }
+            }
+        }
+        let found = self.netns_path(netns).and_then(|path| crate::probes::xdp::attached_program(&path, ifindex, mode));
+        let mut lookups = XDP_LOOKUPS.lock().unwrap_or_else(|e| e.into_inner());
+        let map = lookups.get_or_insert_with(HashMap::new);
+        if map.len() >= XDP_LOOKUPS_MAX {
+            map.clear();
+        }
+        map.insert((netns, ifindex), (now, found.clone()));
+        drop.xdp = found;
+    }
+}

@@ -366,6 +366,7 @@ mod tests {
             task: Some(Task { pid, tid: pid + 1, comm: comm.into() }),
             packet_len: None,
             egress: None,
+            xdp: None,
         }
     }
 

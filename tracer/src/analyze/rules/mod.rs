@@ -14,6 +14,7 @@ mod tunnel_mtu_exceeded;
 mod veth_mac_changed;
 mod xdp_aborted;
 mod xdp_attach_failed;
+mod xdp_drop;
 
 use std::collections::BTreeMap;
 
@@ -41,6 +42,7 @@ pub fn all() -> Vec<Box<dyn Rule + Send>> {
         Box::new(br_netfilter_missing::BrNetfilterMissing),
         Box::new(xdp_attach_failed::XdpAttachFailed),
         Box::new(xdp_aborted::XdpAborted),
+        Box::new(xdp_drop::XdpDrop),
         Box::new(tunnel_mtu_exceeded::TunnelMtuExceeded),
         Box::new(packet_drop::PacketDrop),
     ]

@@ -53,6 +53,7 @@ fn drop(reason: &str, netns: u32, flow: Flow, ts: u64) -> Event {
         task: None,
         packet_len: None,
         egress: None,
+        xdp: None,
     })
 }
 
