@@ -420,3 +420,61 @@ fn the_failing_probes_of_dptrace_check_are_not_findings() {
         assert_eq!(rules_of(&findings(&failed_wireguard_create(comm))), Vec::<&str>::new(), "{comm}");
     }
 }
+
+/// The ICMP redirect a node sends about a connection it NATs (hairpin through a bridge that
+/// skips iptables), dropped by the NAT core, not by a rule.
+fn nat_redirect_drop(ts: u64) -> Event {
+    let mut redirect = flow("icmp", "10.88.0.1", 0, "10.88.0.3", 0, None);
+    (redirect.sport, redirect.dport, redirect.icmp_type, redirect.icmp_code) = (None, None, Some(5), Some(1));
+    drop("NETFILTER_DROP", SERVER_NS, redirect, ts)
+}
+
+#[test]
+fn the_nat_cores_redirect_drops_are_no_netfilter_error_but_a_drop_rule_still_is() {
+    let masquerade = counter(
+        SERVER_NS,
+        "POSTROUTING",
+        Verdict::Masquerade,
+        RuleMatch { src: Some("10.88.0.0/16".into()), ..Default::default() },
+        "-A NETAVARK-1D8721804F16F ! -d 224.0.0.0/4 -j MASQUERADE",
+    );
+    let severity_of = |f: &[Finding], rule: &str| f.iter().find(|f| f.rule == rule).map(|f| f.severity);
+    // Without NAT in the namespace, a netfilter drop of a redirect is not explained: an error.
+    let f = findings(&[nat_redirect_drop(1)]);
+    assert_eq!(severity_of(&f, "netfilter-drop"), Some(crate::analyze::Severity::Error));
+    // With NAT rules that matched packets: the NAT core's drop, info.
+    let f = findings(&[nat_redirect_drop(1), masquerade.clone()]);
+    assert_eq!(rules_of(&f), ["netfilter-drop"]);
+    assert_eq!(severity_of(&f, "netfilter-drop"), Some(crate::analyze::Severity::Info));
+    // A DROP rule for ICMP whose counter moved still names the rule, as an error.
+    let icmp_drop = counter(
+        SERVER_NS,
+        "OUTPUT",
+        Verdict::Drop,
+        RuleMatch { l4: Some("icmp".into()), ..Default::default() },
+        "-A OUTPUT -p icmp -j DROP",
+    );
+    let f = findings(&[nat_redirect_drop(1), masquerade.clone(), icmp_drop]);
+    assert_eq!(severity_of(&f, "netfilter-drop"), Some(crate::analyze::Severity::Error));
+    // A bridge that skipped iptables in the namespace explains them: folded into its warning.
+    let bridge = Event::Bridge(BridgeState {
+        time: "t".into(),
+        ts_ns: 5,
+        netns: SERVER_NS,
+        netns_name: Some("node".into()),
+        pod: None,
+        bridge: "podman0".into(),
+        ports: vec!["veth0".into(), "veth1".into()],
+        packets: 24,
+        br_netfilter_loaded: true,
+        call_iptables: Some(false),
+        call_ip6tables: Some(false),
+        bridge_nf_call_iptables: Some(false),
+        bridge_nf_call_ip6tables: Some(false),
+    });
+    let f = findings(&[nat_redirect_drop(1), nat_redirect_drop(2), masquerade, bridge]);
+    assert_eq!(rules_of(&f), ["br-netfilter-missing"]);
+    let missing = the(&f, "br-netfilter-missing");
+    assert!(missing.summary.contains("2 ICMP redirect(s)"), "{}", missing.summary);
+    assert!(missing.evidence.iter().any(|e| matches!(e, Event::Drop(_))), "{:?}", missing.evidence);
+}
