@@ -298,7 +298,11 @@ fn xdp_filter_drops_a_port(mode: &str) {
     field::record(
         "xdp-tools",
         &format!("xdp-filter load --mode {mode}, port N, UDP to N from a peer"),
-        &format!("warning xdp-drop naming {} (id), {} mode, the device, xdp-filter, the flow, its count", prog.1, mode),
+        &format!(
+            "warning xdp-drop naming {} (id), {} mode, the device, xdp-filter, the flow, xdp-filter's own drop count",
+            prog.1,
+            if mode == "skb" { "generic" } else { "native" }
+        ),
     );
 }
 

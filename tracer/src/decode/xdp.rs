@@ -348,8 +348,9 @@ pub fn xdp_drop_mode(function: &str) -> Option<&'static str> {
 /// Lookups of attached programs, per (netns inode, ifindex): when, and what was found.
 /// Bounded; an entry is trusted for [`XDP_LOOKUP_TTL_NS`] (programs get replaced, and a
 /// namespace inode may be reused).
-static XDP_LOOKUPS: std::sync::Mutex<Option<HashMap<(u32, u32), (u64, Option<XdpAttachment>)>>> =
-    std::sync::Mutex::new(None);
+/// (netns inode, ifindex) → (when looked up, what was found).
+type XdpLookups = HashMap<(u32, u32), (u64, Option<XdpAttachment>)>;
+static XDP_LOOKUPS: std::sync::Mutex<Option<XdpLookups>> = std::sync::Mutex::new(None);
 const XDP_LOOKUP_TTL_NS: u64 = 1_000_000_000;
 const XDP_LOOKUPS_MAX: usize = 256;
 

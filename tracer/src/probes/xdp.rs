@@ -386,7 +386,7 @@ fn attached_here(ifindex: u32, mode: &'static str) -> Option<(&'static str, u32)
         let (mut attached, mut single, mut drv, mut skb, mut hw) = (None, None, None, None, None);
         for attr in xdp {
             match attr {
-                LinkXdp::Attached(a) => attached = Some(a.clone()),
+                LinkXdp::Attached(a) => attached = Some(*a),
                 LinkXdp::ProgId(id) => single = Some(*id),
                 LinkXdp::DrvProgId(id) => drv = Some(*id),
                 LinkXdp::SkbProgId(id) => skb = Some(*id),

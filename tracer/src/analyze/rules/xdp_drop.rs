@@ -144,11 +144,10 @@ fn attach_of<'a>(state: &'a Correlated, g: &DropGroup, mode: &str) -> Option<&'a
         .filter(|o| o.request.ts_ns <= g.first.ts_ns && o.errno() == Some(0))
         .filter(|o| o.request.xdp.as_ref().is_some_and(|x| x.fd >= 0 && (x.mode == mode || x.mode == "any")))
         .filter(|o| o.request.actor.netns == g.key.netns)
-        .filter(|o| match (o.request.ifindex, g.first.ifindex) {
+        .rfind(|o| match (o.request.ifindex, g.first.ifindex) {
             (Some(a), Some(b)) if a != 0 => a == b,
             _ => o.request.ifname.is_some() && o.request.ifname == g.key.device,
         })
-        .next_back()
 }
 
 #[cfg(test)]
