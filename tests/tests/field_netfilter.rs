@@ -421,6 +421,12 @@ fn kube_proxy_node(restore: &str, api_has_endpoint: bool) -> (Node, Service, Ser
 }
 
 /// `severity rule (table chain: rule)` of a finding, for the field table.
+/// `per_run` replaces this run's random values (addresses, names, ports) with placeholders, so
+/// the table's row says what dptrace said without changing on every run.
+fn said_as(f: &Value, per_run: &[(&str, &str)]) -> String {
+    per_run.iter().fold(said(f), |text, (value, placeholder)| text.replace(value, placeholder))
+}
+
 fn said(f: &Value) -> String {
     let nf = &f["netfilter"];
     let place = match nf["chain"].as_str() {
@@ -485,7 +491,14 @@ fn service_without_endpoints((restore, backend): (&str, &str)) {
         &format!(
             "kube-proxy (iptables mode) + flannel rulesets via `{restore} --noflush`; a pod calls a Service without endpoints"
         ),
-        &said(rejected),
+        &said_as(
+            rejected,
+            &[
+                (&api.vip, "<cluster-ip>"),
+                (&api.port_name(), "<ns>/<svc>:<port>"),
+                (&format!("--dport {} ", api.port), "--dport <port> "),
+            ],
+        ),
     );
 }
 
@@ -786,7 +799,7 @@ fn netavark_hairpin_with_br_netfilter_off() {
     field::record(
         "netavark",
         "setup (bridge, published port) in a node netns with bridge-nf-call-iptables=0; a container calls another through the published port; teardown",
-        &format!("{result} (the node's {} ICMP redirect drop(s) folded in, no netfilter-drop)", redirects.len()),
+        &format!("{result} (the node's ICMP redirect drops folded in, no netfilter-drop)"),
     );
 }
 
