@@ -119,7 +119,9 @@ fn describe(program: Option<&XdpAttachment>) -> String {
             let runs = p.run_count.map(|n| format!(", {n} runs")).unwrap_or_default();
             format!("{name} (id {}{tag}{runs})", p.prog_id)
         }
-        None => "(not found: detached before it could be read)".into(),
+        // Detached before the drop was decoded, a namespace without a name to enter it by,
+        // or a recorded session replayed offline.
+        None => "(not read from the kernel)".into(),
     }
 }
 
