@@ -91,6 +91,28 @@ pub fn assert_no_alarms(lines: &[Value], what: &str) -> usize {
     all.len()
 }
 
+/// Whether a finding is about this test's namespaces (names starting with `prefix`), the
+/// root namespace, or no namespace at all: what a test that shares the machine with other
+/// tests (each making faults of its own in namespaces of other names) must answer for.
+pub fn is_about(finding: &Value, prefix: &str) -> bool {
+    match finding["place"]["netns_name"].as_str() {
+        Some(name) => name.starts_with(prefix),
+        None => finding["place"]["netns"].as_u64().is_none_or(|n| Some(n) == root_netns()),
+    }
+}
+
+/// The inode of the network namespace this test runs in (the root one).
+fn root_netns() -> Option<u64> {
+    let link = std::fs::read_link("/proc/self/ns/net").ok()?;
+    link.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// [`assert_no_alarms`] for the findings [`is_about`] the test's namespaces.
+pub fn assert_no_alarms_about(lines: &[Value], prefix: &str, what: &str) -> usize {
+    let ours: Vec<Value> = lines.iter().filter(|v| v["type"] != "finding" || is_about(v, prefix)).cloned().collect();
+    assert_no_alarms(&ours, what)
+}
+
 /// The findings of `rule`.
 pub fn findings_of<'a>(lines: &'a [Value], rule: &str) -> Vec<&'a Value> {
     lines.iter().filter(|v| v["type"] == "finding" && v["rule"] == rule).collect()

@@ -46,6 +46,11 @@ pub const ALLOWED: &[Allowed] = &[
         holds: || link_kinds_work(&["vxlan"]).map(|works| !works),
     },
     Allowed {
+        reason: "kernel-lacks-ipvlan",
+        fact: "the kernel refuses to create ipvlan links (on a veth parent)",
+        holds: || ipvlan_works().map(|works| !works),
+    },
+    Allowed {
         reason: "no-kernel-btf",
         fact: "the kernel has no BTF (/sys/kernel/btf/vmlinux)",
         holds: || Ok(!Path::new("/sys/kernel/btf/vmlinux").exists()),
@@ -122,6 +127,26 @@ fn has_kprobes() -> bool {
 }
 
 /// Whether links of every one of `kinds` can be created, tried in a scratch namespace.
+/// Whether an ipvlan link can be made on a veth in a scratch namespace (ipvlan needs a parent).
+fn ipvlan_works() -> Result<bool, String> {
+    let ns = format!("dptskipfact-iv-{}", std::process::id());
+    let ip = |args: &[&str]| Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"));
+    let added = ip(&["netns", "add", &ns])?;
+    if !added.status.success() {
+        return Err(format!("ip netns add: {}", String::from_utf8_lossy(&added.stderr).trim()));
+    }
+    let works = ip(&["-n", &ns, "link", "add", "p0", "type", "veth", "peer", "name", "p1"]).and_then(|veth| {
+        if !veth.status.success() {
+            return Err(format!("a veth for the ipvlan parent: {}", String::from_utf8_lossy(&veth.stderr).trim()));
+        }
+        Ok(ip(&["-n", &ns, "link", "add", "link", "p0", "name", "iv0", "type", "ipvlan", "mode", "l2"])?
+            .status
+            .success())
+    });
+    let _ = ip(&["netns", "del", &ns]);
+    works
+}
+
 fn link_kinds_work(kinds: &[&str]) -> Result<bool, String> {
     let ns = format!("dptskipfact-{}", std::process::id());
     let ip = |args: &[&str]| Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"));

@@ -318,7 +318,11 @@ impl Correlated {
                     });
                 }
             }
-            let fully_up = |s: &LinkState| s.up && s.carrier && s.change != "deleted";
+            // A bridge has carrier while one of its ports forwards: it loses it whenever its
+            // last pod leaves and gets it back with the next, which is churn, not a flap (a
+            // flapping uplink port shows on the port itself).
+            let is_bridge = h.link_kind.as_deref() == Some("bridge");
+            let fully_up = |s: &LinkState| s.up && (s.carrier || is_bridge) && s.change != "deleted";
             if !fully_up(before) && fully_up(after) && before.change != "deleted" {
                 h.ups.push(Transition { ts_ns: after.ts_ns, time: after.time.clone(), by: None });
             }

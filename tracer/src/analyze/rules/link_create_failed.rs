@@ -4,6 +4,10 @@
 //!
 //! Evidence: an RTM_NEWLINK create request answered with an errno other than EOPNOTSUPP
 //! (syscall tracepoints), and the kernel's extended-ack text (netlink_extack).
+//!
+//! Not a failure: "create, and if it exists use it" — the CNI bridge plugin asks to create
+//! its bridge on every ADD, gets EEXIST, and goes on with the existing one. An EEXIST create
+//! that the same process follows with a successful request on a link of that name is that.
 
 use std::collections::BTreeMap;
 
@@ -30,7 +34,9 @@ impl Rule for LinkCreateFailed {
         let mut groups: BTreeMap<GroupKey, Vec<&LinkOutcome>> = BTreeMap::new();
         for o in state.link_outcomes() {
             match (o.request.op.as_ref(), o.errno()) {
-                ("create", Some(errno)) if errno != 0 && errno != link_kind_unsupported::ERRNO => {
+                ("create", Some(errno))
+                    if errno != 0 && errno != link_kind_unsupported::ERRNO && !reused_existing(state, o) =>
+                {
                     let key =
                         (o.request.link_kind.clone(), o.request.ifname.clone(), errno, o.request.actor.comm.clone());
                     groups.entry(key).or_default().push(o);
@@ -61,6 +67,28 @@ impl Rule for LinkCreateFailed {
             })
             .collect()
     }
+}
+
+/// How soon after its EEXIST a process must use the existing link for the create to count as
+/// "create or reuse".
+const REUSE_WINDOW_NS: u64 = 2_000_000_000;
+
+/// An EEXIST create followed, by the same process and within [`REUSE_WINDOW_NS`], by a
+/// successful request on a link of the name it asked for.
+fn reused_existing(state: &Correlated, failed: &LinkOutcome) -> bool {
+    if failed.errno() != Some(nix::libc::EEXIST) || failed.request.ifname.is_none() {
+        return false;
+    }
+    let r = &failed.request;
+    state.link_outcomes().iter().any(|o| {
+        o.request.actor.pid == r.actor.pid
+            && o.request.ts_ns > r.ts_ns
+            && o.request.ts_ns - r.ts_ns <= REUSE_WINDOW_NS
+            && o.request.op != "create"
+            && o.request.ifname == r.ifname
+            // No answer is success too: netlink reports errors whether or not an ack was asked for.
+            && matches!(o.errno(), None | Some(0))
+    })
 }
 
 fn advice(errno: i32, what: &str) -> String {

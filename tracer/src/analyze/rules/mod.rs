@@ -386,4 +386,6 @@ pub(crate) fn describe_kernel_verdict(v: &NfVerdict) -> String {
 }
 
 #[cfg(test)]
+mod link_tests;
+#[cfg(test)]
 mod tests;

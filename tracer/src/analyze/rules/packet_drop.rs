@@ -76,16 +76,34 @@ fn expected(state: &Correlated, g: &DropGroup) -> Option<&'static str> {
         }
         // Multicast and broadcast a bridge sends while it has no port to send them to (its own
         // IPv6 MLD and neighbour discovery after the last pod left): noise, nobody is missing.
-        "NO_TX_TARGET" => {
-            let flow = g.first.flow.as_ref();
-            let group_addressed = flow.is_none_or(|f| match f.dst {
-                IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
-                IpAddr::V6(a) => a.is_multicast(),
-            });
-            group_addressed.then_some("multicast or broadcast the bridge had no port to send to (expected)")
+        "NO_TX_TARGET" => group_addressed(g)
+            .then_some("multicast or broadcast the bridge had no port to send to (expected)"),
+        // A bridge without ports has no carrier, and the kernel parks a device without carrier
+        // on the no-op qdisc: the IGMP/MLD reports it sends meanwhile are dropped there.
+        "QDISC_DROP" => {
+            let history = state.link_history(g.first.netns?, g.first.ifindex?)?;
+            (group_addressed(g) && history.link_kind.as_deref() == Some("bridge"))
+                .then_some("multicast a bridge sent while it had no port, so no carrier (expected)")
+        }
+        // IPv6 neighbour discovery and MLD that a link sends before (or after) it has IPv6
+        // routes: a pod's new eth0 announcing itself, a device going away. Noise.
+        "IP_INNOROUTES" | "IP_OUTNOROUTES" => {
+            let flow = g.first.flow.as_ref()?;
+            let link_local_multicast = matches!(flow.dst, IpAddr::V6(a) if a.segments()[0] == 0xff02);
+            let control = flow.l4 == "icmpv6" && flow.icmp_type.is_some_and(|t| (130..=143).contains(&t));
+            (link_local_multicast && control)
+                .then_some("IPv6 neighbour discovery or MLD on a link without IPv6 routes (expected)")
         }
         _ => None,
     }
+}
+
+/// Multicast or broadcast (or not IP at all, such as ARP): nobody in particular misses it.
+fn group_addressed(g: &DropGroup) -> bool {
+    g.first.flow.as_ref().is_none_or(|f| match f.dst {
+        IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_multicast(),
+    })
 }
 
 /// What an operator can do about common drop reasons.

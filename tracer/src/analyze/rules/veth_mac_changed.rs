@@ -19,6 +19,11 @@ use crate::kernel::KernelSummary;
 
 pub struct VethMacChanged;
 
+/// The same cause: the host veth's namespace, the creator's and the second writer's comm.
+type Cause = (u32, Option<String>, Option<String>);
+/// MAC changes of one cause, in the order they happened.
+type Occurrences<'a> = Vec<(&'a LinkHistory, &'a MacChange)>;
+
 impl Rule for VethMacChanged {
     fn id(&self) -> &'static str {
         "veth-mac-changed"
@@ -26,7 +31,7 @@ impl Rule for VethMacChanged {
 
     fn evaluate(&self, state: &Correlated, _kernel: &KernelSummary) -> Vec<Finding> {
         // Changes by a second writer, grouped by where and by whom: the same cause, repeated.
-        let mut groups: Vec<((u32, Option<String>, Option<String>), Vec<(&LinkHistory, &MacChange)>)> = Vec::new();
+        let mut groups: Vec<(Cause, Occurrences)> = Vec::new();
         for h in state.link_histories() {
             if h.link_kind.as_deref() != Some("veth") || !h.created_here {
                 continue;
