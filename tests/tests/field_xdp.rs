@@ -110,27 +110,7 @@ impl Pair {
         sh("ip", &["-n", &pair.peer, "addr", "add", &format!("{}/24", pair.peer_ip), "dev", &pair.peer_dev]);
         sh("ip", &["-n", &pair.node, "link", "set", &pair.dev, "up"]);
         sh("ip", &["-n", &pair.peer, "link", "set", &pair.peer_dev, "up"]);
-        pair.settle();
         pair
-    }
-
-    /// Waits until both ends finished IPv6 duplicate address detection, and a second more:
-    /// a link coming up sends MLD reports and DAD probes, and the other end, still coming up
-    /// itself, drops some of them (IP_INNOROUTES in ip6_pkt_discard). That is the setup of
-    /// the node, not the scenario: the session starts on a node that is already up, as an
-    /// operator's would. (That dptrace warns about those drops is reported to the lead.)
-    fn settle(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        for ns in [&self.node, &self.peer] {
-            loop {
-                let out = Command::new("ip").args(["-n", ns, "-6", "addr", "show", "tentative"]).output().unwrap();
-                if out.stdout.is_empty() || std::time::Instant::now() > deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        std::thread::sleep(Duration::from_secs(1));
     }
 
     /// Runs `script` with `sh -c` in the node namespace after mounting a bpffs there (one
