@@ -31,7 +31,9 @@ impl Rule for PacketDrop {
         let candidates = state
             .drop_groups()
             .into_iter()
-            .filter(|g| g.key.reason.as_deref().is_none_or(|r| !EXPLAINED_REASONS.contains(&r)));
+            .filter(|g| g.key.reason.as_deref().is_none_or(|r| !EXPLAINED_REASONS.contains(&r)))
+            // XDP_DROPs of a program on the device: rule xdp-drop names the program.
+            .filter(|g| !super::xdp_drop::explained_by_xdp_drop(g));
         group_by(candidates, |g| (g.key.reason.clone(), g.key.function.clone(), g.key.netns, expected(state, g)))
             .into_iter()
             .map(|groups| {
@@ -76,8 +78,9 @@ fn expected(state: &Correlated, g: &DropGroup) -> Option<&'static str> {
         }
         // Multicast and broadcast a bridge sends while it has no port to send them to (its own
         // IPv6 MLD and neighbour discovery after the last pod left): noise, nobody is missing.
-        "NO_TX_TARGET" => group_addressed(g)
-            .then_some("multicast or broadcast the bridge had no port to send to (expected)"),
+        "NO_TX_TARGET" => {
+            group_addressed(g).then_some("multicast or broadcast the bridge had no port to send to (expected)")
+        }
         // A bridge without ports has no carrier, and the kernel parks a device without carrier
         // on the no-op qdisc: the IGMP/MLD reports it sends meanwhile are dropped there.
         "QDISC_DROP" => {
