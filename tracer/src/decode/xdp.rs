@@ -332,6 +332,11 @@ pub struct XdpAttachment {
     /// Runs counted by the kernel (only while `kernel.bpf_stats_enabled` is 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_count: Option<u64>,
+    /// The programs it runs as freplace components (libxdp's `xdp_dispatcher` runs the
+    /// loaders' programs so), as `name (id N)`, in link order: those decide, not the
+    /// dispatcher.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<String>,
 }
 
 /// The XDP mode whose program frees a packet in `function` when it returns XDP_DROP (or

@@ -1,6 +1,7 @@
 //! What the running kernel offers, read at run time: tracefs formats, BTF, kallsyms,
 //! drop-reason names, namespace names. Nothing about kernel layout is compiled in.
 
+pub mod bpf_links;
 pub mod btf;
 pub mod cgroups;
 pub mod drop_reasons;

@@ -336,13 +336,20 @@ pub fn attached_program(
         .ok()
         .flatten()
     })?;
-    let info = aya::programs::loaded_programs().filter_map(Result::ok).find(|p| p.id() == prog_id);
+    let programs: Vec<aya::programs::ProgramInfo> = aya::programs::loaded_programs().filter_map(Result::ok).collect();
+    let info = programs.iter().find(|p| p.id() == prog_id);
+    let name_of = |id: u32| {
+        let name = programs.iter().find(|p| p.id() == id).and_then(|p| p.name_as_str()).unwrap_or("");
+        format!("{} (id {id})", if name.is_empty() { "(unnamed)" } else { name })
+    };
+    let components = crate::kernel::bpf_links::freplace_programs_of(prog_id).into_iter().map(name_of).collect();
     Some(crate::decode::xdp::XdpAttachment {
         mode: found_mode.into(),
         prog_id,
         prog_name: info.as_ref().and_then(|p| p.name_as_str().map(str::to_string)).filter(|n| !n.is_empty()),
         prog_tag: info.as_ref().map(|p| format!("{:016x}", p.tag())),
         run_count: info.as_ref().map(|p| p.run_count()).filter(|&n| n > 0),
+        components,
     })
 }
 

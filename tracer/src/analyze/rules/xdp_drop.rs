@@ -117,7 +117,9 @@ fn describe(program: Option<&XdpAttachment>) -> String {
             let name = p.prog_name.as_deref().unwrap_or("(unnamed)");
             let tag = p.prog_tag.as_deref().map(|t| format!(", tag {t}")).unwrap_or_default();
             let runs = p.run_count.map(|n| format!(", {n} runs")).unwrap_or_default();
-            format!("{name} (id {}{tag}{runs})", p.prog_id)
+            let components =
+                if p.components.is_empty() { String::new() } else { format!(" running {}", p.components.join(", ")) };
+            format!("{name} (id {}{tag}{runs}){components}", p.prog_id)
         }
         // Detached before the drop was decoded, a namespace without a name to enter it by,
         // or a recorded session replayed offline.
@@ -204,7 +206,23 @@ mod tests {
             prog_name: Some("xdpfilt_dny_udp".into()),
             prog_tag: Some("0123456789abcdef".into()),
             run_count: None,
+            components: vec![],
         }
+    }
+
+    #[test]
+    fn a_dispatcher_is_named_with_the_programs_it_runs() {
+        let dispatcher = XdpAttachment {
+            prog_name: Some("xdp_dispatcher".into()),
+            components: vec!["xdpfilt_dny_udp (id 322)".into()],
+            ..prog("native")
+        };
+        let found = findings(&[xdp_drop("veth_xdp_rcv_skb", 1, Some(dispatcher))]);
+        assert!(
+            found[0].summary.contains("xdp_dispatcher (id 321, tag 0123456789abcdef) running xdpfilt_dny_udp (id 322)"),
+            "{}",
+            found[0].summary
+        );
     }
 
     fn findings(events: &[Event]) -> Vec<Finding> {
