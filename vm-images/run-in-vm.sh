@@ -24,6 +24,23 @@
 #   --exclude-module NAME   Leave NAME.ko (and modules that depend on it) out
 #                           of the initramfs and do not modprobe it: the guest
 #                           behaves like a kernel built without it.  Repeatable.
+#   --field COMPONENT       Put a real component of the field suite into the
+#                           guest (guests/field.sh drives it).  Repeatable.
+#                           udev: systemd-udevd, udevadm and the stock rules and
+#                           .link files of Debian's `udev` package (downloaded
+#                           with `apt-get download` and unpacked, never
+#                           installed on the host); cni: the host's
+#                           containernetworking-plugins (bridge, host-local,
+#                           loopback); wg-quick: the host's wireguard-tools
+#                           wg-quick (wg is always there); firewalld: Debian's
+#                           firewalld, python3-firewall and python3-nftables
+#                           (downloaded and unpacked like udev) with the
+#                           host's /usr shared read-only into the guest
+#                           (QEMU -virtfs, tag hostusr) for python3, dbus and
+#                           the libraries: guests/field.sh runs it in a chroot
+#                           whose /usr is an overlay of the two.  Each
+#                           component's package control fields go to
+#                           /usr/share/dptrace-field/PACKAGE.control.
 #   --timeout SECS          Kill QEMU after SECS seconds (default 600).
 #   -h, --help              Show this help.
 #
@@ -81,6 +98,7 @@ KERNEL_DIR=""
 COPIES=()
 EXTRA_MODULES=()
 EXCLUDE_MODULES=()
+FIELD=()
 TIMEOUT=600
 GUEST_SCRIPT=""
 while [ $# -gt 0 ]; do
@@ -95,6 +113,8 @@ while [ $# -gt 0 ]; do
     --module=*) EXTRA_MODULES+=("${1#*=}"); shift ;;
     --exclude-module) EXCLUDE_MODULES+=("${2:?--exclude-module needs a value}"); shift 2 ;;
     --exclude-module=*) EXCLUDE_MODULES+=("${1#*=}"); shift ;;
+    --field) FIELD+=("${2:?--field needs a value}"); shift 2 ;;
+    --field=*) FIELD+=("${1#*=}"); shift ;;
     --timeout) TIMEOUT="${2:?--timeout needs a value}"; shift 2 ;;
     --timeout=*) TIMEOUT="${1#*=}"; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -107,6 +127,15 @@ done
 [ -n "$GUEST_SCRIPT" ] || { usage >&2; die "missing GUEST_SCRIPT"; }
 [ -f "$GUEST_SCRIPT" ] || die "GUEST_SCRIPT $GUEST_SCRIPT is not a file"
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds"
+for c in "${FIELD[@]}"; do
+  case "$c" in
+    udev|cni|wg-quick) ;;
+    # The 9p share of the host's /usr, the overlay over it, the nftables expressions
+    # firewalld's ruleset uses that the default set lacks (fib: its IPv6 rpfilter).
+    firewalld) EXTRA_MODULES+=(virtio_pci 9pnet_virtio 9p overlay nft_fib_inet nft_fib_ipv4 nft_fib_ipv6) ;;
+    *) die "--field: unknown component $c (udev, cni, wg-quick, firewalld)" ;;
+  esac
+done
 [ -z "$KERNEL_DIR" ] || [ -z "$KERNEL_PKG" ] || die "--kernel-dir and --kernel-pkg exclude each other"
 [ -z "$KERNEL_DIR" ] || [ -d "$KERNEL_DIR" ] || die "--kernel-dir $KERNEL_DIR is not a directory"
 
@@ -121,6 +150,14 @@ done
 # peers of lab scenario wireguard-overlay).  cpio is optional (busybox has one).
 ensure_pkgs qemu-system-x86 busybox-static iptables nftables iproute2 wireguard-tools bash gzip
 BUSYBOX="$(command -v busybox)" || die "busybox not found after installing busybox-static"
+# --field cni copies the host's CNI plugins.
+# --field firewalld runs python3, dbus-daemon and ping from the host's /usr: they must be there.
+for c in "${FIELD[@]}"; do
+  case "$c" in
+    cni) ensure_pkgs containernetworking-plugins ;;
+    firewalld) ensure_pkgs python3 python3-gi python3-dbus gir1.2-glib-2.0 dbus-daemon libnftables1 iputils-ping ;;
+  esac
+done
 
 # --------------------------------------------------- kernel package / cache
 mkdir -p "$CACHE/debs" "$CACHE/kernels"
@@ -211,6 +248,14 @@ else
   read -r _ KPKG_VERSION KVER <"$KDIR/.complete"
   KERNEL_DESC="$KERNEL_PKG $KPKG_VERSION"
 fi
+# The field suite's Debian packages (downloaded and unpacked once, under the same lock).
+declare -A FIELD_TREE=()
+for c in "${FIELD[@]}"; do
+  case "$c" in
+    udev) FIELD_TREE[udev]="$(field_tree udev udev)" ;;
+    firewalld) FIELD_TREE[firewalld]="$(field_tree firewalld firewalld python3-firewall python3-nftables)" ;;
+  esac
+done
 flock -u 9
 
 VMLINUZ="$KDIR/boot/vmlinuz-$KVER"
@@ -397,6 +442,69 @@ for spec in "${COPIES[@]}"; do
   done < <(find "$src" -type f -perm -u+x -print0)
 done
 
+# --field COMPONENT: the field suite's real components, with their libraries and the
+# control fields of the package they come from (guests/field.sh reports its version).
+FIELD_INFO="$ROOT/usr/share/dptrace-field"
+QEMU_EXTRA=()
+field_control_of_installed() {   # the host's installed package's control fields
+  mkdir -p "$FIELD_INFO"
+  dpkg-query -s "$1" >"$FIELD_INFO/$1.control" || die "--field: Debian package $1 is not installed on the host"
+}
+field_copy() {   # field_copy HOST-PATH...: same path in the guest, plus ldd libraries
+  local f
+  for f in "$@"; do
+    [ -e "$f" ] || die "--field: $f does not exist"
+    rm -f "$ROOT$f"
+    copy_same_path "$f"
+    is_dynamic_elf "$f" && copy_libs "$f"
+  done
+  return 0
+}
+for c in "${FIELD[@]}"; do
+  case "$c" in
+    udev)
+      # The whole package (rules, .link files, helpers) but its hardware database, which
+      # only describes devices: systemd-udevd acts on new devices as on a Debian node.
+      tree="${FIELD_TREE[udev]}"
+      (cd "$tree" && find . -path ./.control -prune -o -path ./usr/lib/udev/hwdb.d -prune \
+         -o \( -type f -o -type l \) -print) | while read -r f; do
+        mkdir -p "$ROOT/$(dirname "$f")"
+        cp -a "$tree/$f" "$ROOT/$f"
+      done
+      while IFS= read -r -d '' f; do
+        is_dynamic_elf "$f" && copy_libs "$f"
+      done < <(find "$tree/usr" -type f -perm -u+x -print0)
+      mkdir -p "$FIELD_INFO" && cp "$tree/.control/udev" "$FIELD_INFO/udev.control"
+      ;;
+    cni)
+      field_copy /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback
+      field_control_of_installed containernetworking-plugins
+      ;;
+    wg-quick)
+      field_copy /usr/bin/wg-quick
+      field_control_of_installed wireguard-tools
+      ;;
+    firewalld)
+      # The packages' /usr (the overlay's upper lower layer over the host's /usr) and /etc,
+      # plus what the host's programs need from /etc: the alternatives (iptables), the users
+      # dbus-daemon runs as, the name databases, the loader's cache.
+      tree="${FIELD_TREE[firewalld]}"
+      dst="$ROOT/usr/lib/dptrace-field/firewalld"
+      mkdir -p "$dst/etc"
+      cp -a "$tree/usr" "$dst/usr"
+      cp -a "$tree/etc/." "$dst/etc/"
+      for f in /etc/alternatives /etc/protocols /etc/services /etc/ethertypes /etc/nsswitch.conf \
+               /etc/ld.so.cache /etc/ld.so.conf /etc/ld.so.conf.d; do
+        if [ -e "$f" ]; then cp -a "$f" "$dst/etc/"; fi
+      done
+      grep -E '^(root|messagebus):' /etc/passwd >"$dst/etc/passwd"
+      grep -E '^(root|messagebus):' /etc/group >"$dst/etc/group"
+      mkdir -p "$FIELD_INFO" && cp "$tree/.control/firewalld" "$FIELD_INFO/firewalld.control"
+      QEMU_EXTRA+=(-virtfs "local,path=/usr,mount_tag=hostusr,security_model=none,readonly=on,multidevs=remap")
+      ;;
+  esac
+done
+
 cp "$GUEST_SCRIPT" "$ROOT/guest.sh"
 
 # /init runs under busybox sh.  Everything it prints goes to the serial
@@ -467,7 +575,7 @@ run_qemu() {
   timeout -k 10 "$TIMEOUT" qemu-system-x86_64 "$@" \
     -m "${DPTRACE_VM_MEM:-1024}" -smp "${DPTRACE_VM_SMP:-2}" \
     -nographic -no-reboot -nic none \
-    -kernel "$VMLINUZ" -initrd "$INITRD" \
+    -kernel "$VMLINUZ" -initrd "$INITRD" "${QEMU_EXTRA[@]}" \
     -append "console=ttyS0 panic=-1 quiet ${DPTRACE_VM_APPEND:-}" \
     </dev/null 2>&1 | sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' \
     | tee "$LOG"

@@ -25,6 +25,8 @@
 # Settings (environment, or /etc/dptrace-matrix.env in the guest):
 #   DPTRACE                  the binary (default: dptrace from PATH)
 #   DPTRACE_MATRIX_BACKENDS  forced runs, space-separated FAMILY=NAME (default below)
+#   DPTRACE_FIELD            field scenarios guests/field.sh runs at the end (VM only; xtask
+#                            copies field.sh to /usr/lib/dptrace-field/field.sh)
 #   DPTRACE_MATRIX_HOST=1    not in a throwaway VM: leave tracefs and printk alone
 set -u
 [ -f /etc/dptrace-matrix.env ] && . /etc/dptrace-matrix.env
@@ -228,6 +230,12 @@ if make_topology; then
   done
 else
   echo "FAIL: could not build the client/server namespaces"
+fi
+# The field suite's VM part: real components that act on the whole machine (systemd-udevd,
+# firewalld) or need this kernel (wg-quick without WireGuard), where matrix.toml's
+# `[kernel.expect] field` lists scenarios for this row (run-in-vm.sh --field put them here).
+if [ $IN_VM = 1 ] && [ -n "${DPTRACE_FIELD:-}" ]; then
+  bash /usr/lib/dptrace-field/field.sh
 fi
 echo "DPTRACE-MATRIX-DONE"
 exit 0

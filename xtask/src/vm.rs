@@ -15,6 +15,7 @@
 //! that fails fails that kernel's row.
 
 mod evidence;
+mod field;
 
 use std::{
     collections::BTreeMap,
@@ -34,6 +35,9 @@ use crate::step;
 
 const MATRIX: &str = "vm-images/matrix.toml";
 const GUEST_SCRIPT: &str = "vm-images/guests/matrix.sh";
+/// The field suite's guest script; matrix.sh runs it from here at its end.
+const FIELD_SCRIPT: &str = "vm-images/guests/field.sh";
+const FIELD_SCRIPT_IN_GUEST: &str = "/usr/lib/dptrace-field/field.sh";
 const RUN_IN_VM: &str = "vm-images/run-in-vm.sh";
 const BUILD_KERNEL: &str = "vm-images/build-kernel.sh";
 const KERNEL_CONFIGS: &str = "vm-images/kernel-configs";
@@ -86,6 +90,12 @@ pub fn vm_test(root: &Path, bin: &Path, args: &VmTestArgs) -> anyhow::Result<()>
         row.build = build;
         rows.push(row);
     }
+
+    // The field suite's table gets the rows of the field scenarios that passed; a kernel that
+    // ran replaces its rows from before.
+    let ran: Vec<String> = rows.iter().filter(|r| r.name != "host").map(|r| r.name.clone()).collect();
+    let field_rows: Vec<Value> = rows.iter().flat_map(|r| r.field_rows.iter().cloned()).collect();
+    crate::field::write_vm_results(root, &ran, field_rows)?;
 
     let report = Report { total_secs: started.elapsed().as_secs_f64(), dptrace: dptrace_version(bin), rows };
     let markdown = report.markdown();
@@ -170,6 +180,10 @@ struct Expect {
     /// BTF.
     #[serde(default)]
     degraded: Vec<String>,
+    /// Field scenarios (vm-images/guests/field.sh, judged by vm/field.rs) that must run in this
+    /// guest and pass: the real component's fault gives its finding, a healthy twin none.
+    #[serde(default)]
+    field: Vec<String>,
 }
 
 impl Expect {
@@ -198,6 +212,9 @@ impl Matrix {
 
     /// Catches mistakes in the file before anything boots.
     fn validate(&self) -> anyhow::Result<()> {
+        if !self.host.expect.field.is_empty() {
+            bail!("[host.expect] field: the field scenarios run only in the guests (they change the whole machine)");
+        }
         for (i, entry) in self.kernels.iter().enumerate() {
             let name = &entry.name;
             if self.kernels[..i].iter().any(|e| &e.name == name) {
@@ -217,6 +234,10 @@ impl Matrix {
             let expect = &entry.expect;
             if let Some(s) = expect.degraded.iter().find(|s| !expect.scenarios.contains(s)) {
                 bail!("kernel `{name}`: degraded scenario `{s}` is not in its `scenarios`");
+            }
+            if let Some(id) = expect.field.iter().find(|id| field::scenario(id).is_none()) {
+                let known: Vec<&str> = field::SCENARIOS.iter().map(|s| s.id).collect();
+                bail!("kernel `{name}`: no field scenario `{id}` (known: {})", known.join(", "));
             }
             if expect.btf == Some(true) && !expect.degraded.is_empty() {
                 bail!("kernel `{name}`: a kernel with BTF may not have degraded scenarios");
@@ -412,7 +433,14 @@ fn run_vm(
     let log = out_dir.join(format!("{}.log", entry.name));
     // Settings for the guest script, which sources /etc/dptrace-matrix.env.
     let env_file = out_dir.join(format!("{}.env", entry.name));
-    fs::write(&env_file, format!("DPTRACE_MATRIX_BACKENDS=\"{}\"\n", matrix.backends_for(&entry.expect).join(" ")))?;
+    fs::write(
+        &env_file,
+        format!(
+            "DPTRACE_MATRIX_BACKENDS=\"{}\"\nDPTRACE_FIELD=\"{}\"\n",
+            matrix.backends_for(&entry.expect).join(" "),
+            entry.expect.field.join(" ")
+        ),
+    )?;
     let timeout = entry.timeout_secs.unwrap_or(matrix.defaults.timeout_secs);
 
     let mut cmd = Command::new(root.join(RUN_IN_VM));
@@ -422,10 +450,14 @@ fn run_vm(
         .arg("--copy")
         .arg(format!("{}:/usr/bin/dptrace", bin.display()))
         .arg("--copy")
-        .arg(format!("{}:/etc/dptrace-matrix.env", env_file.display()))
-        .arg(root.join(GUEST_SCRIPT))
-        .stdout(fs::File::create(&log)?)
-        .stderr(Stdio::piped());
+        .arg(format!("{}:/etc/dptrace-matrix.env", env_file.display()));
+    if !entry.expect.field.is_empty() {
+        cmd.arg("--copy").arg(format!("{}:{FIELD_SCRIPT_IN_GUEST}", root.join(FIELD_SCRIPT).display()));
+        for component in field::components(&entry.expect.field) {
+            cmd.arg("--field").arg(component);
+        }
+    }
+    cmd.arg(root.join(GUEST_SCRIPT)).stdout(fs::File::create(&log)?).stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("cannot run {cmd:?}"))?;
     let (mut kernel, mut accel) = (None, None);
@@ -464,6 +496,8 @@ struct Console {
     modules_excluded: Vec<String>,
     /// Section -> pid of the process that sent its test traffic (`DPTRACE-MATRIX-SENDER`).
     senders: BTreeMap<String, u64>,
+    /// field.sh's `DPTRACE-FIELD-ROW` objects: a scenario's component, version, kernel.
+    field_rows: Vec<Value>,
 }
 
 #[derive(Debug, Default)]
@@ -498,6 +532,10 @@ impl Console {
                 console.modules_failed = words(list);
             } else if let Some(list) = marker(line, "DPTRACE-MODULES-EXCLUDED:") {
                 console.modules_excluded = words(list);
+            } else if let Some(row) = marker(line, "DPTRACE-FIELD-ROW ") {
+                if let Ok(row @ Value::Object(_)) = serde_json::from_str::<Value>(row) {
+                    console.field_rows.push(row);
+                }
             } else if let Some(sender) = marker(line, "DPTRACE-MATRIX-SENDER ") {
                 // `SECTION PID`
                 if let Some((section, pid)) = sender.rsplit_once(' ').and_then(|(s, p)| Some((s, p.parse().ok()?))) {
@@ -676,6 +714,13 @@ struct Row {
     features: BTreeMap<String, Feature>,
     backends: Vec<Outcome>,
     scenarios: Vec<Outcome>,
+    /// Field scenarios (vm/field.rs): `diagnosed` when the fault gave its finding or the
+    /// healthy twin stayed quiet, with the tool's own outcome.
+    field: Vec<Outcome>,
+    /// The field suite's table rows of the scenarios that passed (component, version,
+    /// scenario, kernel, result, matrix_row).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    field_rows: Vec<Value>,
     modules_failed: Vec<String>,
     modules_excluded: Vec<String>,
     /// The guest's sections that took measurable time, then `other` (initramfs, boot, the rest).
@@ -710,6 +755,8 @@ impl Row {
             features: BTreeMap::new(),
             backends: Vec::new(),
             scenarios: Vec::new(),
+            field: Vec::new(),
+            field_rows: Vec::new(),
             modules_failed: Vec::new(),
             modules_excluded: Vec::new(),
             stages: Vec::new(),
@@ -757,6 +804,7 @@ fn judge(name: &str, description: &str, expect: &Expect, run: RunOutput, in_vm: 
         .filter(|spec| !spec.ends_with(".stderr"))
         .map(|spec| backend_outcome(spec, &console, check.as_ref(), expect))
         .collect();
+    (row.field, row.field_rows) = field_outcomes(&console, expect, name);
     row.stages = stages(&console, run.secs);
     row.failures = expectation_failures(expect, &row, &console, check.as_ref(), run.exit, in_vm);
     if row.backends.iter().any(|o| o.name.starts_with("drops=") || o.name.starts_with("netfilter=")) {
@@ -766,7 +814,7 @@ fn judge(name: &str, description: &str, expect: &Expect, run: RunOutput, in_vm: 
     }
     // Failures name their scenario or backend first.
     let failures = &row.failures;
-    for outcome in row.scenarios.iter_mut().chain(row.backends.iter_mut()) {
+    for outcome in row.scenarios.iter_mut().chain(row.backends.iter_mut()).chain(row.field.iter_mut()) {
         let prefix = format!("{}: ", outcome.name);
         outcome.fails = failures.iter().any(|f| f.starts_with(&prefix));
     }
@@ -806,7 +854,13 @@ fn stages(console: &Console, total_secs: f64) -> Vec<Stage> {
     let mut stages: Vec<Stage> = Vec::new();
     for name in &console.order {
         let Some(ms) = console.sections[name].ms else { continue };
-        let stage = if name.starts_with("backend:") { "backends" } else { name.as_str() };
+        let stage = if name.starts_with("backend:") {
+            "backends"
+        } else if name.starts_with("field") {
+            "field"
+        } else {
+            name.as_str()
+        };
         match stages.iter_mut().find(|s| s.name == stage) {
             Some(s) => s.secs += ms as f64 / 1000.0,
             None => stages.push(Stage { name: stage.into(), secs: ms as f64 / 1000.0 }),
@@ -879,6 +933,72 @@ fn lab_outcomes(console: &Console, expect: &Expect) -> Vec<Outcome> {
         }
     }
     outcomes
+}
+
+/// One outcome per field scenario field.sh ran (section `field:ID`), plus a `not-run` one for
+/// every expected scenario it did not; and the table rows of those that passed: field.sh's
+/// `DPTRACE-FIELD-ROW`s for the scenario, with the verdict's text as `result`.
+fn field_outcomes(console: &Console, expect: &Expect, matrix_row: &str) -> (Vec<Outcome>, Vec<Value>) {
+    // A scenario field.sh repeated (a race it lost) counts once, with its last run.
+    let mut ran: Vec<&str> = Vec::new();
+    for id in console.order.iter().filter_map(|s| s.strip_prefix("field:")).filter(|id| !id.contains('.')) {
+        if !ran.contains(&id) {
+            ran.push(id);
+        }
+    }
+    let mut outcomes = Vec::new();
+    let mut rows = Vec::new();
+    for id in &ran {
+        let section = format!("field:{id}");
+        let output = console.json(&section);
+        let tool = field::Tool::new(console.lines(&format!("{section}.tool")));
+        let mut judgement = field::judge(id, &output, &tool);
+        if console.rc(&section).is_some_and(|rc| rc != 0) {
+            let why = console.error_line(&section).unwrap_or_default();
+            judgement.problems.push(format!("dptrace trace exited {}: {why}", exit_text(console.rc(&section))));
+        }
+        let of_scenario: Vec<&Value> = console.field_rows.iter().filter(|r| r["id"] == *id).collect();
+        if of_scenario.is_empty() {
+            judgement.problems.push("field.sh printed no DPTRACE-FIELD-ROW (component and version)".into());
+        }
+        let passed = judgement.problems.is_empty();
+        if passed {
+            for r in of_scenario {
+                let mut r = r.clone();
+                if let Some(obj) = r.as_object_mut() {
+                    obj.remove("id");
+                    obj.insert("result".into(), judgement.result.clone().into());
+                    obj.insert("matrix_row".into(), matrix_row.into());
+                }
+                rows.push(r);
+            }
+        }
+        let (verdict, detail) = if passed {
+            (Verdict::Diagnosed, judgement.result)
+        } else {
+            (Verdict::NotDiagnosed, judgement.problems.join("; "))
+        };
+        outcomes.push(Outcome::new(*id, verdict, expect.field.iter().any(|f| f == id), detail));
+    }
+    // Why a component's scenarios did not run: its setup's FAIL: lines.
+    let setup_failures: Vec<&str> = console
+        .order
+        .iter()
+        .filter(|s| s.starts_with("field-setup:") && !s.ends_with(".stderr"))
+        .flat_map(|s| console.lines(s))
+        .filter_map(|l| l.strip_prefix("FAIL: "))
+        .collect();
+    for id in expect.field.iter().filter(|id| !ran.contains(&id.as_str())) {
+        let why = if !console.sections.contains_key("field") {
+            "field.sh did not run (matrix.sh did not get to it)".to_string()
+        } else if !setup_failures.is_empty() {
+            format!("field.sh did not run it: {}", setup_failures.join("; "))
+        } else {
+            "field.sh did not run it".to_string()
+        };
+        outcomes.push(Outcome::new(id.clone(), Verdict::NotRun, true, why));
+    }
+    (outcomes, rows)
 }
 
 /// Judges the forced run `backend:FAMILY=NAME`.
@@ -967,7 +1087,9 @@ fn expectation_failures(
             failures.push(format!("BTF: expected {}, dptrace check says {}", yes_no(want), yes_no(got)));
         }
     }
-    for outcome in row.scenarios.iter().chain(&row.backends).filter(|o| o.expected && !o.verdict.is_good()) {
+    for outcome in
+        row.scenarios.iter().chain(&row.backends).chain(&row.field).filter(|o| o.expected && !o.verdict.is_good())
+    {
         failures.push(format!("{}: {}: {}", outcome.name, outcome.verdict.label(), outcome.detail));
     }
     // A degraded diagnosis is what a kernel without BTF allows, and only where the matrix
@@ -1038,18 +1160,20 @@ impl Report {
     fn markdown(&self) -> String {
         let backends = self.columns(|r| &r.backends);
         let scenarios = self.columns(|r| &r.scenarios);
+        let field = self.columns(|r| &r.field);
         let families: Vec<String> = self.rows.iter().flat_map(|r| r.hooks.keys().cloned()).fold(Vec::new(), uniq);
         let mut header = vec!["kernel".to_string(), "release".into(), "BTF".into()];
         header.extend(families.iter().map(|f| format!("{f} hook (check)")));
         header.extend(backends.iter().map(|b| format!("forced {b}")));
         header.extend(scenarios.iter().map(|s| format!("lab {s}")));
+        header.extend(field.iter().map(|s| format!("field {s}")));
         header.extend(["features missing".into(), "check problems".into(), "time".into(), "result".into()]);
 
         let mut md = format!("# dptrace kernel-compatibility matrix\n\n{}, `cargo xtask vm-test`\n\n", self.dptrace);
         md.push_str(&table_line(&header));
         md.push_str(&table_line(&vec!["---".to_string(); header.len()]));
         for row in &self.rows {
-            md.push_str(&table_line(&self.cells(row, &families, &backends, &scenarios)));
+            md.push_str(&table_line(&self.cells(row, &families, &backends, &scenarios, &field)));
         }
         md.push_str(
             "\nyes: the forced run saw the test's own drops (UDP to a closed port in the test's server \
@@ -1057,7 +1181,10 @@ impl Report {
              diagnosed; degraded: diagnosed with what this kernel shows (the notes say what could not be \
              checked); no: it did not; unsupported: `dptrace check` says this kernel cannot attach that \
              backend; n/a: this dptrace has no such backend; skipped: the lab cannot reproduce the scenario \
-             on this kernel; **bold**: the matrix expects otherwise, so vm-test fails.\n",
+             on this kernel; field: yes: the real component's fault gave dptrace's expected finding and \
+             the tool failed as in the field report, or its healthy twin passed without a warning or error \
+             (the notes say what dptrace and the tool said); **bold**: the matrix expects otherwise, so \
+             vm-test fails.\n",
         );
         md.push_str(&self.kernels());
         md.push_str(&self.notes());
@@ -1082,7 +1209,14 @@ impl Report {
         self.rows.iter().flat_map(|r| pick(r).iter().map(|o| o.name.clone())).fold(Vec::new(), uniq)
     }
 
-    fn cells(&self, row: &Row, families: &[String], backends: &[String], scenarios: &[String]) -> Vec<String> {
+    fn cells(
+        &self,
+        row: &Row,
+        families: &[String],
+        backends: &[String],
+        scenarios: &[String],
+        field: &[String],
+    ) -> Vec<String> {
         let dash = || "—".to_string();
         let mut cells = vec![
             row.name.clone(),
@@ -1093,6 +1227,7 @@ impl Report {
         let cell = |list: &[Outcome], name: &String| list.iter().find(|o| &o.name == name).map_or_else(dash, cell_text);
         cells.extend(backends.iter().map(|b| cell(&row.backends, b)));
         cells.extend(scenarios.iter().map(|s| cell(&row.scenarios, s)));
+        cells.extend(field.iter().map(|s| cell(&row.field, s)));
         let missing: Vec<&str> = row.features.iter().filter(|(_, f)| !f.present).map(|(n, _)| n.as_str()).collect();
         let problems: Vec<&str> = row.problems.iter().map(|p| p.feature.as_str()).collect();
         // A row that never ran (skipped host, kernel that could not be built) has no figures.
@@ -1152,6 +1287,9 @@ impl Report {
                     outcome.name,
                     or_none(outcome.unchecked.join(", "))
                 ));
+            }
+            for outcome in row.field.iter().filter(|o| o.verdict == Verdict::Diagnosed) {
+                items.push(format!("field {}: {}", outcome.name, outcome.detail));
             }
             for outcome in row.scenarios.iter().filter(|o| o.verdict == Verdict::Skipped) {
                 let fact = outcome.skip_fact.as_deref().map(|f| format!(" [{f}]")).unwrap_or_default();
