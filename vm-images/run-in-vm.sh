@@ -129,11 +129,11 @@ done
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds"
 for c in "${FIELD[@]}"; do
   case "$c" in
-    udev|cni|wg-quick) ;;
+    udev|cni|wg-quick|xdp-tools) ;;
     # The 9p share of the host's /usr, the overlay over it, the nftables expressions
     # firewalld's ruleset uses that the default set lacks (fib: its IPv6 rpfilter).
     firewalld) EXTRA_MODULES+=(virtio_pci 9pnet_virtio 9p overlay nft_fib_inet nft_fib_ipv4 nft_fib_ipv6) ;;
-    *) die "--field: unknown component $c (udev, cni, wg-quick, firewalld)" ;;
+    *) die "--field: unknown component $c (udev, cni, wg-quick, firewalld, xdp-tools)" ;;
   esac
 done
 [ -z "$KERNEL_DIR" ] || [ -z "$KERNEL_PKG" ] || die "--kernel-dir and --kernel-pkg exclude each other"
@@ -155,6 +155,7 @@ BUSYBOX="$(command -v busybox)" || die "busybox not found after installing busyb
 for c in "${FIELD[@]}"; do
   case "$c" in
     cni) ensure_pkgs containernetworking-plugins ;;
+    xdp-tools) ensure_pkgs xdp-tools ;;
     firewalld) ensure_pkgs python3 python3-gi python3-dbus gir1.2-glib-2.0 dbus-daemon libnftables1 iputils-ping ;;
   esac
 done
@@ -483,6 +484,12 @@ for c in "${FIELD[@]}"; do
     wg-quick)
       field_copy /usr/bin/wg-quick
       field_control_of_installed wireguard-tools
+      ;;
+    xdp-tools)
+      # xdp-filter carries libxdp; libxdp loads its dispatcher and xdp-filter its programs
+      # from the BPF object directory (the libxdp1 and xdp-tools packages).
+      field_copy /usr/sbin/xdp-filter /usr/lib/x86_64-linux-gnu/bpf/*.o
+      field_control_of_installed xdp-tools
       ;;
     firewalld)
       # The packages' /usr (the overlay's upper lower layer over the host's /usr) and /etc,

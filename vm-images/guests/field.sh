@@ -24,6 +24,10 @@
 #                                                                             --field firewalld
 #   firewalld-healthy      the same after `firewall-cmd --add-port=6443/tcp` and without the
 #                          ICMP block: both get through.
+#   xdp-filter-dispatcher  field report 4: xdp-tools' `xdp-filter` (native mode, a port) on a
+#                          kernel where libxdp runs its dispatcher (BTF, freplace): the device's
+#                          program is `xdp_dispatcher`, the filter runs as its component; dptrace
+#                          must name the filter program that dropped.       --field xdp-tools
 #
 # A component's setup (starting systemd-udevd, firewalld) is a section `field-setup:NAME`
 # (its FAIL: lines say why its scenarios did not run). For each scenario it prints, in
@@ -283,6 +287,39 @@ step_client() {
   return 0
 }
 
+# ----------------------------------------------------------------------------- xdp-tools
+
+XDP_NS=fld-xdp XDP_PORT=47251
+xdp_setup() {
+  command -v xdp-filter >/dev/null || { echo "FAIL: xdp-filter is not in this guest (run-in-vm.sh --field xdp-tools)"; return 1; }
+  # libxdp keeps its dispatcher's links pinned in bpffs (without it: no dispatcher).
+  mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || return 1
+  ip netns add "$XDP_NS" || return 1
+  ip link add xdpv0 type veth peer name xdpv1 netns "$XDP_NS" || return 1
+  ip addr add 10.90.0.1/24 dev xdpv0 && ip link set xdpv0 up
+  ip -n "$XDP_NS" link set lo up
+  ip -n "$XDP_NS" addr add 10.90.0.2/24 dev xdpv1 && ip -n "$XDP_NS" link set xdpv1 up
+}
+
+xdp_teardown() {
+  xdp-filter unload xdpv0 >/dev/null 2>&1
+  ip link del xdpv0 2>/dev/null
+  ip netns del "$XDP_NS" 2>/dev/null
+}
+
+# Inside dptrace: xdp-filter loads in native mode and drops a UDP port; the peer sends to it.
+step_xdp_filter() {
+  step load xdp-filter load xdpv0 --mode native || return 1
+  step port xdp-filter port "$XDP_PORT" || return 1
+  step link ip -d link show xdpv0
+  step send ip netns exec "$XDP_NS" bash -c "for i in 1 2 3 4 5; do echo dptrace >/dev/udp/10.90.0.1/$XDP_PORT; sleep 0.1; done"
+  # Time for dptrace to read the device's program while it is still attached.
+  sleep 2
+  step status xdp-filter status
+  step unload xdp-filter unload xdpv0
+  return 0
+}
+
 # ---------------------------------------------------------------------- the traced steps
 
 # field.sh --step ID: runs under dptrace trace.
@@ -293,6 +330,7 @@ if [ $STEP_MODE = 1 ]; then
     wg-quick-unsupported) step up wg-quick up wg0 ;;
     wg-quick-healthy) step up wg-quick up wg0 && step show wg show wg0 && step down wg-quick down wg0 ;;
     firewalld-blocked | firewalld-healthy) step_client ;;
+    xdp-filter-dispatcher) step_xdp_filter ;;
   esac
   exit 0
 fi
@@ -352,6 +390,13 @@ if has wg-quick-unsupported || has wg-quick-healthy; then
       row wg-quick-healthy wireguard-tools "wg-quick up wg0, wg show, wg-quick down on a kernel with WireGuard"
     fi
   fi
+fi
+if has xdp-filter-dispatcher; then
+  if section field-setup:xdp-tools xdp_setup; then
+    scenario xdp-filter-dispatcher
+    row xdp-filter-dispatcher xdp-tools "xdp-filter load --mode native (libxdp's dispatcher, the filter as its freplace component), port N, UDP to N from a peer"
+  fi
+  xdp_teardown
 fi
 if has firewalld-blocked || has firewalld-healthy; then
   if section field-setup:firewalld firewalld_setup; then

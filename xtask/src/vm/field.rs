@@ -28,6 +28,7 @@ pub(super) const SCENARIOS: &[Scenario] = &[
     Scenario { id: "wg-quick-healthy", components: &["wg-quick"], judge: wg_quick_healthy },
     Scenario { id: "firewalld-blocked", components: &["firewalld"], judge: firewalld_blocked },
     Scenario { id: "firewalld-healthy", components: &["firewalld"], judge: firewalld_healthy },
+    Scenario { id: "xdp-filter-dispatcher", components: &["xdp-tools"], judge: xdp_filter_dispatcher },
 ];
 
 pub(super) fn scenario(id: &str) -> Option<&'static Scenario> {
@@ -122,8 +123,7 @@ fn quiet(output: &[Value], tool_said: String, mut problems: Vec<String>) -> Judg
     for alarm in alarms(output) {
         problems.push(format!("a healthy run raised {}", describe(alarm)));
     }
-    let infos = findings(output).count();
-    Judgement { result: format!("healthy: no warning or error ({infos} info); {tool_said}"), problems }
+    Judgement { result: format!("healthy: no warning or error; {tool_said}"), problems }
 }
 
 /// The finding of `rule` with `severity` whose actor `actor_ok` accepts, or why there is none.
@@ -283,6 +283,43 @@ fn wg_quick_healthy(output: &[Value], tool: &Tool) -> Judgement {
     quiet(output, "wg-quick up and down succeeded".into(), problems)
 }
 
+/// Field report 4 where libxdp uses its dispatcher: xdp-filter's program runs as a freplace
+/// component of `xdp_dispatcher`, the program on the device. dptrace's `xdp-drop` must name
+/// the filter program, not only the dispatcher, with the mode, the device and xdp-filter.
+fn xdp_filter_dispatcher(output: &[Value], tool: &Tool) -> Judgement {
+    let mut problems = Vec::new();
+    for step in ["load", "port", "send"] {
+        tool.ok(step, &mut problems);
+    }
+    let attached_by_filter = |actor: &Value| actor["comm"] == "xdp-filter";
+    let finding = expect_finding(output, "xdp-drop", "warning", attached_by_filter, &mut problems);
+    let mut said = "no xdp-drop".to_string();
+    if let Some(f) = finding {
+        let summary = text(f, "summary");
+        for part in ["native mode", "xdpv0", "10.90.0.2 > 10.90.0.1:47251"] {
+            if !summary.contains(part) {
+                problems.push(format!("xdp-drop does not say {part}: {summary}"));
+            }
+        }
+        let dispatcher = summary.contains("xdp_dispatcher");
+        let filter_named = if dispatcher { summary.contains("running xdpfilt_") } else { summary.contains("xdpfilt_") };
+        if !filter_named {
+            problems.push(format!("xdp-drop does not name xdp-filter's program: {summary}"));
+        }
+        said = if dispatcher {
+            "warning xdp-drop naming xdp_dispatcher running xdp-filter's xdpfilt_* program, native mode, the device, xdp-filter, the flow".into()
+        } else {
+            "warning xdp-drop naming xdp-filter's xdpfilt_* program (libxdp did not use its dispatcher here), native mode, the device, xdp-filter, the flow".into()
+        };
+    }
+    for alarm in alarms(output) {
+        if alarm["rule"] != "xdp-drop" {
+            problems.push(format!("another alarm: {}", describe(alarm)));
+        }
+    }
+    Judgement { result: said, problems }
+}
+
 /// Field report 2: the node's firewalld (default zone public, an ICMP block on echo-request)
 /// refuses the client's connection to the API server port 6443 and its ping. dptrace must say
 /// netfilter refused them, in firewalld's table (`inet firewalld`), for each of the two flows.
@@ -414,7 +451,7 @@ mod tests {
         let info = r#"{"type":"finding","rule":"packet-drop","severity":"info","summary":"s"}"#;
         let j = judge("udev-veth-mac-healthy", &json(&format!("{info}\n{SUMMARY}")), &tool);
         assert!(j.problems.is_empty(), "{:?}", j.problems);
-        assert_eq!(j.result, "healthy: no warning or error (1 info); ADD, CHECK and DEL passed");
+        assert_eq!(j.result, "healthy: no warning or error; ADD, CHECK and DEL passed");
         let eexist = r#"{"type":"finding","rule":"link-create-failed","severity":"error","summary":"creating bridge link cni0 failed with EEXIST"}"#;
         let j = judge("udev-veth-mac-healthy", &json(&format!("{eexist}\n{SUMMARY}")), &tool);
         assert_eq!(
