@@ -47,17 +47,8 @@ pub fn record(component: &str, scenario: &str, result: &str) {
     let line = serde_json::json!({
         "component": component, "version": version, "scenario": scenario,
         "kernel": kernel, "result": result, "test": crate::current_test(),
-    })
-    .to_string();
-    use std::io::Write;
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
-    if let Err(e) = written {
-        panic!("cannot record the field result in {}: {e}", std::path::Path::new(&path).display());
-    }
+    });
+    crate::append_line(std::path::Path::new(&path), &line, "the field result");
 }
 
 /// The findings among dptrace's JSON lines.

@@ -72,16 +72,21 @@ pub fn record_skip(test: &str, reason: &str, detail: &str) {
         .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .map(|s| s.rsplit_once('-').map_or(s.clone(), |(name, _hash)| name.to_string()))
         .unwrap_or_default();
-    let line = serde_json::json!({"binary": binary, "test": test, "reason": reason, "detail": detail}).to_string();
-    // One write of one line with O_APPEND: lines of tests running in parallel do not mix.
+    let line = serde_json::json!({"binary": binary, "test": test, "reason": reason, "detail": detail});
+    append_line(std::path::Path::new(&path), &line, "the skip");
+}
+
+/// Appends `line` and a newline to `path` in one write with O_APPEND, so lines of tests
+/// running in parallel do not mix; panics naming `what` when it cannot.
+pub(crate) fn append_line(path: &std::path::Path, line: &Value, what: &str) {
     use std::io::Write;
     let written = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&path)
+        .open(path)
         .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
     if let Err(e) = written {
-        panic!("cannot record the skip in {}: {e}", std::path::Path::new(&path).display());
+        panic!("cannot record {what} in {}: {e}", path.display());
     }
 }
 

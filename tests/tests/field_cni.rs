@@ -254,29 +254,6 @@ fn random_mac() -> String {
     format!("02:{}:{}:{}:{}:{}", &h[0..2], &h[2..4], &h[4..6], &h[6..8], &h[8..10])
 }
 
-/// Starts a session that traces the whole machine; returns once everything is attached.
-fn trace() -> Tracer {
-    let mut t = Tracer::spawn(&["trace", "--json", "--quiet"], &[]);
-    t.wait_attached();
-    t
-}
-
-/// Stops the session and returns its JSON lines.
-fn finish(mut t: Tracer) -> Vec<Value> {
-    // Let the link monitor and ring buffer deliver the last events before stopping.
-    std::thread::sleep(Duration::from_millis(500));
-    t.signal("INT");
-    let status = t.wait_exit();
-    assert!(status.success(), "dptrace failed: {status}\n{}", t.stderr_text());
-    let lines = t.json_lines();
-    // Kept for whoever reads a failure: every event and finding of the session.
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/field/sessions");
-    let _ = std::fs::create_dir_all(&dir);
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    let _ = std::fs::write(dir.join(format!("{}.jsonl", dptrace_e2e::current_test())), text);
-    lines
-}
-
 fn bridge_conf(node: &Node, bridge: &str) -> Value {
     node.conf(json!({"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true, "hairpinMode": true, "ipam": node.ipam()}))
 }
@@ -301,7 +278,7 @@ fn bridge_plugin_check_fails_after_another_process_rewrites_the_veth_mac() {
     let chain = [bridge_conf(&node, &bridge)];
     let pod = node.pod();
     let new_mac = random_mac();
-    let tracer = trace();
+    let tracer = Tracer::whole_machine();
     let result = node.add(&chain, &pod);
     let (veth, recorded) = host_veth(&result);
     // The second writer, a moment after ADD (udevd's worker takes milliseconds to tens of ms).
@@ -309,7 +286,7 @@ fn bridge_plugin_check_fails_after_another_process_rewrites_the_veth_mac() {
     sh("ip", &["-n", &node.netns, "link", "set", "dev", &veth, "address", &new_mac]);
     let check = node.check(&chain, &pod, &result);
     node.del(&chain, &pod, &result);
-    let lines = finish(tracer);
+    let lines = tracer.finish();
 
     let error = check.expect_err("CHECK passed although the host veth's MAC changed");
     assert!(error.contains("Mac doesn't match") && error.contains(&veth), "the plugin's CHECK said: {error}");
@@ -345,7 +322,7 @@ fn bridge_plugin_healthy_pods_raise_no_alarm() {
     let bridge = format!("cni{}", hex(6));
     let chain = [bridge_conf(&node, &bridge)];
     let (a, b) = (node.pod(), node.pod());
-    let tracer = trace();
+    let tracer = Tracer::whole_machine();
     let ra = node.add(&chain, &a);
     let rb = node.add(&chain, &b);
     a.ping(&pod_ip(&rb));
@@ -354,7 +331,7 @@ fn bridge_plugin_healthy_pods_raise_no_alarm() {
     node.check(&chain, &b, &rb).expect("CHECK of a healthy pod");
     node.del(&chain, &a, &ra);
     node.del(&chain, &b, &rb);
-    let lines = finish(tracer);
+    let lines = tracer.finish();
     field::assert_no_alarms_about(&lines, &prefix(), "bridge ADD → ping → CHECK → DEL");
     field::record(PACKAGE, "bridge: 2 pods ADD, ping pod↔pod and gateway, CHECK, DEL", "healthy: no warning or error");
 }
@@ -365,7 +342,7 @@ fn healthy_cycle(plugin: &str, conf: impl Fn(&mut Node) -> Value) {
     let mut node = Node::new();
     let chain = [conf(&mut node)];
     let (a, b) = (node.pod(), node.pod());
-    let tracer = trace();
+    let tracer = Tracer::whole_machine();
     let ra = node.add(&chain, &a);
     let rb = node.add(&chain, &b);
     a.ping(&pod_ip(&rb));
@@ -373,7 +350,7 @@ fn healthy_cycle(plugin: &str, conf: impl Fn(&mut Node) -> Value) {
     node.check(&chain, &b, &rb).unwrap_or_else(|e| panic!("{plugin} CHECK of a healthy pod: {e}"));
     node.del(&chain, &a, &ra);
     node.del(&chain, &b, &rb);
-    let lines = finish(tracer);
+    let lines = tracer.finish();
     field::assert_no_alarms_about(&lines, &prefix(), &format!("{plugin} ADD → ping → CHECK → DEL"));
     field::record(PACKAGE, &format!("{plugin}: 2 pods ADD, ping pod↔pod, CHECK, DEL"), "healthy: no warning or error");
 }
@@ -425,7 +402,7 @@ fn pod_churn_through_portmap_raises_no_alarm() {
     let bridge = format!("cni{}", hex(6));
     let client = node.pod();
     let client_chain = [bridge_conf(&node, &bridge)];
-    let tracer = trace();
+    let tracer = Tracer::whole_machine();
     let rc = node.add(&client_chain, &client);
     let gateway = format!("{}.1", node.prefix);
     let started = Instant::now();
@@ -452,7 +429,7 @@ fn pod_churn_through_portmap_raises_no_alarm() {
         }
     }
     node.del(&client_chain, &client, &rc);
-    let lines = finish(tracer);
+    let lines = tracer.finish();
     field::assert_no_alarms_about(&lines, &prefix(), "pod churn through portmap");
     let secs = started.elapsed().as_secs();
     field::record(
@@ -474,7 +451,7 @@ fn a_sandbox_retried_every_11_s_is_reported_as_one_loop_with_its_period() {
     let pod = node.pod();
     let period = Duration::from_secs(11);
     let rounds = 3;
-    let tracer = trace();
+    let tracer = Tracer::whole_machine();
     let started = Instant::now();
     let mut veths = vec![];
     for round in 0..rounds {
@@ -490,7 +467,7 @@ fn a_sandbox_retried_every_11_s_is_reported_as_one_loop_with_its_period() {
         node.del(&chain, &pod, &result);
         veths.push(veth);
     }
-    let lines = finish(tracer);
+    let lines = tracer.finish();
     let found: Vec<&Value> =
         field::findings_of(&lines, "veth-mac-changed").into_iter().filter(|f| field::is_about(f, &prefix())).collect();
     assert_eq!(found.len(), 1, "one finding for the loop, not one per round:\n{}", field::describe(&found));

@@ -27,7 +27,6 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Mutex,
     },
-    time::Duration,
 };
 
 use dptrace_e2e::{field, require_root, sh};
@@ -155,22 +154,6 @@ impl Drop for Pair {
     }
 }
 
-/// Starts a session that traces the whole machine; returns once everything is attached.
-fn trace() -> Tracer {
-    let mut t = Tracer::spawn(&["trace", "--json", "--quiet"], &[]);
-    t.wait_attached();
-    t
-}
-
-/// Stops the session and returns its JSON lines.
-fn finish(mut t: Tracer) -> Vec<Value> {
-    std::thread::sleep(Duration::from_millis(500));
-    t.signal("INT");
-    let status = t.wait_exit();
-    assert!(status.success(), "dptrace failed: {status}\n{}", t.stderr_text());
-    t.json_lines()
-}
-
 /// The lines of findings placed in one of `namespaces` (by name), or whose actor ran there:
 /// other tests may run beside this one, and their findings are theirs.
 fn ours(lines: &[Value], namespaces: &[&str]) -> Vec<Value> {
@@ -255,13 +238,13 @@ fn xdp_filter_drops_a_port(mode: &str) {
     let pair = Pair::new();
     let port = random_port();
     let sent = 3 + random_u32() % 5;
-    let tracer = trace();
+    let tracer = Tracer::whole_machine();
     let (ok, out) = pair.node_sh(&format!(
         "xdp-filter load {dev} --mode {mode} && xdp-filter port {port} && ip -d link show {dev} && {send} && xdp-filter status && xdp-filter unload {dev}",
         dev = pair.dev,
         send = pair.send_udp(port, sent)
     ));
-    let lines = finish(tracer);
+    let lines = tracer.finish();
     assert!(ok, "xdp-filter failed: {out}");
     let prog = attached_prog(&out);
     let counted = xdp_filter_drops(&out);
@@ -310,14 +293,14 @@ fn xdp_filter_loaded_while_traffic_passes_raises_no_alarm() {
         let open = if filtered == 65000 { 65001 } else { filtered + 1 + (random_u32() % 100) as u16 };
         let sent = 3 + random_u32() % 5;
         let file = format!("/tmp/dptxdp-{}-{}-recv", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
-        let tracer = trace();
+        let tracer = Tracer::whole_machine();
         let (ok, out) = pair.node_sh(&format!(
             "xdp-filter load {dev} --mode {mode} && xdp-filter port {filtered} && {recv} && {send} && wait && xdp-filter status && xdp-filter unload {dev}",
             dev = pair.dev,
             recv = pair.receive_udp(open, sent, &file),
             send = pair.send_udp(open, sent)
         ));
-        let lines = finish(tracer);
+        let lines = tracer.finish();
         let received = std::fs::read_to_string(&file).unwrap_or_default();
         let _ = std::fs::remove_file(&file);
         assert!(ok, "xdp-filter failed: {out}");
@@ -350,10 +333,10 @@ fn xdp_loader_native_on_a_driver_without_it_is_an_attach_failure() {
         sh("ip", &add);
         sh("ip", &["-n", &pair.node, "link", "set", &dev, "up"]);
         let object = format!("{OBJECTS}/xdpfilt_alw_all.o");
-        let tracer = trace();
+        let tracer = Tracer::whole_machine();
         let (ok, out) = pair.node_sh(&format!("xdp-loader load --mode native {dev} {object}"));
         let (_, status) = pair.node_sh(&format!("ip -d link show {dev}"));
-        let lines = finish(tracer);
+        let lines = tracer.finish();
         assert!(!ok, "xdp-loader attached natively to a {kind}: {out}");
         // What the real tool says, and that it does not fall back to another mode.
         assert!(out.contains("native mode not supported"), "xdp-loader said: {out}");
@@ -393,11 +376,11 @@ fn xdp_loader_native_on_a_driver_without_it_is_an_attach_failure() {
         );
 
         // Healthy twin: skb mode on the same device works and raises nothing.
-        let tracer = trace();
+        let tracer = Tracer::whole_machine();
         let (ok, out) = pair.node_sh(&format!(
             "xdp-loader load --mode skb {dev} {object} && ip -d link show {dev} && xdp-loader unload {dev} --all"
         ));
-        let lines = finish(tracer);
+        let lines = tracer.finish();
         assert!(ok, "xdp-loader --mode skb failed: {out}");
         assert!(out.contains("prog/xdp"), "nothing was attached: {out}");
         let found = ours(&lines, &pair.namespaces());
@@ -423,13 +406,13 @@ fn bpftool_net_attach_of_a_dropping_program_is_named() {
         let mac = pair_mac(&pair);
         sh("ip", &["-n", &pair.peer, "neigh", "replace", &pair.node_ip, "lladdr", &mac, "dev", &pair.peer_dev]);
         let pin = format!("/sys/fs/bpf/dpt{}", hex(8));
-        let tracer = trace();
+        let tracer = Tracer::whole_machine();
         let (ok, out) = pair.node_sh(&format!(
             "bpftool prog load {OBJECTS}/xdpfilt_dny_all.o {pin} && bpftool net attach {attach} pinned {pin} dev {dev} && ip -d link show {dev} && {send} && bpftool net detach {attach} dev {dev}",
             dev = pair.dev,
             send = pair.send_udp(port, sent)
         ));
-        let lines = finish(tracer);
+        let lines = tracer.finish();
         assert!(ok, "bpftool failed: {out}");
         let prog = attached_prog(&out);
         let found = ours(&lines, &pair.namespaces());

@@ -72,6 +72,30 @@ impl Tracer {
         Self { child, stdout, stderr, stderr_lines, readers }
     }
 
+    /// `dptrace trace --json --quiet` on the whole machine, returned once everything is
+    /// attached (the field tests: real software acts wherever it acts).
+    pub fn whole_machine() -> Self {
+        let mut t = Self::spawn(&["trace", "--json", "--quiet"], &[]);
+        t.wait_attached();
+        t
+    }
+
+    /// Stops the session (after half a second, so the link monitor and the ring buffer deliver
+    /// the last events) and returns its JSON lines. They are also kept in
+    /// target/field/sessions/TEST.jsonl for whoever reads a failure.
+    pub fn finish(mut self) -> Vec<serde_json::Value> {
+        std::thread::sleep(Duration::from_millis(500));
+        self.signal("INT");
+        let status = self.wait_exit();
+        assert!(status.success(), "dptrace failed: {status}\n{}", self.stderr_text());
+        let lines = self.json_lines();
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/field/sessions");
+        let _ = std::fs::create_dir_all(&dir);
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let _ = std::fs::write(dir.join(format!("{}.jsonl", dptrace_e2e::current_test())), text);
+        lines
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
