@@ -301,16 +301,12 @@ fn xdp_filter_dispatcher(output: &[Value], tool: &Tool) -> Judgement {
                 problems.push(format!("xdp-drop does not say {part}: {summary}"));
             }
         }
-        let dispatcher = summary.contains("xdp_dispatcher");
-        let filter_named = if dispatcher { summary.contains("running xdpfilt_") } else { summary.contains("xdpfilt_") };
-        if !filter_named {
-            problems.push(format!("xdp-drop does not name xdp-filter's program: {summary}"));
+        // This row's kernel has what libxdp's dispatcher needs (BTF, freplace, a bpffs): the
+        // device's program is the dispatcher, and the finding must name the filter it runs.
+        if !summary.contains("xdp_dispatcher") || !summary.contains("running xdpfilt_") {
+            problems.push(format!("xdp-drop does not name xdp_dispatcher running xdp-filter's program: {summary}"));
         }
-        said = if dispatcher {
-            "warning xdp-drop naming xdp_dispatcher running xdp-filter's xdpfilt_* program, native mode, the device, xdp-filter, the flow".into()
-        } else {
-            "warning xdp-drop naming xdp-filter's xdpfilt_* program (libxdp did not use its dispatcher here), native mode, the device, xdp-filter, the flow".into()
-        };
+        said = "warning xdp-drop naming xdp_dispatcher running xdp-filter's xdpfilt_* program, native mode, the device, xdp-filter, the flow".into();
     }
     for alarm in alarms(output) {
         if alarm["rule"] != "xdp-drop" {
@@ -443,6 +439,21 @@ mod tests {
         let output = json(&mac_finding("(udev-worker)", "systemd-udevd"));
         let j = judge("udev-veth-mac", &output, &udev_tool(0, "0a:c2:4b:f2:a0:19"));
         assert!(j.problems[0].contains("did not reproduce"), "{:?}", j.problems);
+    }
+
+    #[test]
+    fn the_dispatcher_row_needs_the_filter_named_behind_the_dispatcher() {
+        let tool = Tool::new(&["rc:load 0".into(), "rc:port 0".into(), "rc:send 0".into()]);
+        let finding = |program: &str| {
+            format!(
+                r#"{{"type":"finding","rule":"xdp-drop","severity":"warning","summary":"XDP program {program} in native mode on xdpv0 (netns host), attached by xdp-filter dropped 5 packet(s): udp 10.90.0.2 > 10.90.0.1:47251","actor":{{"comm":"xdp-filter"}}}}"#
+            )
+        };
+        let named = finding("xdp_dispatcher (id 627) running xdpfilt_alw_all (id 636)");
+        assert!(judge("xdp-filter-dispatcher", &json(&named), &tool).problems.is_empty());
+        // Without the dispatcher (libxdp fell back) the row did not test what it is for.
+        let alone = finding("xdpfilt_alw_all (id 636)");
+        assert_eq!(judge("xdp-filter-dispatcher", &json(&alone), &tool).problems.len(), 1);
     }
 
     #[test]
