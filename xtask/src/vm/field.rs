@@ -335,7 +335,8 @@ fn firewalld_blocked(output: &[Value], tool: &Tool) -> Judgement {
         Some(_) => {}
     }
     let in_firewalld = |f: &Value, flow: &str| {
-        matches!(f["rule"].as_str(), Some("reject-by-rule" | "netfilter-drop"))
+        // firewalld rejects (icmpx admin-prohibited): a REJECT, not a silent drop.
+        f["rule"] == "reject-by-rule"
             && f["severity"] == "error"
             && f["netfilter"]["family"] == "inet"
             && f["netfilter"]["table"] == "firewalld"
@@ -364,7 +365,7 @@ fn firewalld_blocked(output: &[Value], tool: &Tool) -> Judgement {
                     .map(|f| format!("{} (netfilter {})", describe(f), f["netfilter"]))
                     .collect();
                 problems.push(format!(
-                    "no reject-by-rule or netfilter-drop error naming table inet firewalld for {what}; dptrace said: {}",
+                    "no reject-by-rule error naming table inet firewalld for {what}; dptrace said: {}",
                     if seen.is_empty() { "no warning or error".into() } else { seen.join(" | ") }
                 ));
             }
